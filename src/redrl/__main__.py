@@ -1,0 +1,3 @@
+from redrl.cli import main
+
+raise SystemExit(main())

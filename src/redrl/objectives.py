@@ -1,0 +1,727 @@
+"""The math of redrl: pure functions over tensors.
+
+Everything that turns log-probabilities, rewards and entropies into a loss lives here, and nothing
+else does: no model calls, no ``self``, no config objects, no distributed state. Each function says
+its formula, the paper and equation it comes from, and the shapes it takes.
+
+Paper references:
+
+* RED   -- Guan et al., "Recall-Extend Dynamics: Enhancing Small Language Models through Controlled
+  Exploration and Refined Offline Integration", arXiv 2508.16677. Equations cited as (Eq. n).
+* GRPO  -- Shao et al., "DeepSeekMath", arXiv 2402.03300 (group-normalised advantages, Eq. 3).
+* PPO   -- Schulman et al., arXiv 1707.06347 (clipped surrogate, Eq. 7).
+* Dr.GRPO -- Liu et al., "Understanding R1-Zero-Like Training", arXiv 2503.20783 (no std scaling,
+  constant length normaliser).
+* LUFFY -- Yan et al., "Learning to Reason under Off-Policy Guidance", arXiv 2504.14945
+  (policy shaping ``f(π) = π / (π + γ)``).
+* SRFT  -- Fu et al., "SRFT: A Single-Stage Method with Supervised and Reinforcement Fine-Tuning
+  for Reasoning", arXiv 2506.19767 (entropy-aware weights).
+* k3    -- Schulman, "Approximating KL Divergence" (2020): ``exp(q - p) - (q - p) - 1``.
+
+Conventions (``N`` rows, ``T`` response positions, ``V`` vocabulary, ``D`` hidden size):
+
+* ``logp[n, t]`` is ``log π_θ(o_{n,t} | q, o_{n,<t})`` for the response token at position ``t``;
+  positions where ``response_mask`` is false are padding and never reach the loss or its gradient,
+  whatever values they hold (NaN and ±inf included).
+* A *group* is the ``G`` on-policy rollouts of one prompt plus its one offline teacher row; its
+  rows are contiguous (rows ``g*group_size .. (g+1)*group_size - 1``).
+* Losses are to be *minimised*: every per-token term below is an objective to maximise, and the
+  loss is minus its aggregate.
+* Functions keep the floating dtype of their inputs (float32 stays float32, float64 stays float64);
+  half-precision logits are upcast to float32 before any softmax.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "ADVANTAGE_SCALES",
+    "AGGREGATIONS",
+    "OFFLINE_RATIOS",
+    "aggregate_loss",
+    "clipped_surrogate",
+    "entropy_aware_weight",
+    "entropy_weight",
+    "group_accuracy",
+    "group_advantages",
+    "kl_k3",
+    "masked_mean",
+    "offline_importance_ratio",
+    "policy_shift",
+    "red_loss",
+    "relative_entropy_change",
+    "sft_loss",
+    "srft_loss",
+    "token_logprobs_and_entropy",
+    "token_logprobs_and_entropy_from_hidden",
+]
+
+#: How per-token values become one scalar (see :func:`aggregate_loss`).
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+#: How the offline (teacher) row's ratio is formed (see :func:`offline_importance_ratio`).
+OFFLINE_RATIOS = ("shift", "one", "on_policy", "luffy")
+#: How group-relative advantages are scaled (see :func:`group_advantages`).
+ADVANTAGE_SCALES = ("std", "none")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # float64 stays float64; float32, bfloat16 and float16 are all computed in float32.
+    return torch.promote_types(dtype, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Log-probabilities and entropy
+# ------------------------------------------------------------------------------------------------
+
+
+def _logp_and_entropy_rows(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [M, V]``, ``tokens [M]`` -> ``(logp [M], entropy [M])`` in the compute dtype."""
+    log_probs = F.log_softmax(logits.to(_compute_dtype(logits.dtype)), dim=-1)
+    logp = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    # H = -Σ_v p_v log p_v. A logit of -inf (a masked vocabulary entry) has p = 0 and log p = -inf;
+    # clamping log p to the dtype's lowest finite value makes that entry 0 instead of NaN.
+    finite_log_probs = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)
+    entropy = -(log_probs.exp() * finite_log_probs).sum(-1)
+    return logp, entropy
+
+
+def _hidden_rows(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tokens: torch.Tensor):
+    return _logp_and_entropy_rows(F.linear(hidden, weight, bias), tokens)
+
+
+def _chunked(fn, tensors: tuple[torch.Tensor, ...], extra: tuple, chunk_size: int):
+    """Apply ``fn`` to row-chunks of the flattened ``tensors``; concatenate the two outputs.
+
+    With gradients on, each chunk runs under activation checkpointing, so the backward pass keeps
+    only the chunk's inputs and recomputes its softmax: the full ``[M, V]`` float32 softmax exists
+    for one chunk at a time, forward and backward.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
+    total = tensors[0].shape[0]
+    logps, entropies = [], []
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (*tensors, *extra) if isinstance(t, torch.Tensor)
+    )
+    for start in range(0, total, chunk_size):
+        pieces = tuple(t[start : start + chunk_size] for t in tensors)
+        if needs_grad:
+            logp, entropy = checkpoint(fn, *pieces[:-1], *extra, pieces[-1], use_reentrant=False)
+        else:
+            logp, entropy = fn(*pieces[:-1], *extra, pieces[-1])
+        logps.append(logp)
+        entropies.append(entropy)
+    return torch.cat(logps), torch.cat(entropies)
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, *, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each chosen token and the full-vocabulary entropy at each position.
+
+    ``logp[n,t] = log softmax(z[n,t])[tokens[n,t]]`` and
+    ``entropy[n,t] = H_{n,t} = -Σ_v p_v log p_v`` with ``p = softmax(z[n,t])``, over all ``V``
+    entries of the vocabulary (the token entropy of RED's entropy regulator, Eqs. 9 and 11).
+
+    Args:
+        logits: ``[N, T, V]``, already aligned with ``tokens`` (the logits that predict
+            ``tokens[n, t]``, i.e. the model's output at position ``t - 1``).
+        tokens: ``[N, T]`` integer token ids.
+        chunk_size: if given, work on at most ``chunk_size`` of the ``N*T`` positions at a time
+            (under activation checkpointing when gradients are needed), so the ``[N, T, V]`` float32
+            softmax is never held at once. Results are identical to ``chunk_size=None``.
+
+    Returns:
+        ``(logp [N, T], entropy [N, T])`` in float64 for float64 logits, else float32.
+    """
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} disagree on [N, T]")
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_tokens = tokens.reshape(-1)
+    if chunk_size is None:
+        logp, entropy = _logp_and_entropy_rows(flat_logits, flat_tokens)
+    else:
+        logp, entropy = _chunked(_logp_and_entropy_rows, (flat_logits, flat_tokens), (), chunk_size)
+    return logp.view(tokens.shape), entropy.view(tokens.shape)
+
+
+def token_logprobs_and_entropy_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs_and_entropy` starting from the last hidden states.
+
+    ``z[n,t] = hidden[n,t] @ weight.T (+ bias)`` is formed ``chunk_size`` positions at a time, so
+    a caller never holds ``[N, T, V]`` logits (Qwen2.5's vocabulary has 151,936 entries: a 16×8192
+    batch would need 80 GB of float32 logits). The matmul runs in the weight's dtype, as the
+    model's own ``lm_head`` would; the softmax in float32 (float64 for float64 inputs).
+
+    Only for models whose logits are a plain linear map of the final hidden states (Qwen2, Llama,
+    Mistral); models with logit soft-capping or scaling need :func:`token_logprobs_and_entropy`.
+
+    Args:
+        hidden: ``[N, T, D]`` final hidden states aligned with ``tokens``.
+        weight: ``[V, D]`` output-embedding matrix (``model.get_output_embeddings().weight``).
+        tokens: ``[N, T]`` integer token ids.
+        bias: optional ``[V]`` output bias.
+        chunk_size: positions per chunk.
+
+    Returns:
+        ``(logp [N, T], entropy [N, T])``.
+    """
+    if hidden.shape[:-1] != tokens.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and tokens {tuple(tokens.shape)} disagree on [N, T]")
+    if weight.shape[-1] != hidden.shape[-1]:
+        raise ValueError(f"weight {tuple(weight.shape)} does not match hidden size {hidden.shape[-1]}")
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_tokens = tokens.reshape(-1)
+    logp, entropy = _chunked(_hidden_rows, (flat_hidden, flat_tokens), (weight, bias), chunk_size)
+    return logp.view(tokens.shape), entropy.view(tokens.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Advantages, group accuracy, policy shift
+# ------------------------------------------------------------------------------------------------
+
+
+def _rewards_tensor(rewards) -> torch.Tensor:
+    """Rewards as a float tensor with NaN for ungradable (``None``) entries."""
+    if isinstance(rewards, torch.Tensor):
+        if not rewards.is_floating_point():
+            rewards = rewards.to(torch.get_default_dtype())
+        return rewards
+    return torch.tensor([math.nan if r is None else float(r) for r in rewards], dtype=torch.get_default_dtype())
+
+
+def _grouped(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    if values.dim() != 1:
+        raise ValueError(f"expected a 1-D tensor of per-row values; got shape {tuple(values.shape)}")
+    if group_size < 1 or values.numel() % group_size:
+        raise ValueError(f"{values.numel()} rows cannot be split into groups of {group_size}")
+    return values.view(-1, group_size)
+
+
+def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantages (GRPO, arXiv 2402.03300 Eq. 3; the advantage of RED's Eq. 10).
+
+    ``Â_i = (R_i - mean_g(R)) / (std_g(R) + eps)`` for ``scale="std"``, and the Dr.GRPO form
+    ``Â_i = R_i - mean_g(R)`` for ``scale="none"``, where the statistics run over the rows of
+    ``i``'s group whose reward is gradable. ``std`` is the sample (unbiased, ``n - 1``) standard
+    deviation, as ``torch.std``; a group with fewer than two gradable rows has ``std = 0``.
+    Ungradable rows (``None`` or NaN) get advantage 0; a group whose rewards are all equal gets
+    advantage 0 everywhere (no signal).
+
+    Args:
+        rewards: ``[N]`` tensor (NaN = ungradable) or a sequence of floats/``None``.
+        group_size: rows per group; groups are contiguous, ``N % group_size == 0``.
+        scale: one of ``"std"``, ``"none"``.
+        eps: added to the std in the denominator.
+
+    Returns:
+        ``[N]`` advantages, in the rewards' dtype.
+    """
+    _check_choice("scale", scale, ADVANTAGE_SCALES)
+    rewards = _rewards_tensor(rewards)
+    if torch.isinf(rewards).any():
+        raise ValueError("rewards must be finite or NaN (ungradable); got ±inf")
+    grouped = _grouped(rewards, group_size)
+    valid = ~torch.isnan(grouped)
+    values = torch.where(valid, grouped, torch.zeros_like(grouped))
+    count = valid.sum(-1, keepdim=True)
+    mean = values.sum(-1, keepdim=True) / count.clamp(min=1)
+    centered = torch.where(valid, grouped - mean, torch.zeros_like(grouped))
+    advantages = centered
+    if scale == "std":
+        var = centered.pow(2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+        denominator = var.sqrt() + eps
+        # With eps = 0 a zero-variance group would be 0/0; it carries no signal, so its Â is 0.
+        advantages = torch.where(denominator > 0, centered / denominator, torch.zeros_like(centered))
+    return advantages.reshape(-1)
+
+
+def group_accuracy(rewards, is_offline: torch.Tensor, group_size: int, *, include_offline: bool = False) -> torch.Tensor:
+    """Per-group accuracy ``r̄`` broadcast to each row: the input of RED's policy shift (Eq. 8).
+
+    ``r̄_g = mean of R_i over the gradable on-policy rows i of group g`` (the default, the paper's
+    "sample accuracy" of the ``G`` rollouts); with ``include_offline=True`` the offline row's reward
+    is averaged in too, as the authors' code does. A group with no gradable row has ``r̄ = 0``
+    (no evidence that the model can solve it: imitate the teacher).
+
+    Args:
+        rewards: ``[N]`` tensor (NaN = ungradable) or a sequence of floats/``None``.
+        is_offline: ``[N]`` bool, true for teacher rows.
+        group_size: rows per group.
+        include_offline: also average the offline row's reward.
+
+    Returns:
+        ``[N]`` group accuracy of each row's group, in the rewards' dtype.
+    """
+    rewards = _rewards_tensor(rewards)
+    grouped = _grouped(rewards, group_size)
+    used = ~torch.isnan(grouped)
+    if not include_offline:
+        used = used & ~_grouped(is_offline.to(torch.bool).to(rewards.device), group_size)
+    values = torch.where(used, grouped, torch.zeros_like(grouped))
+    accuracy = values.sum(-1) / used.sum(-1).clamp(min=1)
+    return accuracy.repeat_interleave(group_size)
+
+
+def policy_shift(logp: torch.Tensor, group_accuracy: torch.Tensor) -> torch.Tensor:
+    """RED's accuracy-aware policy shift (Eq. 8): the offline row's behaviour probability.
+
+    ``π_off,t = stopgrad(π_t + (1 - π_t) · r̄)`` with ``π_t = exp(logp_t)`` under the current
+    policy and ``r̄`` the group accuracy. ``r̄ = 0`` gives ``π_off = π`` (the ratio ``π/π_off`` then
+    has value 1 and the gradient of ``log π``: imitate the teacher); ``r̄ = 1`` gives ``π_off = 1``
+    (the ratio is ``π`` itself: rely on the model's own policy). ``r̄`` is expected in ``[0, 1]``.
+
+    Args:
+        logp: ``[N, T]`` log-probabilities of the offline tokens.
+        group_accuracy: ``[N]`` accuracy ``r̄`` of each row's group.
+
+    Returns:
+        ``[N, T]`` ``π_off``, carrying no gradient.
+    """
+    pi = logp.detach().exp()
+    accuracy = group_accuracy.detach().to(pi.dtype).unsqueeze(-1)
+    return pi + (1.0 - pi) * accuracy
+
+
+def offline_importance_ratio(
+    logp: torch.Tensor, group_accuracy: torch.Tensor, mode: str = "shift", *, gamma: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ratio ``r_off,t`` that multiplies the advantage of an offline (teacher) token.
+
+    ============  ===========================================  ===============================
+    mode          ``r_off,t``                                  source
+    ============  ===========================================  ===============================
+    ``shift``     ``π_t / stopgrad(π_t + (1 - π_t)·r̄)``        RED policy shift (Eq. 8)
+    ``one``       ``π_t``  (``π_off = 1``)                      MixPolicy; RED-(I)
+    ``on_policy`` ``π_t / stopgrad(π_t)``  (``π_off = π``)      offline rows treated on-policy
+    ``luffy``     ``π_t / (π_t + γ)``                           LUFFY policy shaping
+    ============  ===========================================  ===============================
+
+    Args:
+        logp: ``[N, T]`` log-probabilities of the offline tokens under the current policy.
+        group_accuracy: ``[N]`` group accuracy ``r̄`` (only ``"shift"`` reads it).
+        mode: one of ``OFFLINE_RATIOS``.
+        gamma: LUFFY's shaping constant.
+
+    Returns:
+        ``(ratio [N, T], pi_off [N, T])``: the ratio (differentiable) and the behaviour probability
+        it divides by, detached, for logging (``π + γ`` for ``"luffy"``, whose shaping equals
+        ``π / (π + γ)``).
+    """
+    _check_choice("offline_ratio", mode, OFFLINE_RATIOS)
+    pi = logp.exp()
+    if mode == "shift":
+        pi_off = policy_shift(logp, group_accuracy)
+    elif mode == "one":
+        pi_off = torch.ones_like(pi).detach()
+    elif mode == "on_policy":
+        pi_off = pi.detach()
+    else:  # luffy: the denominator keeps its gradient, f(π) = π / (π + γ)
+        return pi / (pi + gamma), (pi + gamma).detach()
+    return pi / pi_off, pi_off
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-token terms
+# ------------------------------------------------------------------------------------------------
+
+
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (arXiv 1707.06347 Eq. 7), the on-policy term of RED's Eq. 10.
+
+    ``term_t = min(r_t·Â, clip(r_t, 1 - eps_low, 1 + eps_high)·Â)``.
+
+    Args:
+        ratio: ``[N, T]`` importance ratio ``r_t``.
+        advantages: ``[N]`` per-row advantage ``Â`` (broadcast over ``T``) or ``[N, T]``.
+        eps_low, eps_high: the clip range (asymmetric as in DAPO when they differ).
+
+    Returns:
+        ``(term [N, T], clipped [N, T] bool)``: the objective to maximise, and where the clipped
+        branch is the smaller one (where clipping changes the gradient).
+    """
+    if advantages.dim() == ratio.dim() - 1:
+        advantages = advantages.unsqueeze(-1)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantages
+    return torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of ``KL(π_θ || π_ref)`` for tokens sampled from ``π_θ``.
+
+    ``k3_t = exp(ref_logp_t - logp_t) - (ref_logp_t - logp_t) - 1 >= 0`` (Schulman, 2020; the KL
+    penalty of GRPO, arXiv 2402.03300 Eq. 4). Shapes ``[N, T]`` -> ``[N, T]``.
+    """
+    delta = ref_logp - logp
+    return delta.exp() - delta - 1.0
+
+
+def entropy_aware_weight(entropy: torch.Tensor, coef: float) -> torch.Tensor:
+    """SRFT's entropy-aware weight (arXiv 2506.19767): ``coef · stopgrad(exp(-H))``.
+
+    SRFT uses ``coef = 0.5`` for the demonstration NLL (``w_sft``) and ``coef = 0.1`` for the
+    positive self-rollouts (``w_rl``). ``entropy`` is the policy entropy ``H`` (any shape, usually
+    a scalar mean token entropy); the result has its shape and carries no gradient.
+    """
+    return coef * torch.exp(-entropy.detach())
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregation
+# ------------------------------------------------------------------------------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is true (NaN if nothing is); masked-out NaNs are ignored."""
+    mask = mask.to(torch.bool)
+    selected = torch.where(mask, values, torch.zeros_like(values))
+    return selected.sum() / mask.sum()
+
+
+def aggregate_loss(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "seq-mean-token-mean",
+    *,
+    row_weights: torch.Tensor | None = None,
+    norm_constant: float | None = None,
+) -> torch.Tensor:
+    """Reduce per-token values ``x[n,t]`` to a scalar; the one place aggregation is defined.
+
+    With row weights ``c_n`` (1 if not given), ``m`` the mask, ``|o_n| = Σ_t m[n,t]`` and ``N'``
+    the number of rows with at least one unmasked token:
+
+    * ``"seq-mean-token-mean"``: ``(1/N') Σ_n c_n · (1/|o_n|) Σ_t m·x`` -- RED's Eq. 10, the
+      authors' and LUFFY's aggregation (each row counts once, whatever its length).
+    * ``"token-mean"``: ``Σ_n c_n Σ_t m·x / Σ_n |o_n|`` -- every token counts once (DAPO).
+    * ``"seq-mean-token-sum-norm"``: ``(1/N') Σ_n c_n · Σ_t m·x / norm_constant`` -- Dr.GRPO's
+      constant normaliser (arXiv 2503.20783); ``norm_constant`` (the generation budget) is required,
+      so the loss does not depend on how much padding a batch carries.
+
+    Masked positions are replaced by zero before the sum, so NaN or inf there never reach the
+    result or its gradient. A batch with no unmasked token gives 0 (with zero gradient).
+
+    Args:
+        values: ``[N, T]`` per-token values.
+        mask: ``[N, T]`` bool or 0/1 response mask.
+        aggregation: one of ``AGGREGATIONS``.
+        row_weights: optional ``[N]`` weights ``c_n`` (RED: ``w`` on offline rows, 1 elsewhere).
+        norm_constant: the constant of ``"seq-mean-token-sum-norm"``.
+
+    Returns:
+        0-d tensor.
+    """
+    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    mask = mask.to(torch.bool)
+    values = torch.where(mask, values, torch.zeros_like(values))
+    lengths = mask.sum(-1).to(values.dtype)
+    row_sums = values.sum(-1)
+    if row_weights is not None:
+        row_sums = row_sums * row_weights.to(values.dtype)
+    if aggregation == "token-mean":
+        return row_sums.sum() / lengths.sum().clamp(min=1)
+    rows = (lengths > 0).sum().clamp(min=1)
+    if aggregation == "seq-mean-token-mean":
+        return (row_sums / lengths.clamp(min=1)).sum() / rows
+    if norm_constant is None or not norm_constant > 0:
+        raise ValueError("aggregation 'seq-mean-token-sum-norm' needs a positive norm_constant (the generation budget)")
+    return row_sums.sum() / (rows * norm_constant)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+
+
+def _row_mask(row_flags: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return response_mask.to(torch.bool) & row_flags.to(torch.bool).unsqueeze(-1)
+
+
+def red_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    is_offline: torch.Tensor,
+    group_accuracy: torch.Tensor,
+    w,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    offline_ratio: str = "shift",
+    gamma: float = 0.1,
+    aggregation: str = "seq-mean-token-mean",
+    clip_offline: bool = False,
+    norm_constant: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RED's unified objective (Eq. 10), as the sum of an on-policy and an offline term.
+
+    ``L = -(1/N) Σ_n c_n · (1/|o_n|) Σ_t term_{n,t}`` (default ``"seq-mean-token-mean"``) with
+
+    * on-policy rows (``c_n = 1``): ``term = min(r·Â, clip(r, 1-eps_low, 1+eps_high)·Â)``,
+      ``r = exp(logp - old_logp)`` (the GRPO/PPO clipped surrogate);
+    * offline rows (``c_n = w``, the entropy regulator's weight, Eqs. 9 and 11):
+      ``term = r_off·Â`` with ``r_off`` chosen by ``offline_ratio`` (see :func:`offline_importance_ratio`):
+      ``"shift"`` is RED's policy shift ``π / stopgrad(π + (1-π)·r̄)`` (Eq. 8); ``"one"``
+      is MixPolicy (``π_off = 1``); ``"on_policy"`` is ``π / stopgrad(π)``; ``"luffy"`` is
+      ``π/(π+γ)``. Unclipped by default, as in the authors' code and LUFFY; ``clip_offline=True``
+      applies the same clipped surrogate to ``r_off``.
+
+    Aggregations (see :func:`aggregate_loss`): ``"seq-mean-token-mean"`` (Eq. 10), ``"token-mean"``,
+    ``"seq-mean-token-sum-norm"`` (Dr.GRPO; needs ``norm_constant``). With ``kl_coef > 0`` and
+    ``ref_logp`` given, ``kl_coef · k3`` (:func:`kl_k3`) is added on the on-policy tokens, the only
+    ones sampled from the policy (off by default, as in the paper's runs).
+
+    Limit cases: with no offline row the loss is the GRPO loss; with ``r̄ = 0`` the offline term has
+    the gradient of the advantage-weighted NLL ``-Â·log π``; with ``r̄ = 1`` it is ``-π·Â``.
+
+    Args:
+        logp: ``[N, T]`` current log-probabilities of the response tokens (differentiable).
+        old_logp: ``[N, T]`` log-probabilities under the rollout policy (read on on-policy rows).
+        advantages: ``[N]`` group advantages (:func:`group_advantages`).
+        response_mask: ``[N, T]`` bool or 0/1, true on response tokens.
+        is_offline: ``[N]`` bool, true for teacher rows.
+        group_accuracy: ``[N]`` ``r̄`` of each row's group (:func:`group_accuracy`).
+        w: offline weight (float or 0-d tensor), from :class:`redrl.regulator.EntropyRegulator`.
+        eps_low, eps_high: clip range.
+        offline_ratio: one of ``OFFLINE_RATIOS``.
+        gamma: LUFFY's shaping constant.
+        aggregation: one of ``AGGREGATIONS``.
+        clip_offline: clip the offline ratio too.
+        norm_constant: for ``"seq-mean-token-sum-norm"``.
+        ref_logp: ``[N, T]`` reference-model log-probabilities, for the KL term.
+        kl_coef: KL coefficient (0 disables it).
+
+    Returns:
+        ``(loss, metrics)``: the scalar loss and detached 0-d tensors: ``loss_on`` and ``loss_off``
+        (the two named terms, ``loss = loss_on + loss_off (+ kl)``), ``clip_fraction`` (share of
+        on-policy tokens where clipping is active), ``ratio_mean`` (on-policy ``r``),
+        ``offline_ratio_mean`` (``r_off``), ``pi_off_mean`` and ``offline_pi_mean`` (``π_off`` and
+        ``π`` on offline tokens), ``kl`` (mean k3 on on-policy tokens, when computed). Means over an
+        empty set are NaN.
+    """
+    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    mask = response_mask.to(torch.bool)
+    offline_rows = is_offline.to(torch.bool)
+    on_mask = _row_mask(~offline_rows, mask)
+    off_mask = _row_mask(offline_rows, mask)
+
+    # Padding and the unused old_logp of offline rows are replaced by neutral values *before* any
+    # exp(), so garbage there (NaN, ±inf) cannot leak into the loss or the gradient.
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    old_logp = torch.where(on_mask, old_logp.to(logp.dtype), logp.detach())
+    advantages = advantages.to(logp.dtype)
+
+    ratio = torch.exp(logp - old_logp)
+    on_term, clipped = clipped_surrogate(ratio, advantages, eps_low, eps_high)
+
+    off_ratio, pi_off = offline_importance_ratio(logp, group_accuracy.to(logp.dtype), offline_ratio, gamma=gamma)
+    if clip_offline:
+        off_term, _ = clipped_surrogate(off_ratio, advantages, eps_low, eps_high)
+    else:
+        off_term = off_ratio * advantages.unsqueeze(-1)
+
+    w = torch.as_tensor(w, dtype=logp.dtype, device=logp.device)
+    row_weights = torch.where(offline_rows, w, torch.ones_like(w))
+
+    def term_loss(term: torch.Tensor, term_mask: torch.Tensor) -> torch.Tensor:
+        # Every term is aggregated over the whole batch (all N rows), so the terms add up to Eq. 10.
+        return -aggregate_loss(
+            torch.where(term_mask, term, torch.zeros_like(term)),
+            mask,
+            aggregation,
+            row_weights=row_weights,
+            norm_constant=norm_constant,
+        )
+
+    loss_on = term_loss(on_term, on_mask)
+    loss_off = term_loss(off_term, off_mask)
+    loss = loss_on + loss_off
+
+    with torch.no_grad():
+        metrics = {
+            "loss_on": loss_on.detach(),
+            "loss_off": loss_off.detach(),
+            "clip_fraction": masked_mean(clipped.to(logp.dtype), on_mask),
+            "ratio_mean": masked_mean(ratio, on_mask),
+            "offline_ratio_mean": masked_mean(off_ratio, off_mask),
+            "pi_off_mean": masked_mean(pi_off, off_mask),
+            "offline_pi_mean": masked_mean(logp.exp(), off_mask),
+        }
+    if ref_logp is not None and kl_coef:
+        ref_logp = torch.where(on_mask, ref_logp.to(logp.dtype), logp.detach())
+        kl = kl_k3(logp, ref_logp)
+        # Rows other than on-policy rows contribute zero (their k3 is 0 by construction above).
+        loss = loss + kl_coef * aggregate_loss(kl, mask, aggregation, norm_constant=norm_constant)
+        metrics["kl"] = masked_mean(kl.detach(), on_mask)
+    return loss, metrics
+
+
+def sft_loss(
+    logp: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    aggregation: str = "token-mean",
+    norm_constant: float | None = None,
+) -> torch.Tensor:
+    """Supervised fine-tuning loss: the token-mean negative log-likelihood of the teacher trace.
+
+    ``L = (1/Σ|o|) Σ_n Σ_t -log π(o_{n,t})`` (default ``"token-mean"``); with ``entropy`` and
+    ``entropy_coef = β`` given, ``-β·H_t`` is added per token (ReLIFT's SFT step uses
+    ``NLL - 0.001·H``, arXiv 2506.07527). Shapes: ``logp``, ``response_mask``, ``entropy``
+    ``[N, T]``; returns a 0-d tensor.
+    """
+    values = -logp
+    if entropy is not None and entropy_coef:
+        values = values - entropy_coef * entropy
+    return aggregate_loss(values, response_mask, aggregation, norm_constant=norm_constant)
+
+
+def srft_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    is_offline: torch.Tensor,
+    entropy: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    sft_coef: float = 0.5,
+    rl_coef: float = 0.1,
+    aggregation: str = "seq-mean-token-mean",
+    norm_constant: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SRFT's single-stage objective (arXiv 2506.19767), as its paper writes it.
+
+    ``L = w_sft·NLL(demo) + L_rl(demo) + w_rl·(-log π(y⁺)) + log π(y⁻)`` with
+    ``w_sft = sft_coef·stopgrad(exp(-H))`` and ``w_rl = rl_coef·stopgrad(exp(-H))``
+    (:func:`entropy_aware_weight`), where
+
+    * ``NLL(demo)``: ``-log π`` on offline (demonstration) tokens;
+    * ``L_rl(demo)``: ``-min(r·Â, clip(r)·Â)`` on demonstration tokens, ``r = exp(logp - old_logp)``,
+      ``Â`` the group advantage of the demonstration row;
+    * ``y⁺`` / ``y⁻``: on-policy rows with reward > 0 / reward <= 0 (ungradable rows are skipped).
+
+    Every per-token term is aggregated with the same ``aggregation`` over the whole batch.
+
+    Args:
+        logp, old_logp: ``[N, T]`` current and rollout-time log-probabilities.
+        advantages: ``[N]`` group advantages.
+        rewards: ``[N]`` rewards (NaN = ungradable).
+        response_mask: ``[N, T]``.
+        is_offline: ``[N]`` bool.
+        entropy: the policy entropy ``H`` (0-d tensor, e.g. the mean token entropy of the rollouts).
+        eps_low, eps_high, aggregation, norm_constant: as in :func:`red_loss`.
+        sft_coef, rl_coef: SRFT's 0.5 and 0.1.
+
+    Returns:
+        ``(loss, metrics)`` with the four named terms ``sft_demo``, ``rl_demo``, ``positive`` and
+        ``negative`` (``loss`` is their sum) and the two weights ``w_sft``, ``w_rl``.
+    """
+    mask = response_mask.to(torch.bool)
+    offline_rows = is_offline.to(torch.bool)
+    rewards = _rewards_tensor(rewards).to(logp.device)
+    gradable = ~torch.isnan(rewards)
+    demo_mask = _row_mask(offline_rows, mask)
+    pos_mask = _row_mask(~offline_rows & gradable & (rewards > 0), mask)
+    neg_mask = _row_mask(~offline_rows & gradable & (rewards <= 0), mask)
+
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    old_logp = torch.where(demo_mask, old_logp.to(logp.dtype), logp.detach())
+    w_sft = entropy_aware_weight(entropy, sft_coef).to(logp.dtype)
+    w_rl = entropy_aware_weight(entropy, rl_coef).to(logp.dtype)
+    demo_surrogate, _ = clipped_surrogate(torch.exp(logp - old_logp), advantages.to(logp.dtype), eps_low, eps_high)
+
+    def term(values: torch.Tensor, term_mask: torch.Tensor) -> torch.Tensor:
+        values = torch.where(term_mask, values, torch.zeros_like(values))
+        return aggregate_loss(values, mask, aggregation, norm_constant=norm_constant)
+
+    terms = {
+        "sft_demo": w_sft * term(-logp, demo_mask),
+        "rl_demo": term(-demo_surrogate, demo_mask),
+        "positive": w_rl * term(-logp, pos_mask),
+        "negative": term(logp, neg_mask),
+    }
+    loss = sum(terms.values())
+    metrics = {name: value.detach() for name, value in terms.items()}
+    metrics.update(w_sft=w_sft.detach(), w_rl=w_rl.detach())
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Entropy regulator (the stateless part; the state lives in redrl.regulator)
+# ------------------------------------------------------------------------------------------------
+
+
+def relative_entropy_change(h_now: float, h_prev: float) -> float:
+    """RED's entropy change of one data source between two steps (Eq. 9).
+
+    ``ΔH = |1 - H_t / H_{t-1}|``. ``H_{t-1} = 0`` gives 0 if ``H_t = 0`` and ``inf`` otherwise;
+    a non-finite input gives NaN (the caller falls back to ``w = 1``).
+    """
+    h_now, h_prev = float(h_now), float(h_prev)
+    if not (math.isfinite(h_now) and math.isfinite(h_prev)):
+        return math.nan
+    if h_prev == 0.0:
+        return 0.0 if h_now == 0.0 else math.inf
+    return abs(1.0 - h_now / h_prev)
+
+
+def entropy_weight(delta_h_sft: float, delta_h_rl: float, max_weight: float) -> float:
+    """RED's offline weight from the entropy changes (Eqs. 9 and 11).
+
+    ``w = clip(ΔH_sft / ΔH_rl, 1, max_weight)``, with ``max_weight = G`` (rollouts per prompt) in
+    the paper. Edge cases: ``0/0 -> 1``; ``x/0 -> max_weight`` for ``x > 0``; any non-finite input
+    (NaN, inf) -> 1 with a warning, so one bad step cannot blow up the offline term.
+
+    Args:
+        delta_h_sft: ``ΔH_sft >= 0`` (:func:`relative_entropy_change` on the offline rows).
+        delta_h_rl: ``ΔH_rl >= 0`` (the same on the on-policy rows).
+        max_weight: upper clip, ``>= 1``.
+
+    Returns:
+        ``w`` as a Python float in ``[1, max_weight]``.
+    """
+    if not max_weight >= 1.0:
+        raise ValueError(f"max_weight must be >= 1; got {max_weight}")
+    delta_h_sft, delta_h_rl = float(delta_h_sft), float(delta_h_rl)
+    if not (math.isfinite(delta_h_sft) and math.isfinite(delta_h_rl)):
+        warnings.warn(
+            f"entropy regulator: non-finite entropy change (ΔH_sft={delta_h_sft}, ΔH_rl={delta_h_rl}); using w = 1",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return 1.0
+    if delta_h_sft < 0 or delta_h_rl < 0:
+        raise ValueError(f"entropy changes are absolute values; got ΔH_sft={delta_h_sft}, ΔH_rl={delta_h_rl}")
+    if delta_h_rl == 0.0:
+        return 1.0 if delta_h_sft == 0.0 else float(max_weight)
+    return min(max(delta_h_sft / delta_h_rl, 1.0), float(max_weight))

@@ -1,0 +1,40 @@
+"""The README is the front door: its commands are the ones CI runs, and its code runs."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def fenced_blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def setup_commands():
+    """The commands of the README's first bash block, without their comments."""
+    block = fenced_blocks("bash")[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    install, test = setup_commands()[1:3]
+    assert install.startswith("pip install") and "pytest" in test
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert install in ci_lines
+    assert test in ci_lines
+
+
+def test_readme_python_examples_run():
+    for block in fenced_blocks("python"):
+        result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+
+
+def test_cli_help_and_version():
+    result = subprocess.run([sys.executable, "-m", "redrl", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "usage: redrl" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "redrl", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("redrl ")
