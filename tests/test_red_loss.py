@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from redrl.objectives import AGGREGATIONS, OFFLINE_RATIOS, red_loss
+from redrl.objectives import AGGREGATIONS, OFFLINE_RATIOS, aggregation_units, red_loss
 
 F64 = torch.float64
 
@@ -311,3 +311,21 @@ def test_bad_options_are_clear_errors():
 def test_docstring_lists_every_option():
     for name in (*OFFLINE_RATIOS, *AGGREGATIONS):
         assert f'"{name}"' in red_loss.__doc__, name
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_unequal_micro_batches_weighted_by_units_give_the_full_batch(aggregation):
+    # What the trainer does with gradient accumulation: loss_k · units_k / Σ units, any split.
+    batch = random_batch(seed=15, groups=3)
+    kwargs = dict(aggregation=aggregation, norm_constant=6.0)
+    full, _ = red_loss(**batch, **kwargs)
+    (full_grad,) = torch.autograd.grad(full, batch["logp"])
+    splits = [slice(0, 4), slice(4, 11), slice(11, None)]
+    total = aggregation_units(batch["response_mask"], aggregation)
+    accumulated = 0
+    for rows in splits:
+        part = {k: (v[rows] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        units = aggregation_units(part["response_mask"], aggregation)
+        accumulated = accumulated + red_loss(**part, **kwargs)[0] * units / total
+    assert abs(accumulated.item() - full.item()) < 1e-12
+    torch.testing.assert_close(torch.autograd.grad(accumulated, batch["logp"])[0], full_grad, rtol=0, atol=1e-12)

@@ -7,6 +7,7 @@ Each command is a small function that parses its flags and calls into the librar
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,73 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_transformers() -> None:
+    # The per-file "Loading weights" bars of transformers drown our own progress bars.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from redrl.config import load_config
+    from redrl.trainer import train
+
+    values = {}
+    if args.method:
+        values["method"] = args.method
+    if args.steps is not None:
+        values["steps"] = args.steps
+    if args.out:
+        values["out"] = args.out
+    cfg = load_config(args.config, args.set, train=values)
+    _quiet_transformers()
+    final = train(cfg, progress=not args.no_progress)
+    print(f"saved {final}; per-step metrics in {final.parent / 'metrics.jsonl'}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from redrl.config import load_config
+    from redrl.data.offline import load_problems
+    from redrl.demo import evaluate_model
+    from redrl.evaluate import format_table
+    from redrl.trainer import resolve_paths
+
+    values = {"k": args.k} if args.k is not None else {}
+    if args.temperature is not None:
+        values["temperature"] = args.temperature
+    cfg = load_config(args.config, args.set, eval=values, data={"test": args.data} if args.data else {})
+    if not Path(args.model).exists() and args.model != "tiny":
+        raise FileNotFoundError(f"model not found: {args.model}")
+    _quiet_transformers()
+    model_path = args.model
+    _, _, test_path = resolve_paths(cfg)
+    if model_path == "tiny":
+        model_path = resolve_paths(load_config(args.config, args.set))[0]
+    result = evaluate_model(model_path, load_problems(test_path), cfg, seed=args.seed, progress=not args.no_progress)
+    print(format_table({Path(args.model).name or args.model: result}))
+    k = cfg.eval.k
+    print(f"avg@{k} {100 * result['accuracy']:.1f}%  pass@{k} {100 * result[f'pass@{k}']:.1f}%  "
+          f"LEN {result['length']:.0f}  ({result['n']} problems)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": args.model, "k": k, "temperature": cfg.eval.temperature, **result}, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from redrl.demo import run_demo
+
+    _quiet_transformers()
+    run_demo(args.out, seed=args.seed, overrides=args.set, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redrl",
@@ -48,6 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"redrl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from redrl.methods import METHODS
+
+    demo = commands.add_parser("demo", help="the whole experiment on the embedded default: base vs RED, in minutes on a CPU")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of training and evaluation sampling")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=60")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    train = commands.add_parser("train", help="train one method")
+    train.add_argument("--config", default="tiny", help="YAML config or preset (default: configs/tiny.yaml)")
+    train.add_argument("--method", choices=sorted(METHODS), help="training method (default: the config's)")
+    train.add_argument("--steps", type=int, help="optimizer steps")
+    train.add_argument("--out", help="output directory")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-4")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model: avg@k, pass@k, LEN, per level")
+    evaluate.add_argument("--model", required=True, help="model directory (a checkpoint), Hub id, or 'tiny' for the base")
+    evaluate.add_argument("--data", help="problems JSONL (default: the config's test set)")
+    evaluate.add_argument("--k", type=int, help="samples per problem")
+    evaluate.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    evaluate.add_argument("--config", default="tiny", help="YAML config or preset for the eval settings")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed")
+    evaluate.add_argument("--out", help="write the results as JSON here")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=_cmd_eval)
+
     env = commands.add_parser("env", help="print versions of redrl, torch and friends, and the devices in sight")
     env.set_defaults(func=_cmd_env)
     return parser
@@ -59,7 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (config values, paths, data): one line that names the value, not a traceback.
+        if os.environ.get("REDRL_DEBUG"):
+            raise
+        print(f"redrl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"redrl {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ __all__ = [
     "AGGREGATIONS",
     "OFFLINE_RATIOS",
     "aggregate_loss",
+    "aggregation_units",
     "clipped_surrogate",
     "entropy_aware_weight",
     "entropy_weight",
@@ -448,6 +449,21 @@ def aggregate_loss(
     if norm_constant is None or not norm_constant > 0:
         raise ValueError("aggregation 'seq-mean-token-sum-norm' needs a positive norm_constant (the generation budget)")
     return row_sums.sum() / (rows * norm_constant)
+
+
+def aggregation_units(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """What :func:`aggregate_loss` divides by, counted on ``mask [N, T]``: tokens for
+    ``"token-mean"``, rows with at least one token otherwise.
+
+    A batch split into micro-batches gives the full-batch loss as
+    ``Σ_k loss_k · units_k / Σ_k units_k`` (for ``"token-mean"``, and for the seq-mean modes); the
+    trainer scales each micro-batch's loss by ``units_k / Σ units`` before ``backward``.
+    """
+    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    mask = mask.to(torch.bool)
+    if aggregation == "token-mean":
+        return mask.sum()
+    return (mask.sum(-1) > 0).sum()
 
 
 # ------------------------------------------------------------------------------------------------

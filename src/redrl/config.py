@@ -1,0 +1,211 @@
+"""Configuration: one dataclass per concern, every field with its help, validated on creation.
+
+YAML presets (``configs/tiny.yaml``, the embedded default; ``configs/paper/*.yaml``) fill these;
+``--set section.key=value`` overrides single fields. Builders turn the config into flat arguments:
+no config object reaches the math in :mod:`redrl.objectives`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from redrl.objectives import ADVANTAGE_SCALES, AGGREGATIONS, OFFLINE_RATIOS
+
+__all__ = ["Config", "load_config", "preset_path"]
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kwargs):
+    if default is dataclasses.MISSING:
+        return field(metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelConfig:
+    path: str = _help("'tiny' (the embedded base that redrl builds), a local directory or a Hugging Face Hub id", "tiny")
+    dtype: str = _help("parameter dtype: float32, bfloat16 or float16", "float32")
+    attn_implementation: str | None = _help("transformers attention implementation (eager, sdpa, flash_attention_2)", None)
+
+    def __post_init__(self):
+        _require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
+
+
+@dataclass
+class DataConfig:
+    train: str = _help("offline data with teacher traces (flat JSONL/parquet), or 'tiny' for the embedded task", "tiny")
+    test: str = _help("evaluation problems (JSONL with problem, answer), or 'tiny'", "tiny")
+    grader: str = _help("answer grader, used by the training reward and evaluation alike", "integer")
+    system_prompt: str | None = _help("system message put before every problem", None)
+
+    def __post_init__(self):
+        from redrl.rewards import GRADERS
+
+        _require(self.grader in GRADERS, f"data.grader must be one of {', '.join(GRADERS)}; got {self.grader!r}")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = _help("G: rollouts per prompt (a group is G rollouts + 1 teacher row)", 7)
+    temperature: float = _help("sampling temperature of rollouts", 1.0)
+    max_new_tokens: int = _help("generation budget per rollout; longer teacher traces are dropped", 160)
+    batch_size: int = _help("rows generated at once", 256)
+
+    def __post_init__(self):
+        _require(self.group_size >= 1, f"rollout.group_size must be >= 1; got {self.group_size}")
+        _require(self.temperature > 0, f"rollout.temperature must be > 0; got {self.temperature}")
+        _require(self.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1; got {self.max_new_tokens}")
+        _require(self.batch_size >= 1, f"rollout.batch_size must be >= 1; got {self.batch_size}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _help("AdamW learning rate (shared by every method)", 2e-4)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
+    warmup_steps: int = _help("linear warm-up steps", 5)
+    schedule: str = _help("learning-rate schedule after warm-up: constant, linear or cosine", "constant")
+    max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        _require(self.lr > 0, f"optim.lr must be > 0; got {self.lr}")
+        _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}")
+        _require(self.schedule in ("constant", "linear", "cosine"),
+                 f"optim.schedule must be constant, linear or cosine; got {self.schedule!r}")
+        _require(self.max_grad_norm >= 0, f"optim.max_grad_norm must be >= 0; got {self.max_grad_norm}")
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = _help("lower clip range of the on-policy ratio", 0.2)
+    eps_high: float = _help("upper clip range of the on-policy ratio", 0.2)
+    aggregation: str = _help(f"loss aggregation: {', '.join(AGGREGATIONS)}", "seq-mean-token-mean")
+    norm_constant: float | None = _help("constant normaliser of seq-mean-token-sum-norm (default: max_new_tokens)", None)
+    advantage_scale: str = _help(f"advantage scale: {', '.join(ADVANTAGE_SCALES)} (none = Dr.GRPO)", "std")
+    advantage_eps: float = _help("added to the group std", 1e-6)
+    accuracy_includes_offline: bool = _help("group accuracy r̄ also averages the teacher row (the authors' code)", False)
+    offline_ratio: str | None = _help(f"override the method's offline ratio: {', '.join(OFFLINE_RATIOS)}", None)
+    clip_offline: bool = _help("clip the offline ratio too", False)
+    luffy_gamma: float = _help("LUFFY's shaping constant γ", 0.1)
+    regulator_ema: float | None = _help("EMA factor for the regulator's entropies (None = off)", None)
+
+    def __post_init__(self):
+        _require(self.aggregation in AGGREGATIONS, f"loss.aggregation must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
+        _require(self.advantage_scale in ADVANTAGE_SCALES,
+                 f"loss.advantage_scale must be one of {', '.join(ADVANTAGE_SCALES)}; got {self.advantage_scale!r}")
+        _require(self.offline_ratio is None or self.offline_ratio in OFFLINE_RATIOS,
+                 f"loss.offline_ratio must be one of {', '.join(OFFLINE_RATIOS)}; got {self.offline_ratio!r}")
+        _require(self.eps_low >= 0 and self.eps_high >= 0, f"loss.eps_low/eps_high must be >= 0; got {self.eps_low}, {self.eps_high}")
+
+
+@dataclass
+class TrainConfig:
+    method: str = _help("training method (see `redrl train --help`)", "red")
+    steps: int = _help("optimizer steps (one rollout batch each)", 120)
+    prompts_per_step: int = _help("prompts per step; each brings G rollouts and one teacher row", 8)
+    micro_batch_size: int = _help("rows per forward/backward pass (gradients are accumulated)", 64)
+    chunk_size: int = _help("response positions per chunk of the vocabulary projection", 1024)
+    seed: int = _help("seed of prompt order, sampling and initialisation", 0)
+    out: str = _help("output directory (metrics.jsonl, checkpoints)", "runs/red")
+    save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)
+
+    def __post_init__(self):
+        from redrl.methods import METHODS
+
+        _require(self.method in METHODS, f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        _require(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
+        _require(self.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1; got {self.prompts_per_step}")
+        _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
+        _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
+
+
+@dataclass
+class EvalConfig:
+    k: int = _help("samples per problem: reports avg@k and pass@k", 4)
+    temperature: float = _help("sampling temperature (0 = greedy)", 0.6)
+    max_new_tokens: int = _help("generation budget per answer", 160)
+    batch_size: int = _help("rows generated at once", 256)
+
+    def __post_init__(self):
+        _require(self.k >= 1, f"eval.k must be >= 1; got {self.k}")
+        _require(self.temperature >= 0, f"eval.temperature must be >= 0; got {self.temperature}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def preset_path(name: str) -> Path:
+    """A config file: an existing path, or a preset shipped with redrl (``tiny``, ``configs/tiny.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = name.removeprefix("configs/").removesuffix(".yaml")
+    shipped = resources.files("redrl") / "configs" / f"{stem}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise FileNotFoundError(f"config not found: {name}")
+
+
+def _section_class(name: str):
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ValueError(f"--set expects section.key=value; got {text!r}")
+    key, value = text.split("=", 1)
+    section, name = key.split(".", 1)
+    return section, name, yaml.safe_load(value)
+
+
+def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: dict[str, Any]) -> Config:
+    """Read a YAML preset, apply ``section.key=value`` overrides and ``values``, and validate.
+
+    Unknown sections or keys are errors (a typo should not silently fall back to a default).
+    """
+    raw: dict[str, dict] = {}
+    if path is not None:
+        loaded = yaml.safe_load(preset_path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of sections")
+        raw = {section: dict(body or {}) for section, body in loaded.items()}
+    for section, name, value in map(_parse_override, overrides):
+        raw.setdefault(section, {})[name] = value
+    for section, body in values.items():
+        raw.setdefault(section, {}).update(body)
+    sections = {}
+    for section, body in raw.items():
+        if section not in _SECTIONS:
+            raise ValueError(f"unknown config section {section!r}; sections: {', '.join(_SECTIONS)}")
+        cls = type(_section_class(section)())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(body) - known
+        if unknown:
+            raise ValueError(f"unknown config key {section}.{sorted(unknown)[0]}; {section} has {', '.join(sorted(known))}")
+        sections[section] = cls(**body)
+    return Config(**sections)

@@ -1,0 +1,1 @@
+"""Data: offline teacher traces, evaluation sets, and the embedded arithmetic task."""

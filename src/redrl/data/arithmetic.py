@@ -1,0 +1,105 @@
+"""The embedded task: integer arithmetic chains with a difficulty level, and an R1-like teacher.
+
+A level-``k`` problem has ``k`` additions or subtractions of one-digit numbers, e.g. level 3:
+``Compute 13 + 5 - 9 + 4.`` (answer 13), with every intermediate value in ``[0, 19]``. Each step
+of a solution is one small lookup, the same skill as a level-1 problem; answering directly means
+composing ``k`` of them in a single forward pass, which a small network of fixed depth does for
+small ``k`` only. So a model that has learned to *write the steps* can solve any level, one that
+answers directly cannot. This is the paper's setting in miniature: the small student, pretrained
+on direct answers, has a narrow exploration space that RL alone can only sharpen ("Recall"); the
+teacher's step-by-step traces bring a new pattern ("Extend").
+
+Teacher traces are correct, one step per line, with R1-like redundancy: after a step the teacher
+sometimes re-checks it ("Wait, let me check: 47 + 8 = 55."), so traces are longer than needed.
+Answers are written ``\\boxed{N}``, the benchmarks' format, so one grader serves both.
+
+Everything is a pure function of a seed; train, test and pretraining problems are disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["direct_answer", "generate_problems", "make_problem", "teacher_trace", "write_jsonl"]
+
+_START = (0, 19)  # first number
+_OPERAND = (1, 9)  # every later number, one digit
+_RANGE = (0, 19)  # intermediate values stay here
+
+
+def make_problem(rng: random.Random, level: int) -> dict:
+    """One problem with ``level`` operations: ``{"problem", "answer", "level", "steps"}``.
+
+    ``steps`` is the list of ``(a, op, b, result)`` the teacher writes out.
+    """
+    if level < 1:
+        raise ValueError(f"level must be >= 1; got {level}")
+    value = rng.randint(*_START)
+    expression = [str(value)]
+    steps = []
+    for _ in range(level):
+        operand = rng.randint(*_OPERAND)
+        op = rng.choice("+-")
+        result = value + operand if op == "+" else value - operand
+        if not _RANGE[0] <= result <= _RANGE[1]:  # flip the operation to stay in range
+            op = "-" if op == "+" else "+"
+            result = value + operand if op == "+" else value - operand
+        steps.append((value, op, operand, result))
+        expression += [op, str(operand)]
+        value = result
+    return {"problem": f"Compute {' '.join(expression)}.", "answer": str(value), "level": level, "steps": steps}
+
+
+def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.5) -> str:
+    """The teacher's step-by-step solution, with a re-check after a step with ``recheck_prob``."""
+    lines = []
+    for a, op, b, result in steps:
+        step = f"{a} {op} {b} = {result}"
+        lines.append(f"{step}.")
+        if rng.random() < recheck_prob:
+            lines.append(f"Wait, let me check: {step}.")
+    lines.append(f"So the answer is \\boxed{{{steps[-1][3]}}}.")
+    return "\n".join(lines)
+
+
+def direct_answer(answer: str) -> str:
+    """What the base student is pretrained to write: the answer and nothing else."""
+    return f"\\boxed{{{answer}}}"
+
+
+def generate_problems(
+    seed: int, per_level: int, levels: Iterable[int], exclude: set[str] = frozenset(), *, distinct: bool = True
+) -> list[dict]:
+    """``per_level`` problems of each level, none of whose text is in ``exclude``.
+
+    With ``distinct`` (evaluation and RL prompts) no problem repeats; without it (pretraining
+    samples) problems are drawn independently, so level 1, which has only 1,440 distinct problems,
+    can still be sampled as often as the deeper levels.
+    """
+    rng = random.Random(seed)
+    problems, seen = [], set(exclude)
+    for level in levels:
+        count, attempts = 0, 0
+        while count < per_level:
+            attempts += 1
+            if attempts > 100 * per_level:
+                raise ValueError(f"cannot draw {per_level} distinct level-{level} problems")
+            problem = make_problem(rng, level)
+            if problem["problem"] in seen:
+                continue
+            if distinct:
+                seen.add(problem["problem"])
+            problems.append(problem)
+            count += 1
+    rng.shuffle(problems)
+    return problems
+
+
+def write_jsonl(rows: Iterable[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

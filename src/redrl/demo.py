@@ -1,0 +1,62 @@
+"""``redrl demo``: the embedded default end to end — build the base and the teacher data (cached),
+evaluate the base, train RED, evaluate it, print the before/after table and write ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["evaluate_model", "run_demo"]
+
+
+def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress: bool = True) -> dict:
+    """Evaluate the model at ``path`` with ``cfg.eval`` settings; sampling seeded by ``seed``."""
+    from redrl.evaluate import evaluate
+    from redrl.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    torch.manual_seed(seed)
+    return evaluate(
+        model, tokenizer, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
+        max_new_tokens=cfg.eval.max_new_tokens, grader=cfg.data.grader, system_prompt=cfg.data.system_prompt,
+        batch_size=cfg.eval.batch_size, progress=progress,
+    )
+
+
+def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[str] = (), progress: bool = True) -> dict:
+    from redrl.config import load_config
+    from redrl.data.offline import load_problems
+    from redrl.evaluate import format_table
+    from redrl.trainer import resolve_paths, train
+
+    started = time.perf_counter()
+    out = Path(out)
+    cfg = load_config("tiny", list(overrides), train={"out": str(out / "red"), "seed": seed, "method": "red"})
+    if progress:
+        print("redrl demo: building (or reusing) the tiny base and the teacher data ...", flush=True)
+    base_path, _, test_path = resolve_paths(cfg)
+    problems = load_problems(test_path)
+    if progress:
+        print(f"evaluating the base on {len(problems)} test problems (avg@{cfg.eval.k}, temperature {cfg.eval.temperature}) ...", flush=True)
+    results = {"base": evaluate_model(base_path, problems, cfg, seed=seed, progress=progress)}
+    final = train(cfg, progress=progress)
+    results["red"] = evaluate_model(str(final), problems, cfg, seed=seed, progress=progress)
+
+    table = format_table(results)
+    summary = {
+        "methods": {name: {"accuracy": r["accuracy"], "length": r["length"], f"pass@{cfg.eval.k}": r[f"pass@{cfg.eval.k}"],
+                           "by_level": r["by_level"]} for name, r in results.items()},
+        "seconds": time.perf_counter() - started,
+        "eval": {"k": cfg.eval.k, "temperature": cfg.eval.temperature, "problems": len(problems)},
+        "checkpoint": str(final),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(table + "\n")
+    print(f"\nTest accuracy (%, avg@{cfg.eval.k}) by level and overall; LEN = mean response tokens\n")
+    print(table)
+    print(f"\n{summary['seconds']:.0f} s. Wrote {out / 'summary.json'}, {out / 'table.md'}; RED checkpoint: {final}")
+    return summary

@@ -1,0 +1,120 @@
+"""Evaluation: avg@k, pass@k (unbiased estimator), response length, accuracy per level; tables.
+
+Protocol (the paper's): sample ``k`` answers per problem at a temperature (0.6 for the paper's
+avg@32), grade each with the same grader the training reward uses, and report
+
+* ``accuracy`` = avg@k: the mean over problems of the fraction of correct samples
+  (with ``k = 1`` this is pass@1);
+* ``pass@k``: the unbiased estimator of Chen et al. (2021, arXiv 2107.03374),
+  ``1 - C(n - c, k) / C(n, k)`` for ``c`` correct of ``n`` samples;
+* ``length``: the mean number of response tokens over all samples (the paper's LEN).
+
+Ungradable problems (reference answer the grader cannot read) are left out and counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+__all__ = ["evaluate", "format_table", "pass_at_k", "summarize"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``c`` correct of ``n`` samples: ``1 - C(n-c, k) / C(n, k)``."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = Π_{i=n-c+1}^{n} (1 - k / i), a product of numbers in (0, 1]: no overflow.
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def summarize(problems: list[dict], rewards: list[list[float | None]], lengths: list[list[int]], k: int) -> dict:
+    """Aggregate per-sample rewards into ``{"accuracy", "pass@k", "length", "n", "ungradable", "by_level"}``.
+
+    ``rewards[i]`` and ``lengths[i]`` hold the ``k`` samples of ``problems[i]``; ``by_level`` groups
+    problems by their ``level`` field (absent: no per-level rows).
+    """
+    def aggregate(indices: list[int]) -> dict:
+        gradable = [i for i in indices if all(r is not None for r in rewards[i])]
+        if not gradable:
+            return {"accuracy": math.nan, f"pass@{k}": math.nan, "length": math.nan, "n": 0,
+                    "ungradable": len(indices)}
+        correct = [sum(rewards[i]) for i in gradable]
+        return {
+            "accuracy": sum(c / k for c in correct) / len(gradable),
+            f"pass@{k}": sum(pass_at_k(k, int(c), k) for c in correct) / len(gradable),
+            "length": sum(sum(lengths[i]) for i in gradable) / (k * len(gradable)),
+            "n": len(gradable),
+            "ungradable": len(indices) - len(gradable),
+        }
+
+    result = aggregate(list(range(len(problems))))
+    levels = defaultdict(list)
+    for i, problem in enumerate(problems):
+        if "level" in problem:
+            levels[str(problem["level"])].append(i)
+    result["by_level"] = {level: aggregate(levels[level]) for level in sorted(levels, key=_level_key)}
+    return result
+
+
+def _level_key(level: str):
+    return (0, int(level)) if level.lstrip("-").isdigit() else (1, level)
+
+
+def evaluate(
+    model,
+    tokenizer,
+    problems: list[dict],
+    *,
+    k: int = 4,
+    temperature: float = 0.6,
+    max_new_tokens: int = 160,
+    grader: str = "integer",
+    system_prompt: str | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict:
+    """Sample ``k`` answers to each problem, grade them, and :func:`summarize`."""
+    from redrl.modeling import encode_prompt
+    from redrl.rewards import grade
+    from redrl.rollout import HFGenerator
+
+    prompts = [encode_prompt(tokenizer, p["problem"], system_prompt) for p in problems]
+    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size)
+    responses = []
+    step = max(1, batch_size // k)
+    iterator = range(0, len(prompts), step)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="evaluating", leave=False, dynamic_ncols=True)
+    for start in iterator:
+        responses += generator.generate(prompts[start : start + step], k, temperature=temperature, max_new_tokens=max_new_tokens)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    rewards = [[grade(texts[i * k + j], p["answer"], grader) for j in range(k)] for i, p in enumerate(problems)]
+    lengths = [[len(responses[i * k + j]) for j in range(k)] for i in range(len(problems))]
+    return summarize(problems, rewards, lengths, k)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A markdown table: one row per model, accuracy (%) and LEN per level and overall."""
+    levels = []
+    for result in results.values():
+        for level in result.get("by_level", {}):
+            if level not in levels:
+                levels.append(level)
+    levels.sort(key=_level_key)
+    header = ["model"] + [f"L{level}" for level in levels] + ["overall", "LEN"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def pct(value: float) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+    for name, result in results.items():
+        cells = [name] + [pct(result["by_level"].get(level, {}).get("accuracy", math.nan)) for level in levels]
+        length = result.get("length", math.nan)
+        cells += [pct(result["accuracy"]), "-" if math.isnan(length) else f"{length:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,22 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """A tiny base (barely pretrained: seconds, not minutes) and task data with levels 1-2."""
+    from redrl.tiny import TinySpec, ensure_tiny
+
+    import os
+
+    cache = tmp_path_factory.mktemp("redrl-cache")
+    previous = os.environ.get("REDRL_CACHE")
+    os.environ["REDRL_CACHE"] = str(cache)
+    try:
+        spec = TinySpec(levels=(1, 2), train_per_level=(20, 20), test_per_level=4, pretrain_per_level=(64, 64),
+                        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, pretrain_steps=3, pretrain_batch=16)
+        return ensure_tiny(spec, progress=False)
+    finally:
+        if previous is None:
+            os.environ.pop("REDRL_CACHE")
+        else:
+            os.environ["REDRL_CACHE"] = previous
