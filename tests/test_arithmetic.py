@@ -35,10 +35,16 @@ def test_teacher_traces_are_correct_stepwise_and_redundant():
     traces = [teacher_trace(p["steps"], rng) for p in problems]
     for problem, trace in zip(problems, traces):
         assert grade(trace, problem["answer"]) == 1.0
-        for a, op, b, result in re.findall(r"^(\d+) ([+-]) (\d+) = (\d+)\.$", trace, flags=re.M):
+        for a, op, b, result in re.findall(r"^Wait, let me check: (\d+) ([+-]) (\d+) = (\d+)\.$", trace, flags=re.M):
             assert evaluate_left_to_right(f"{a} {op} {b}") == int(result)
-        steps = [line for line in trace.splitlines() if re.fullmatch(r"\d+ [+-] \d+ = \d+\.", line)]
-        assert len(steps) == 4  # one operation per line
+        lines = trace.splitlines()
+        rewrites = [line for line in lines if line.startswith("= ")]
+        assert len(rewrites) == 4  # one operation per line
+        previous = lines[0]
+        for line in rewrites:  # each line does the first operation of the one above
+            assert evaluate_left_to_right(line[2:]) == evaluate_left_to_right(previous.removeprefix("= "))
+            assert len(line[2:].split()) == len(previous.removeprefix("= ").split()) - 2
+            previous = line
     assert sum("Wait, let me check:" in t for t in traces) > 10  # R1-like re-checks make traces longer
 
 
@@ -59,7 +65,11 @@ def test_written_data_goes_through_the_real_loaders(tmp_path):
     assert [r["problem"] for r in records] == [p["problem"] for p in problems]
     assert all(grade(r["distill"], r["answer"]) == 1.0 for r in records)
     assert load_problems(tmp_path / "train.jsonl")[0]["level"] == 2
-    assert direct_answer("7") == "\\boxed{7}"
+    problem = problems[0]
+    direct = direct_answer(problem["steps"])
+    assert grade(direct, problem["answer"]) == 1.0
+    assert direct.splitlines()[0] == problem["problem"].removeprefix("Compute ").removesuffix(".")
+    assert len(direct.splitlines()) == 3  # the expression, its value, the answer: no steps
 
 
 def test_loader_errors_name_the_problem(tmp_path):

@@ -78,14 +78,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     values = {"k": args.k} if args.k is not None else {}
     if args.temperature is not None:
         values["temperature"] = args.temperature
-    cfg = load_config(args.config, args.set, eval=values, data={"test": args.data} if args.data else {})
-    if not Path(args.model).exists() and args.model != "tiny":
+    cfg = load_config(args.config, args.set, eval=values, model={"path": args.model},
+                      data={"test": args.data} if args.data else {})
+    if args.model != "tiny" and "/" in args.model and not Path(args.model).exists():
         raise FileNotFoundError(f"model not found: {args.model}")
     _quiet_transformers()
-    model_path = args.model
-    _, _, test_path = resolve_paths(cfg)
-    if model_path == "tiny":
-        model_path = resolve_paths(load_config(args.config, args.set))[0]
+    model_path, _, test_path = resolve_paths(cfg, need_train=False)
     result = evaluate_model(model_path, load_problems(test_path), cfg, seed=args.seed, progress=not args.no_progress)
     print(format_table({Path(args.model).name or args.model: result}))
     k = cfg.eval.k

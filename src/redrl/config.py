@@ -8,6 +8,7 @@ no config object reaches the math in :mod:`redrl.objectives`.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -175,6 +176,35 @@ def _section_class(name: str):
     return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]
 
 
+def _coerce(section: str, cls, body: dict) -> dict:
+    """Convert YAML/CLI values to the field types (YAML reads ``1e-3`` as a string)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in body.items():
+        expected = hints[name]
+        allowed = set(typing.get_args(expected)) or {expected}
+        if value is None or type(value) in allowed:
+            out[name] = value
+            continue
+        try:
+            if float in allowed and isinstance(value, (int, str)) and not isinstance(value, bool):
+                value = float(value)
+            elif int in allowed and isinstance(value, str):
+                value = int(value)
+            elif bool in allowed and isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            elif typing.get_origin(expected) is tuple and isinstance(value, (list, tuple)):
+                value = tuple(float(v) for v in value)
+            elif str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)
+            else:
+                raise TypeError
+        except (TypeError, ValueError):
+            raise ValueError(f"{section}.{name} must be {getattr(expected, '__name__', expected)}; got {value!r}") from None
+        out[name] = value
+    return out
+
+
 def _parse_override(text: str) -> tuple[str, str, Any]:
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ValueError(f"--set expects section.key=value; got {text!r}")
@@ -207,5 +237,5 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
         unknown = set(body) - known
         if unknown:
             raise ValueError(f"unknown config key {section}.{sorted(unknown)[0]}; {section} has {', '.join(sorted(known))}")
-        sections[section] = cls(**body)
+        sections[section] = cls(**_coerce(section, cls, body))
     return Config(**sections)

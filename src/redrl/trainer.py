@@ -35,9 +35,13 @@ from redrl.rollout import HFGenerator
 __all__ = ["PromptSampler", "assemble_batch", "resolve_paths", "train"]
 
 
-def resolve_paths(cfg: Config) -> tuple[str, str, str]:
-    """``(model, train data, test data)``, building the embedded default for any that is ``tiny``."""
-    model, train_data, test_data = cfg.model.path, cfg.data.train, cfg.data.test
+def resolve_paths(cfg: Config, *, need_train: bool = True) -> tuple[str, str, str]:
+    """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
+    (the train data is left as it is when ``need_train`` is false)."""
+    model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test
+    for name, value in (("model.path", model), ("data.train", train_data), ("data.test", test_data)):
+        if value and value != "tiny" and value.startswith((".", "/", "~")) and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{name} not found: {value}")
     if "tiny" in (model, train_data, test_data):
         from redrl.tiny import ensure_tiny
 

@@ -9,8 +9,9 @@ answers directly cannot. This is the paper's setting in miniature: the small stu
 on direct answers, has a narrow exploration space that RL alone can only sharpen ("Recall"); the
 teacher's step-by-step traces bring a new pattern ("Extend").
 
-Teacher traces are correct, one step per line, with R1-like redundancy: after a step the teacher
-sometimes re-checks it ("Wait, let me check: 47 + 8 = 55."), so traces are longer than needed.
+Teacher traces are correct, one operation per line, with R1-like redundancy: after a step the
+teacher sometimes re-checks it ("Wait, let me check: 13 + 5 = 18."), so traces are longer than
+needed.
 Answers are written ``\\boxed{N}``, the benchmarks' format, so one grader serves both.
 
 Everything is a pure function of a seed; train, test and pretraining problems are disjoint.
@@ -54,20 +55,32 @@ def make_problem(rng: random.Random, level: int) -> dict:
 
 
 def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.5) -> str:
-    """The teacher's step-by-step solution, with a re-check after a step with ``recheck_prob``."""
-    lines = []
+    """The teacher's solution: the expression, then one operation per line, re-checks, the answer.
+
+    Each line does the first operation of the line above and copies the rest, so every step is
+    local (``13 + 5 - 9 + 4`` → ``= 18 - 9 + 4`` → ``= 9 + 4`` → ``= 13``); after a step the
+    teacher re-checks it with probability ``recheck_prob`` ("Wait, let me check: 13 + 5 = 18.").
+    """
+    rest = [str(steps[0][0])] + [part for _, op, b, _ in steps for part in (op, str(b))]
+    lines = [" ".join(rest)]
     for a, op, b, result in steps:
-        step = f"{a} {op} {b} = {result}"
-        lines.append(f"{step}.")
+        rest = [str(result)] + rest[3:]
+        lines.append("= " + " ".join(rest))
         if rng.random() < recheck_prob:
-            lines.append(f"Wait, let me check: {step}.")
+            lines.append(f"Wait, let me check: {a} {op} {b} = {result}.")
     lines.append(f"So the answer is \\boxed{{{steps[-1][3]}}}.")
     return "\n".join(lines)
 
 
-def direct_answer(answer: str) -> str:
-    """What the base student is pretrained to write: the answer and nothing else."""
-    return f"\\boxed{{{answer}}}"
+def direct_answer(steps: list[tuple[int, str, int, int]]) -> str:
+    """What the base student is pretrained to write: the expression, then straight to its value.
+
+    The same lines as the teacher's first and last (``13 + 5 - 9 + 4`` / ``= 13`` / ``So the
+    answer is \\boxed{13}.``), with no intermediate step in between.
+    """
+    expression = " ".join([str(steps[0][0])] + [part for _, op, b, _ in steps for part in (op, str(b))])
+    answer = steps[-1][3]
+    return f"{expression}\n= {answer}\nSo the answer is \\boxed{{{answer}}}."
 
 
 def generate_problems(

@@ -1,0 +1,41 @@
+"""Config: presets, overrides, types and one-line errors that name the value."""
+
+import pytest
+
+from redrl.config import Config, load_config
+from redrl.methods import METHODS
+
+
+def test_tiny_preset_loads_and_overrides_apply():
+    cfg = load_config("tiny", ["optim.lr=1e-3", "train.steps=7", "loss.regulator_ema=0.5", "model.attn_implementation=eager"])
+    assert isinstance(cfg, Config)
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.steps == 7 and cfg.loss.regulator_ema == 0.5
+    assert load_config("configs/tiny.yaml").train.method == "red"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.method=ppo", "unknown method 'ppo'"),
+        ("train.steps=-3", "train.steps must be >= 1; got -3"),
+        ("optim.lr=fast", "optim.lr must be float; got 'fast'"),
+        ("loss.aggregation=sum", "loss.aggregation must be one of"),
+        ("train.stepz=3", "unknown config key train.stepz"),
+        ("trainer.steps=3", "unknown config section 'trainer'"),
+        ("steps=3", "--set expects section.key=value"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("tiny", [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="config not found: nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_every_method_is_accepted():
+    for name in METHODS:
+        assert load_config("tiny", [f"train.method={name}"]).train.method == name
