@@ -35,17 +35,28 @@ def test_teacher_traces_are_correct_stepwise_and_redundant():
     traces = [teacher_trace(p["steps"], rng) for p in problems]
     for problem, trace in zip(problems, traces):
         assert grade(trace, problem["answer"]) == 1.0
+        lines = [line for line in trace.splitlines() if not line.startswith(("Wait", "So the answer"))]
+        operations = [line for line in lines if "=" in line]
+        assert len(operations) == 4  # one operation per line
+        for line in operations:
+            left, right = line.split(" = ")
+            assert len(left.split()) == 3 and evaluate_left_to_right(left) == int(right)
+        # Every rewritten line is the last result followed by the operations still to do, so the
+        # value of the whole expression never changes from line to line.
+        expression = problem["problem"].removeprefix("Compute ").removesuffix(".")
+        for line in lines:
+            if "=" not in line:
+                assert evaluate_left_to_right(line) == int(problem["answer"])
+                assert expression.endswith(" ".join(line.split()[1:]))
         for a, op, b, result in re.findall(r"^Wait, let me check: (\d+) ([+-]) (\d+) = (\d+)\.$", trace, flags=re.M):
-            assert evaluate_left_to_right(f"{a} {op} {b}") == int(result)
-        lines = trace.splitlines()
-        rewrites = [line for line in lines if line.startswith("= ")]
-        assert len(rewrites) == 4  # one operation per line
-        previous = lines[0]
-        for line in rewrites:  # each line does the first operation of the one above
-            assert evaluate_left_to_right(line[2:]) == evaluate_left_to_right(previous.removeprefix("= "))
-            assert len(line[2:].split()) == len(previous.removeprefix("= ").split()) - 2
-            previous = line
+            assert f"{a} {op} {b} = {result}" in operations
     assert sum("Wait, let me check:" in t for t in traces) > 10  # R1-like re-checks make traces longer
+
+
+def test_a_level_one_trace_is_the_base_answer_plus_redundancy():
+    rng = random.Random(1)
+    problem = make_problem(rng, 1)
+    assert teacher_trace(problem["steps"], rng, recheck_prob=0.0) == direct_answer(problem["steps"])
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -68,8 +79,9 @@ def test_written_data_goes_through_the_real_loaders(tmp_path):
     problem = problems[0]
     direct = direct_answer(problem["steps"])
     assert grade(direct, problem["answer"]) == 1.0
-    assert direct.splitlines()[0] == problem["problem"].removeprefix("Compute ").removesuffix(".")
-    assert len(direct.splitlines()) == 3  # the expression, its value, the answer: no steps
+    expression = problem["problem"].removeprefix("Compute ").removesuffix(".")
+    assert direct.splitlines() == [f"{expression} = {problem['answer']}",
+                                   f"So the answer is \\boxed{{{problem['answer']}}}."]  # no steps
 
 
 def test_loader_errors_name_the_problem(tmp_path):

@@ -70,12 +70,12 @@ def build_tokenizer():
 class TinySpec:
     """Everything the embedded default is built from; its hash names the cache entry."""
 
-    format_version: int = 3  # bump when the task's text format changes, so caches are rebuilt
+    format_version: int = 4  # bump when the task's text format changes, so caches are rebuilt
     seed: int = 0
     levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     train_per_level: tuple[int, ...] = (150, 400, 400, 400, 400, 400)  # level 1 has 270 problems in all
     test_per_level: int = 50
-    pretrain_per_level: tuple[int, ...] = (6000, 3000, 3000, 3000, 3000, 3000)
+    pretrain_per_level: tuple[int, ...] = (8000, 3000, 3000, 3000, 3000, 3000)
     recheck_prob: float = 0.5
     hidden_size: int = 128
     num_layers: int = 4
@@ -106,12 +106,15 @@ def _write_task(spec: TinySpec, root: Path) -> None:
         raise ValueError("TinySpec.train_per_level and pretrain_per_level need one count per level")
     test = generate_problems(spec.seed * 3 + 1, spec.test_per_level, spec.levels)
     held_out = {p["problem"] for p in test}
-    # Train and test are disjoint; pretraining (direct answers) avoids the test problems too, but
-    # may share problems with the train split, as a real pretraining corpus would.
+    # Train and test are disjoint. Pretraining (direct answers) avoids the test problems of levels
+    # >= 2 and may share problems with the train split, as a real pretraining corpus would. Level-1
+    # problems are single arithmetic facts (270 in all): the base learns all of them, as a small
+    # model knows its addition table, so level 1 measures that the base has its facts.
     train, pretrain = [], []
     for level, n_train, n_pretrain in zip(spec.levels, spec.train_per_level, spec.pretrain_per_level):
         train += generate_problems(spec.seed * 100 + level, n_train, [level], exclude=held_out)
-        pretrain += generate_problems(spec.seed * 100 + 50 + level, n_pretrain, [level], exclude=held_out, distinct=False)
+        pretrain += generate_problems(spec.seed * 100 + 50 + level, n_pretrain, [level],
+                                      exclude=held_out if level > 1 else set(), distinct=False)
     random.Random(spec.seed).shuffle(train)
     rng = random.Random(spec.seed)
     write_jsonl(

@@ -54,33 +54,39 @@ def make_problem(rng: random.Random, level: int) -> dict:
     return {"problem": f"Compute {' '.join(expression)}.", "answer": str(value), "level": level, "steps": steps}
 
 
-def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.5) -> str:
-    """The teacher's solution: the expression, then one operation per line, re-checks, the answer.
+def _expression(steps: list[tuple[int, str, int, int]]) -> list[str]:
+    return [str(steps[0][0])] + [part for _, op, b, _ in steps for part in (op, str(b))]
 
-    Each line does the first operation of the line above and copies the rest, so every step is
-    local (``13 + 5 - 9 + 4`` → ``= 18 - 9 + 4`` → ``= 9 + 4`` → ``= 13``); after a step the
-    teacher re-checks it with probability ``recheck_prob`` ("Wait, let me check: 13 + 5 = 18.").
+
+def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.5) -> str:
+    """The teacher's solution: one operation per line, the rest rewritten, re-checks, the answer.
+
+    ``13 + 5 - 9 + 4`` becomes ``13 + 5 = 18`` / ``18 - 9 + 4`` / ``18 - 9 = 9`` / ``9 + 4`` /
+    ``9 + 4 = 13`` ... : every operation line is a level-1 fact in the very form the base writes it,
+    and every rewritten line copies the rest of the line above. After an operation the teacher
+    re-checks it with probability ``recheck_prob`` ("Wait, let me check: 13 + 5 = 18.").
     """
-    rest = [str(steps[0][0])] + [part for _, op, b, _ in steps for part in (op, str(b))]
-    lines = [" ".join(rest)]
+    rest = _expression(steps)
+    lines = []
     for a, op, b, result in steps:
-        rest = [str(result)] + rest[3:]
-        lines.append("= " + " ".join(rest))
+        lines.append(f"{a} {op} {b} = {result}")
         if rng.random() < recheck_prob:
             lines.append(f"Wait, let me check: {a} {op} {b} = {result}.")
+        rest = [str(result)] + rest[3:]
+        if len(rest) > 3:  # more than one operation left: rewrite the line
+            lines.append(" ".join(rest))
     lines.append(f"So the answer is \\boxed{{{steps[-1][3]}}}.")
     return "\n".join(lines)
 
 
 def direct_answer(steps: list[tuple[int, str, int, int]]) -> str:
-    """What the base student is pretrained to write: the expression, then straight to its value.
+    """What the base student is pretrained to write: the expression, its value, the answer.
 
-    The same lines as the teacher's first and last (``13 + 5 - 9 + 4`` / ``= 13`` / ``So the
-    answer is \\boxed{13}.``), with no intermediate step in between.
+    ``13 + 5 - 9 + 4 = 13`` / ``So the answer is \\boxed{13}.``: no intermediate step. For a
+    level-1 problem this is the teacher's operation line.
     """
-    expression = " ".join([str(steps[0][0])] + [part for _, op, b, _ in steps for part in (op, str(b))])
     answer = steps[-1][3]
-    return f"{expression}\n= {answer}\nSo the answer is \\boxed{{{answer}}}."
+    return f"{' '.join(_expression(steps))} = {answer}\nSo the answer is \\boxed{{{answer}}}."
 
 
 def generate_problems(
