@@ -39,3 +39,17 @@ def test_missing_config_file():
 def test_every_method_is_accepted():
     for name in METHODS:
         assert load_config("tiny", [f"train.method={name}"]).train.method == name
+
+
+def test_missing_paths_are_named(tmp_path):
+    from redrl.trainer import resolve_paths
+
+    cfg = load_config("tiny", [f"data.train={tmp_path}/none.jsonl", f"data.test={tmp_path}/none.jsonl",
+                               "model.path=Qwen/Qwen2.5-Math-1.5B"])
+    with pytest.raises(FileNotFoundError, match="data.train not found"):
+        resolve_paths(cfg)
+    with pytest.raises(FileNotFoundError, match="data.test not found"):
+        resolve_paths(cfg, need_train=False)
+    cfg = load_config("tiny", [f"model.path={tmp_path}/missing/model", f"data.test={tmp_path}/none.jsonl"])
+    with pytest.raises(FileNotFoundError, match="model.path not found"):
+        resolve_paths(cfg, need_train=False)

@@ -80,8 +80,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         values["temperature"] = args.temperature
     cfg = load_config(args.config, args.set, eval=values, model={"path": args.model},
                       data={"test": args.data} if args.data else {})
-    if args.model != "tiny" and "/" in args.model and not Path(args.model).exists():
-        raise FileNotFoundError(f"model not found: {args.model}")
     _quiet_transformers()
     model_path, _, test_path = resolve_paths(cfg, need_train=False)
     result = evaluate_model(model_path, load_problems(test_path), cfg, seed=args.seed, progress=not args.no_progress)

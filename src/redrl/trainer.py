@@ -39,8 +39,11 @@ def resolve_paths(cfg: Config, *, need_train: bool = True) -> tuple[str, str, st
     """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
     (the train data is left as it is when ``need_train`` is false)."""
     model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test
-    for name, value in (("model.path", model), ("data.train", train_data), ("data.test", test_data)):
-        if value and value != "tiny" and value.startswith((".", "/", "~")) and not Path(value).expanduser().exists():
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # else maybe a Hub id "org/name"
+    if model != "tiny" and looks_local and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"model.path not found: {model}")
+    for name, value in (("data.train", train_data), ("data.test", test_data)):
+        if value and value != "tiny" and not Path(value).expanduser().is_file():
             raise FileNotFoundError(f"{name} not found: {value}")
     if "tiny" in (model, train_data, test_data):
         from redrl.tiny import ensure_tiny
