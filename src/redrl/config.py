@@ -141,6 +141,8 @@ class EvalConfig:
     def __post_init__(self):
         _require(self.k >= 1, f"eval.k must be >= 1; got {self.k}")
         _require(self.temperature >= 0, f"eval.temperature must be >= 0; got {self.temperature}")
+        _require(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1; got {self.max_new_tokens}")
+        _require(self.batch_size >= 1, f"eval.batch_size must be >= 1; got {self.batch_size}")
 
 
 @dataclass
@@ -157,7 +159,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig,
+             "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 def preset_path(name: str) -> Path:
@@ -170,10 +173,6 @@ def preset_path(name: str) -> Path:
     if shipped.is_file():
         return Path(str(shipped))
     raise FileNotFoundError(f"config not found: {name}")
-
-
-def _section_class(name: str):
-    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[name]
 
 
 def _coerce(section: str, cls, body: dict) -> dict:
@@ -232,7 +231,7 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
     for section, body in raw.items():
         if section not in _SECTIONS:
             raise ValueError(f"unknown config section {section!r}; sections: {', '.join(_SECTIONS)}")
-        cls = type(_section_class(section)())
+        cls = _SECTIONS[section]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(body) - known
         if unknown:
