@@ -13,7 +13,8 @@ def tiny_assets(tmp_path_factory):
     os.environ["REDRL_CACHE"] = str(cache)
     try:
         spec = TinySpec(levels=(1, 2), train_per_level=(20, 20), test_per_level=4, pretrain_per_level=(64, 64),
-                        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, pretrain_steps=3, pretrain_batch=16)
+                        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, pretrain_steps=3, pretrain_batch=16,
+                        fact_sheets=8, facts_per_sheet=4)
         return ensure_tiny(spec, progress=False)
     finally:
         if previous is None:

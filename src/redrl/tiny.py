@@ -1,11 +1,20 @@
 """The embedded default's student: a tiny Llama-style causal LM that answers arithmetic directly.
 
 Built deterministically from a seed and cached under ``$REDRL_CACHE`` (default
-``~/.cache/redrl``): the arithmetic task (train with teacher traces, test, pretraining problems)
+``~/.cache/redrl``): the arithmetic task (train with teacher traces, test, pretraining corpus)
 and a base model in Hugging Face format (``AutoModelForCausalLM.from_pretrained`` loads it), with
-a word-level tokenizer that carries a chat template. The base is pretrained on *direct answers
-only* (``\\boxed{58}``): it solves level 1 well, deeper levels rarely, and has never seen a
-reasoning line.
+a word-level tokenizer that carries a chat template.
+
+The base's pretraining corpus has two kinds of rows, and no reasoning line in either:
+
+- chat rows: a problem and its *direct answer* (``13 + 5 - 9 + 4 = 13`` / ``\\boxed{13}``), with
+  deep problems rarer than shallow ones (``pretrain_per_level``), as in a real corpus;
+- raw-text "fact sheets": pages of single arithmetic facts, one per line (``13 + 5 = 18``), the
+  addition table any corpus holds. They make the facts known *in any context*, not only right
+  after a question, which is what lets the teacher's one-fact-per-line steps build on them.
+
+So the base knows every fact (level 1) and answers deeper levels rarely: a narrow exploration
+space that RL can sharpen but not widen.
 """
 
 from __future__ import annotations
@@ -28,14 +37,16 @@ __all__ = ["TinySpec", "build_tokenizer", "cache_dir", "ensure_tiny"]
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 WORDS = ["Compute", "Wait", "let", "me", "check", "So", "the", "answer", "is"]
-SYMBOLS = list("0123456789+-*/=.,:;!?(){}") + ["\\boxed{"]
+SYMBOLS = list("+-*/=.,:;!?(){}") + ["\\boxed{"]
+NUMBERS = [str(n) for n in range(100)]  # whole numbers below 100 are words; longer ones split
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-# Splits text into words, single digits and single symbols, each with its leading space if any,
-# plus newlines: lossless, and numbers are read digit by digit.
-PRE_TOKENIZER_PATTERN = r" ?\\boxed\{| ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\n| +"
+# Splits text into words and symbols, each with the spaces around it, whole numbers below 100 (a
+# longer number is read two digits at a time) and newlines: lossless. Numbers never carry a space,
+# so a value is one and the same token wherever it stands (line start, after "=", in \boxed{}).
+PRE_TOKENIZER_PATTERN = r" ?\\boxed\{| ?[A-Za-z]+ ?| ?[^\sA-Za-z\d] ?|\d{1,2}|\n| "
 
 
 def cache_dir() -> Path:
@@ -48,10 +59,12 @@ def build_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    pieces = WORDS + SYMBOLS + [" "]
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for piece in pieces + [" " + p for p in pieces if p != " "] + ["\n"]:
+    for piece in NUMBERS + ["\n", " "]:
         vocab.setdefault(piece, len(vocab))
+    for piece in WORDS + SYMBOLS:
+        for variant in (piece, " " + piece, piece + " ", " " + piece + " "):
+            vocab.setdefault(variant, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERN), behavior="isolated")
     backend.decoder = decoders.Fuse()
@@ -70,12 +83,14 @@ def build_tokenizer():
 class TinySpec:
     """Everything the embedded default is built from; its hash names the cache entry."""
 
-    format_version: int = 4  # bump when the task's text format changes, so caches are rebuilt
+    format_version: int = 7  # bump when the task's text format changes, so caches are rebuilt
     seed: int = 0
     levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     train_per_level: tuple[int, ...] = (150, 400, 400, 400, 400, 400)  # level 1 has 270 problems in all
     test_per_level: int = 50
-    pretrain_per_level: tuple[int, ...] = (8000, 3000, 3000, 3000, 3000, 3000)
+    pretrain_per_level: tuple[int, ...] = (6000, 3000, 1500, 800, 400, 200)  # deep problems are rarer
+    fact_sheets: int = 3000  # raw-text pages of level-1 facts, one per line
+    facts_per_sheet: int = 8
     recheck_prob: float = 0.5
     hidden_size: int = 128
     num_layers: int = 4
@@ -123,8 +138,14 @@ def _write_task(spec: TinySpec, root: Path) -> None:
         root / "train.jsonl",
     )
     write_jsonl(({"problem": p["problem"], "answer": p["answer"], "level": p["level"]} for p in test), root / "test.jsonl")
-    write_jsonl(({"problem": p["problem"], "answer": p["answer"], "response": direct_answer(p["steps"]),
-                  "level": p["level"]} for p in pretrain), root / "pretrain.jsonl")
+    rows = [{"problem": p["problem"], "answer": p["answer"], "response": direct_answer(p["steps"]), "level": p["level"]}
+            for p in pretrain]
+    sheets = generate_problems(spec.seed * 100 + 99, spec.fact_sheets * spec.facts_per_sheet, [1], distinct=False)
+    for i in range(spec.fact_sheets):
+        facts = sheets[i * spec.facts_per_sheet : (i + 1) * spec.facts_per_sheet]
+        rows.append({"text": "\n".join(direct_answer(p["steps"]).split("\n")[0] for p in facts)})
+    random.Random(spec.seed + 1).shuffle(rows)
+    write_jsonl(rows, root / "pretrain.jsonl")
 
 
 def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
@@ -153,8 +174,9 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     )
     model = LlamaForCausalLM(config)
     records = read_records(root / "pretrain.jsonl")
-    prompts = [encode_prompt(tokenizer, r["problem"]) for r in records]
-    responses = [encode_response(tokenizer, r["response"]) for r in records]
+    # Chat rows (problem -> direct answer) learn the answer; raw text pages learn every token.
+    prompts = [encode_prompt(tokenizer, r["problem"]) if "problem" in r else [] for r in records]
+    responses = [encode_response(tokenizer, r["response"] if "problem" in r else r["text"]) for r in records]
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
     warmup = max(1, spec.pretrain_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
