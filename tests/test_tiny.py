@@ -36,7 +36,7 @@ def test_a_number_is_one_token_wherever_it_stands(tokenizer):
 
 
 def test_pretraining_corpus_has_direct_answers_and_true_facts_only(tiny_assets):
-    rows = [json.loads(line) for line in open(tiny_assets.root / "pretrain.jsonl")]
+    rows = [json.loads(line) for line in (tiny_assets.root / "pretrain.jsonl").read_text().splitlines()]
     chat = [r for r in rows if "problem" in r]
     pages = [r["text"] for r in rows if "text" in r]
     assert chat and pages
