@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from redrl.data.arithmetic import direct_answer, generate_problems, teacher_trace, write_jsonl
+from redrl.data.arithmetic import direct_answer, fact_line, generate_problems, teacher_trace, write_jsonl
 
 __all__ = ["TinySpec", "build_tokenizer", "cache_dir", "ensure_tiny"]
 
@@ -143,7 +143,7 @@ def _write_task(spec: TinySpec, root: Path) -> None:
     sheets = generate_problems(spec.seed * 100 + 99, spec.fact_sheets * spec.facts_per_sheet, [1], distinct=False)
     for i in range(spec.fact_sheets):
         facts = sheets[i * spec.facts_per_sheet : (i + 1) * spec.facts_per_sheet]
-        rows.append({"text": "\n".join(direct_answer(p["steps"]).split("\n")[0] for p in facts)})
+        rows.append({"text": "\n".join(fact_line(p["steps"][0]) for p in facts)})
     random.Random(spec.seed + 1).shuffle(rows)
     write_jsonl(rows, root / "pretrain.jsonl")
 

@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["direct_answer", "generate_problems", "make_problem", "teacher_trace", "write_jsonl"]
+__all__ = ["direct_answer", "fact_line", "generate_problems", "make_problem", "teacher_trace", "write_jsonl"]
 
 _START = (0, 19)  # first number
 _OPERAND = (1, 9)  # every later number, one digit
@@ -58,6 +58,12 @@ def _expression(steps: list[tuple[int, str, int, int]]) -> list[str]:
     return [str(steps[0][0])] + [part for _, op, b, _ in steps for part in (op, str(b))]
 
 
+def fact_line(step: tuple[int, str, int, int]) -> str:
+    """One operation and its value, ``13 + 5 = 18``: a teacher step, and a line of a fact sheet."""
+    a, op, b, result = step
+    return f"{a} {op} {b} = {result}"
+
+
 def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.5) -> str:
     """The teacher's solution: one operation per line, the rest rewritten, re-checks, the answer.
 
@@ -68,11 +74,11 @@ def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, re
     """
     rest = _expression(steps)
     lines = []
-    for a, op, b, result in steps:
-        lines.append(f"{a} {op} {b} = {result}")
+    for step in steps:
+        lines.append(fact_line(step))
         if rng.random() < recheck_prob:
-            lines.append(f"Wait, let me check: {a} {op} {b} = {result}.")
-        rest = [str(result)] + rest[3:]
+            lines.append(f"Wait, let me check: {fact_line(step)}.")
+        rest = [str(step[3])] + rest[3:]
         if len(rest) > 3:  # more than one operation left: rewrite the line
             lines.append(" ".join(rest))
     lines.append(f"So the answer is \\boxed{{{steps[-1][3]}}}.")
