@@ -65,6 +65,20 @@ def tiny_config(tiny_assets, tmp_path, method, **train):
     )
 
 
+def test_methods_are_the_papers_variants():
+    # DESIGN.md's table: which teacher ratio and weight each method uses (RED-(I) and RED-(II) are
+    # the two halves of RED; MixPolicy and LUFFY differ from RED only in the teacher ratio).
+    settings = {name: (m.rollouts, m.offline, m.objective, m.offline_ratio, m.regulator) for name, m in METHODS.items()}
+    assert settings["red"] == (True, True, "red", "shift", True)
+    assert settings["red_entropy"] == (True, True, "red", "one", True)
+    assert settings["red_shift"] == (True, True, "red", "shift", False)
+    assert settings["mixpolicy"] == (True, True, "red", "one", False)
+    assert settings["onpolicy_offline"] == (True, True, "red", "on_policy", False)
+    assert settings["luffy"] == (True, True, "red", "luffy", False)
+    assert settings["grpo"][:2] == (True, False) and settings["sft"][:3] == (False, True, "sft")
+    assert all(m.source for m in METHODS.values())
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,9 +93,21 @@ def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] >= 0 for r in records)
     if METHODS[method].offline:  # the teacher row always carries signal here; GRPO's may be all-fail
         assert all(r["grad_norm"] > 0 for r in records)
-    if method == "red":
+    if METHODS[method].regulator:  # red, red_entropy
         assert records[0]["w"] == 1.0 and 1.0 <= records[1]["w"] <= 3.0  # clip(ΔH_sft/ΔH_rl, 1, G = 3)
         assert records[1]["delta_h_rl"] is not None
+    elif method != "sft":  # every other method weighs teacher rows by w = 1
+        assert all(r["w"] == 1.0 and r["delta_h_rl"] is None for r in records)
+    last = records[-1]
+    ratio = METHODS[method].offline_ratio if METHODS[method].offline and METHODS[method].rollouts else None
+    if ratio == "one":  # MixPolicy, RED-(I): π_off = 1
+        assert last["pi_off_mean"] == pytest.approx(1.0)
+    elif ratio == "on_policy":  # π_off = π
+        assert last["pi_off_mean"] == pytest.approx(last["offline_pi_mean"], rel=1e-5)
+    elif ratio == "luffy":  # logged π_off is π + γ
+        assert last["pi_off_mean"] == pytest.approx(last["offline_pi_mean"] + 0.1, rel=1e-5)
+    elif ratio == "shift":  # RED, RED-(II): π ≤ π + (1 − π)·r̄ ≤ 1
+        assert last["offline_pi_mean"] - 1e-6 <= last["pi_off_mean"] <= 1.0 + 1e-6
     # The checkpoint reloads with plain transformers and generates.
     model = AutoModelForCausalLM.from_pretrained(final)
     tokenizer = AutoTokenizer.from_pretrained(final)
