@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from redrl.config import load_config
-from redrl.methods import METHODS
-from redrl.trainer import PromptSampler, assemble_batch, train
+from redrl.methods import COMPARED, METHODS
+from redrl.trainer import PromptSampler, assemble_batch, teacher_prefix_rollouts, train
 
 
 def test_assemble_batch_puts_the_teacher_row_last_in_every_group():
@@ -76,7 +76,12 @@ def test_methods_are_the_papers_variants():
     assert settings["onpolicy_offline"] == (True, True, "red", "on_policy", False)
     assert settings["luffy"] == (True, True, "red", "luffy", False)
     assert settings["grpo"][:2] == (True, False) and settings["sft"][:3] == (False, True, "sft")
+    assert settings["srft"][:3] == (True, True, "srft")
+    assert (METHODS["relift"].rollouts, METHODS["relift"].offline, METHODS["relift"].on_all_fail) == (True, False, "sft_buffer")
+    assert (METHODS["bread"].rollouts, METHODS["bread"].offline, METHODS["bread"].on_all_fail) == (True, False, "teacher_prefix")
+    assert METHODS["sft_grpo"].stages == ("sft", "grpo")
     assert all(m.source for m in METHODS.values())
+    assert sorted(COMPARED) == sorted(METHODS) and len(COMPARED) == 12  # the paper's Table 2 rows
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -91,15 +96,21 @@ def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
                 "train_tokens_per_s", "step_time", "loss"):
         assert key in records[-1], key  # every method logs the same keys (null where undefined)
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] >= 0 for r in records)
-    if METHODS[method].offline:  # the teacher row always carries signal here; GRPO's may be all-fail
+    if not METHODS[method].rollouts:  # no rollouts, no rollout accuracy (not a 0.0 from grading nothing)
+        assert all(r["online_accuracy"] is None and r["h_rl"] is None for r in records)
+    staged = bool(METHODS[method].stages)
+    if staged:  # SFT for one step, then GRPO for one, numbered on
+        assert [r["stage"] for r in records] == ["sft", "grpo"]
+    if METHODS[method].offline and not staged:  # the teacher row always carries signal here; GRPO's may be all-fail
         assert all(r["grad_norm"] > 0 for r in records)
     if METHODS[method].regulator:  # red, red_entropy
         assert records[0]["w"] == 1.0 and 1.0 <= records[1]["w"] <= 3.0  # clip(ΔH_sft/ΔH_rl, 1, G = 3)
         assert records[1]["delta_h_rl"] is not None
-    elif method != "sft":  # every other method weighs teacher rows by w = 1
+    elif method not in ("sft", "sft_grpo"):  # every other method weighs teacher rows by w = 1
         assert all(r["w"] == 1.0 and r["delta_h_rl"] is None for r in records)
     last = records[-1]
-    ratio = METHODS[method].offline_ratio if METHODS[method].offline and METHODS[method].rollouts else None
+    m = METHODS[method]
+    ratio = m.offline_ratio if m.offline and m.rollouts and m.objective == "red" and not staged else None
     if ratio == "one":  # MixPolicy, RED-(I): π_off = 1
         assert last["pi_off_mean"] == pytest.approx(1.0)
     elif ratio == "on_policy":  # π_off = π
@@ -116,7 +127,7 @@ def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
     output = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert output.shape[1] > prompt["input_ids"].shape[1]
     state = torch.load(final / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 2 and {"optimizer", "scheduler", "regulator", "rng", "sampler"} <= set(state)
+    assert state["step"] == (1 if staged else 2) and {"optimizer", "scheduler", "regulator", "rng", "sampler"} <= set(state)
 
 
 def test_micro_batches_give_the_same_update_as_one_batch(tiny_assets, tmp_path):
@@ -129,3 +140,82 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny_assets, tmp_path):
         model = AutoModelForCausalLM.from_pretrained(train(cfg, progress=False))
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
+
+
+def test_staged_method_starts_rl_from_the_sft_checkpoint(tiny_assets, tmp_path, monkeypatch):
+    import redrl.trainer as trainer
+    from safetensors.torch import load_file
+
+    loaded = []
+    real_load = trainer.load_model_and_tokenizer
+    monkeypatch.setattr(trainer, "load_model_and_tokenizer", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
+    final = train(tiny_config(tiny_assets, tmp_path, "sft_grpo", steps=4), progress=False)
+    out = tmp_path / "sft_grpo"
+    sft_final = out / "stage-1-sft" / "final"
+    assert loaded == [str(tiny_assets.base), str(sft_final)]  # GRPO loads what SFT saved, not the base
+    base = load_file(tiny_assets.base / "model.safetensors")
+    after_sft = load_file(sft_final / "model.safetensors")
+    assert any(not torch.equal(base[k], after_sft[k]) for k in base)  # SFT really moved the weights
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["stage"]) for r in records] == [(1, "sft"), (2, "sft"), (3, "grpo"), (4, "grpo")]
+    assert final == out / "final" and (final / "model.safetensors").exists()
+    stage2 = load_config(str(out / "stage-2-grpo" / "config.yaml"))
+    assert stage2.model.path == str(sft_final) and stage2.train.method == "grpo"
+
+
+def test_relift_takes_an_sft_step_when_its_buffer_is_full(tiny_assets, tmp_path, monkeypatch):
+    import redrl.trainer as trainer
+
+    monkeypatch.setattr(trainer, "grade", lambda text, answer, grader: 0.0)  # every rollout fails
+    cfg = tiny_config(tiny_assets, tmp_path, "relift", steps=3)
+    cfg.baselines.relift_buffer = 2
+    records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
+    # Step 1: RL, both prompts fail and fill the buffer (2); step 2: the SFT step on their traces;
+    # step 3: RL again on new prompts.
+    assert [r["relift_sft_step"] for r in records] == [0, 1, 0]
+    assert records[0]["relift_buffer"] == 2 and records[2]["relift_buffer"] == 2
+    sft_step = records[1]
+    assert sft_step["h_rl"] is None and sft_step["h_sft"] > 0 and sft_step["online_accuracy"] is None
+    assert sft_step["grad_norm"] > 0 and records[0]["grad_norm"] == 0  # all-fail RL step: zero advantages
+
+
+class _Tokenizer:
+    eos_token_id = 0
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(t) for t in row if t != 0) for row in rows]
+
+
+class _Generator:
+    """Returns the same continuation [7, 0] for every sample and records the prompts it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, n, *, temperature, max_new_tokens):
+        self.calls.append((prompts, n, max_new_tokens))
+        return [[7, 0] for _ in prompts for _ in range(n)]
+
+
+def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch):
+    import redrl.trainer as trainer
+
+    # A sample is correct when the teacher's token 52 precedes it (the prefix reached it).
+    monkeypatch.setattr(trainer, "grade", lambda text, answer, grader: float("52" in text.split()))
+    prompts = [[1], [2], [3]]
+    rollouts = [[9, 0], [9, 0], [9, 0], [9, 0], [9, 0], [9, 0]]  # G = 2
+    rewards = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # group 0 has a success; groups 1 and 2 all fail
+    teacher = [[50, 51, 52, 53, 0], [50, 51, 52, 53, 0], [60, 61, 62, 63, 0]]
+    generator = _Generator()
+    new_prompts, new_rollouts, new_rewards, stats = teacher_prefix_rollouts(
+        generator, _Tokenizer(), prompts, rollouts, rewards, teacher, ["x"] * 3, group_size=2,
+        fractions=(0.25, 0.5, 0.75), temperature=1.0, max_new_tokens=10, grader="integer")
+    # Fraction 0.25 gives prefix [50] (fails), 0.5 gives [50, 51] (fails), 0.75 gives [50, 51, 52]: rescued.
+    assert new_prompts == [[1], [2, 50, 51, 52], [3]]
+    assert new_rollouts[2:4] == [[7, 0], [7, 0]] and new_rewards[2:4] == [1.0, 1.0]
+    assert new_rollouts[4:] == rollouts[4:] and new_rewards[4:] == [0.0, 0.0]  # never rescued: its own rollouts
+    assert new_rollouts[:2] == rollouts[:2] and new_rewards[:2] == rewards[:2]  # had a success: untouched
+    assert stats == {"bread_failed_groups": 2, "bread_rescued": 1, "bread_prefix": 0.75}
+    # Only the two failed groups were re-sampled, G each, the prefix joined to the prompt.
+    assert [call[0] for call in generator.calls] == [[[2, 50], [3, 60]], [[2, 50, 51], [3, 60, 61]], [[2, 50, 51, 52], [3, 60, 61, 62]]]
+    assert all(call[1] == 2 for call in generator.calls)

@@ -146,6 +146,44 @@ class EvalConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """Settings that only some baselines read; each names the paper it comes from."""
+
+    staged_sft_fraction: float = _help("sft_grpo: share of train.steps spent on SFT before GRPO starts from its checkpoint", 0.5)
+    relift_buffer: int = _help("relift: prompts with all rollouts wrong collected before one SFT step on their traces (arXiv 2506.07527)", 8)
+    relift_entropy_coef: float = _help("relift: entropy bonus of its SFT step, NLL - coef*H (arXiv 2506.07527: 0.001)", 0.001)
+    bread_fractions: tuple[float, ...] = _help(
+        "bread: teacher-prefix fractions tried, shortest first, when all rollouts of a prompt fail (arXiv 2506.17211)", (0.25, 0.5, 0.75))
+    srft_sft_coef: float = _help("srft: w_sft = coef*stopgrad(exp(-H)) (arXiv 2506.19767: 0.5)", 0.5)
+    srft_rl_coef: float = _help("srft: w_rl = coef*stopgrad(exp(-H)) (arXiv 2506.19767: 0.1)", 0.1)
+
+    def __post_init__(self):
+        _require(0 < self.staged_sft_fraction < 1, f"baselines.staged_sft_fraction must be in (0, 1); got {self.staged_sft_fraction}")
+        _require(self.relift_buffer >= 1, f"baselines.relift_buffer must be >= 1; got {self.relift_buffer}")
+        _require(len(self.bread_fractions) >= 1 and all(0 < f < 1 for f in self.bread_fractions),
+                 f"baselines.bread_fractions must be fractions in (0, 1); got {self.bread_fractions}")
+        self.bread_fractions = tuple(sorted(self.bread_fractions))
+
+
+@dataclass
+class CompareConfig:
+    """What ``redrl compare`` runs: every method x seed, each for ``steps`` optimizer steps."""
+
+    steps: int = _help("optimizer steps of every run (the same for every method: the fairness rule)", 40)
+    seeds: int = _help("seeds per method (0, 1, ...)", 3)
+    eval_k: int = _help("samples per test problem when the runs are evaluated (avg@k)", 2)
+    entropy_prompts: int = _help("training prompts whose rollouts measure H_rl in the entropy-across-phases table", 64)
+    group_size: int | None = _help("G of every comparison run (None: rollout.group_size)", None)
+
+    def __post_init__(self):
+        _require(self.steps >= 2, f"compare.steps must be >= 2; got {self.steps}")
+        _require(self.seeds >= 1, f"compare.seeds must be >= 1; got {self.seeds}")
+        _require(self.eval_k >= 1, f"compare.eval_k must be >= 1; got {self.eval_k}")
+        _require(self.group_size is None or self.group_size >= 2, f"compare.group_size must be >= 2; got {self.group_size}")
+        _require(self.entropy_prompts >= 1, f"compare.entropy_prompts must be >= 1; got {self.entropy_prompts}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,13 +192,16 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig,
-             "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig}
+             "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig,
+             "baselines": BaselinesConfig, "compare": CompareConfig}
 
 
 def preset_path(name: str) -> Path:

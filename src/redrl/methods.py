@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METHODS", "Method"]
+__all__ = ["COMPARED", "METHODS", "Method"]
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,19 @@ class Method:
         name: the key in ``METHODS``.
         rollouts: samples ``G`` rollouts per prompt and trains on them with the clipped surrogate.
         offline: puts the prompt's teacher trace into its group as one more row.
-        objective: ``"red"`` (:func:`redrl.objectives.red_loss`, Eq. 10) or ``"sft"``
-            (:func:`redrl.objectives.sft_loss`, NLL of the teacher traces).
+        objective: ``"red"`` (:func:`redrl.objectives.red_loss`, Eq. 10), ``"sft"``
+            (:func:`redrl.objectives.sft_loss`, NLL of the teacher traces) or ``"srft"``
+            (:func:`redrl.objectives.srft_loss`).
         offline_ratio: the teacher row's ratio (:data:`redrl.objectives.OFFLINE_RATIOS`).
         regulator: weight the teacher rows by the entropy regulator's ``w`` (else ``w = 1``).
+        on_all_fail: what happens to a prompt whose ``G`` rollouts are all wrong: ``"none"``
+            (no signal, as GRPO), ``"sft_buffer"`` (ReLIFT: the prompt waits in a buffer; when it
+            holds ``baselines.relift_buffer`` prompts, that step is one SFT step on their teacher
+            traces instead of an RL step) or ``"teacher_prefix"`` (BREAD: sample the ``G`` rollouts
+            again after the shortest teacher prefix in ``baselines.bread_fractions`` that lets one
+            of them succeed; the prefix joins the prompt, so the loss sees student tokens only).
+        stages: a staged method: the methods run one after the other, each from the previous
+            one's final checkpoint, splitting ``train.steps`` (``baselines.staged_sft_fraction``).
         source: where the method comes from.
     """
 
@@ -33,6 +42,8 @@ class Method:
     objective: str = "red"
     offline_ratio: str = "shift"
     regulator: bool = False
+    on_all_fail: str = "none"
+    stages: tuple[str, ...] = ()
     source: str = ""
 
 
@@ -43,6 +54,17 @@ METHODS: dict[str, Method] = {
                    source="GRPO, arXiv 2402.03300: group-normalised advantages, clipped surrogate, no teacher"),
     "sft": Method("sft", rollouts=False, offline=True, objective="sft",
                   source="supervised fine-tuning: token-mean NLL of the teacher traces"),
+    "sft_grpo": Method("sft_grpo", rollouts=True, offline=True, stages=("sft", "grpo"),
+                       source="staged SFT -> GRPO (the usual two-stage recipe): SFT, then GRPO from its final checkpoint"),
+    "srft": Method("srft", rollouts=True, offline=True, objective="srft",
+                   source="SRFT, arXiv 2506.19767, as its paper writes it: entropy-weighted NLL and clipped RL on the demonstration, "
+                          "w_rl-weighted NLL on correct rollouts, log π on wrong ones"),
+    "relift": Method("relift", rollouts=True, offline=False, on_all_fail="sft_buffer",
+                     source="ReLIFT, arXiv 2506.07527: GRPO, with one SFT step (NLL - 0.001·H) on the teacher traces of "
+                            "buffered prompts whose rollouts all failed"),
+    "bread": Method("bread", rollouts=True, offline=False, on_all_fail="teacher_prefix",
+                    source="BREAD, arXiv 2506.17211: GRPO; a group whose rollouts all fail is re-sampled after the shortest "
+                           "teacher prefix that lets one succeed; loss on the student's tokens only"),
     "mixpolicy": Method("mixpolicy", rollouts=True, offline=True, offline_ratio="one",
                         source="mixed-policy GRPO with π_off = 1 (the teacher row's ratio is π), as the RED paper's MixPolicy baseline"),
     "onpolicy_offline": Method("onpolicy_offline", rollouts=True, offline=True, offline_ratio="on_policy",
@@ -54,3 +76,7 @@ METHODS: dict[str, Method] = {
     "red_shift": Method("red_shift", rollouts=True, offline=True, offline_ratio="shift", regulator=False,
                         source="RED ablation II, arXiv 2508.16677 Table 2: policy shift on, w = 1"),
 }
+
+#: The paper's Table 2 rows in its order: what ``redrl compare --methods all`` runs.
+COMPARED: tuple[str, ...] = ("sft", "grpo", "sft_grpo", "mixpolicy", "onpolicy_offline", "luffy", "srft", "relift",
+                             "bread", "red_entropy", "red_shift", "red")

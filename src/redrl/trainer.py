@@ -11,6 +11,7 @@ with the trainer state beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -27,12 +28,12 @@ from redrl.config import Config
 from redrl.data.offline import load_offline
 from redrl.methods import METHODS, Method
 from redrl.modeling import encode_prompt, encode_response, load_model_and_tokenizer, response_logprobs
-from redrl.objectives import aggregation_units, group_accuracy, group_advantages, masked_mean, red_loss, sft_loss
+from redrl.objectives import aggregation_units, group_accuracy, group_advantages, masked_mean, red_loss, sft_loss, srft_loss
 from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade
 from redrl.rollout import HFGenerator
 
-__all__ = ["PromptSampler", "assemble_batch", "resolve_paths", "train"]
+__all__ = ["PromptSampler", "assemble_batch", "resolve_paths", "teacher_prefix_rollouts", "train"]
 
 
 def resolve_paths(cfg: Config, *, need_train: bool = True) -> tuple[str, str, str]:
@@ -149,11 +150,18 @@ def _entropies(passes: list[_Pass]) -> tuple[float, float]:
     )
 
 
-def _loss(method: Method, cfg: Config, current: _Pass, old_logp: torch.Tensor, w: float):
+def _loss(method: Method, cfg: Config, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float, sft_entropy_coef: float):
     rows, mask = current.rows, current.rows.loss_mask()
     if method.objective == "sft":
-        return sft_loss(current.logp, mask), {}
+        return sft_loss(current.logp, mask, entropy=current.entropy, entropy_coef=sft_entropy_coef), {}
     loss_cfg = cfg.loss
+    if method.objective == "srft":
+        return srft_loss(
+            current.logp, old_logp, rows.advantages, rows.rewards, mask, rows.is_offline, torch.tensor(h_rl),
+            eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high, sft_coef=cfg.baselines.srft_sft_coef,
+            rl_coef=cfg.baselines.srft_rl_coef, aggregation=loss_cfg.aggregation,
+            norm_constant=loss_cfg.norm_constant or cfg.rollout.max_new_tokens,
+        )
     return red_loss(
         current.logp, old_logp, rows.advantages, mask, rows.is_offline, rows.group_accuracy, w,
         eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,
@@ -167,8 +175,12 @@ def _loss(method: Method, cfg: Config, current: _Pass, old_logp: torch.Tensor, w
 LOSS_METRICS = ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_ratio_mean", "pi_off_mean", "offline_pi_mean")
 
 
-def optimization_step(model, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config) -> dict:
-    """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step."""
+def optimization_step(
+    model, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *, sft_entropy_coef: float = 0.0
+) -> dict:
+    """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
+
+    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step)."""
     size = cfg.train.micro_batch_size
     micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
     aggregation = "token-mean" if method.objective == "sft" else cfg.loss.aggregation
@@ -193,7 +205,7 @@ def optimization_step(model, optimizer, scheduler, regulator: EntropyRegulator, 
     weights = {name: 0.0 for name in LOSS_METRICS}
     for index, rows in enumerate(micro):
         current = passes[0] if len(micro) == 1 else _forward(model, rows, cfg.train.chunk_size)
-        loss, metrics = _loss(method, cfg, current, old_logps[index], w)
+        loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
         share = int(aggregation_units(rows.loss_mask(), aggregation)) / max(total_units, 1)
         (loss * share).backward()
         loss_value += loss.item() * share
@@ -250,6 +262,91 @@ def _json_value(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _all_failed(rewards: list[float | None], group: int, G: int) -> bool:
+    """Every rollout of the group was graded and wrong."""
+    members = rewards[group * G : (group + 1) * G]
+    return all(r is not None and r <= 0 for r in members)
+
+
+def teacher_prefix_rollouts(
+    generator, tokenizer, prompts: list[list[int]], rollouts: list[list[int]], rewards: list[float | None],
+    teacher: list[list[int]], answers: list[str], *, group_size: int, fractions: tuple[float, ...], temperature: float,
+    max_new_tokens: int, grader: str,
+) -> tuple[list[list[int]], list[list[int]], list[float | None], dict]:
+    """BREAD's branched rollouts (arXiv 2506.17211) for the groups whose ``G`` rollouts all failed.
+
+    For each such group, the fractions are tried shortest first: the first ``⌊f·|trace|⌋`` tokens
+    of the teacher trace are appended to the prompt and ``G`` continuations are sampled (the
+    continuation's budget is what the prefix leaves of ``max_new_tokens``) and graded as
+    prefix + continuation. The first fraction with a correct continuation replaces the group's
+    prompt, rollouts and rewards; a group that no fraction rescues keeps its own failed rollouts.
+    The prefix becomes part of the prompt, so the loss sees the student's tokens only.
+    Returns new ``(prompts, rollouts, rewards)`` and ``{"bread_failed_groups", "bread_rescued", "bread_prefix"}``.
+    """
+    G = group_size
+    prompts, rollouts, rewards = list(prompts), list(rollouts), list(rewards)
+    pending = [i for i in range(len(prompts)) if _all_failed(rewards, i, G)]
+    failed, rescued_fractions = len(pending), []
+    for fraction in fractions:
+        if not pending:
+            break
+        body = {i: teacher[i][:-1] if teacher[i][-1:] == [tokenizer.eos_token_id] else teacher[i] for i in pending}
+        prefixes = {i: body[i][: max(1, int(fraction * len(body[i])))] for i in pending}
+        budget = max_new_tokens - min(len(prefix) for prefix in prefixes.values())
+        if budget < 1:
+            break
+        samples = generator.generate([prompts[i] + prefixes[i] for i in pending], G, temperature=temperature, max_new_tokens=budget)
+        still = []
+        for slot, i in enumerate(pending):
+            continuations = [row[: max_new_tokens - len(prefixes[i])] for row in samples[slot * G : (slot + 1) * G]]
+            texts = tokenizer.batch_decode([prefixes[i] + c for c in continuations], skip_special_tokens=True)
+            scores = [grade(text, answers[i], grader) for text in texts]
+            if any(score is not None and score > 0 for score in scores):
+                prompts[i] = prompts[i] + prefixes[i]
+                rollouts[i * G : (i + 1) * G] = continuations
+                rewards[i * G : (i + 1) * G] = scores
+                rescued_fractions.append(fraction)
+            else:
+                still.append(i)
+        pending = still
+    stats = {"bread_failed_groups": failed, "bread_rescued": len(rescued_fractions),
+             "bread_prefix": sum(rescued_fractions) / len(rescued_fractions) if rescued_fractions else math.nan}
+    return prompts, rollouts, rewards, stats
+
+
+def _train_staged(cfg: Config, method: Method, progress: bool) -> Path:
+    """Run ``method.stages`` one after the other, each from the previous stage's final checkpoint.
+
+    Stage ``k`` writes to ``OUT/stage-k-NAME``; ``OUT/metrics.jsonl`` holds every stage's steps,
+    numbered on (with a ``stage`` field), and ``OUT/final`` is the last stage's model.
+    """
+    import shutil
+
+    out = Path(cfg.train.out)
+    first = max(1, min(cfg.train.steps - 1, round(cfg.train.steps * cfg.baselines.staged_sft_fraction)))
+    budgets = [first, cfg.train.steps - first]
+    if len(method.stages) != 2 or budgets[1] < 1:
+        raise ValueError(f"{method.name}: a staged method needs two stages and train.steps >= 2")
+    model_path, offset, merged = cfg.model.path, 0, []
+    for index, (name, steps) in enumerate(zip(method.stages, budgets), start=1):
+        stage_out = out / f"stage-{index}-{name}"
+        stage_cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, path=model_path),
+            train=dataclasses.replace(cfg.train, method=name, steps=steps, out=str(stage_out)),
+        )
+        final = train(stage_cfg, progress=progress)
+        for line in (stage_out / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            merged.append({**record, "step": record["step"] + offset, "stage": name})
+        model_path, offset = str(final), offset + steps
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in merged))
+    if (out / "final").exists():
+        shutil.rmtree(out / "final")
+    shutil.copytree(final, out / "final")
+    return out / "final"
+
+
 def train(cfg: Config, *, progress: bool = True) -> Path:
     """Train ``cfg.train.method``; return the directory of the final checkpoint."""
     from tqdm.auto import tqdm
@@ -257,6 +354,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     method = METHODS[cfg.train.method]
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
+    if method.stages:
+        return _train_staged(cfg, method, progress)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
@@ -284,40 +383,58 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     regulator = EntropyRegulator(max_weight=cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
     G = cfg.rollout.group_size
 
+    relift_buffer: list[int] = []  # ReLIFT: prompts whose rollouts all failed, waiting for an SFT step
     bar = tqdm(range(1, cfg.train.steps + 1), desc=f"train {method.name}", disable=not progress, dynamic_ncols=True)
     with open(out / "metrics.jsonl", "w") as metrics_file:
         for step in bar:
             started = time.perf_counter()
-            chosen = sampler.next(cfg.train.prompts_per_step)
+            step_method, extra = method, {}
+            if method.on_all_fail == "sft_buffer" and len(relift_buffer) >= cfg.baselines.relift_buffer:
+                # ReLIFT: this step is one SFT step on the buffered prompts' teacher traces.
+                step_method = METHODS["sft"]
+                chosen, relift_buffer = relift_buffer[: cfg.baselines.relift_buffer], relift_buffer[cfg.baselines.relift_buffer :]
+            else:
+                chosen = sampler.next(cfg.train.prompts_per_step)
             step_prompts = [prompts[i] for i in chosen]
+            answers = [records[i]["answer"] for i in chosen]
 
             # 1. Rollouts: G samples of each prompt from the current policy.
             rollouts = []
-            if method.rollouts:
+            if step_method.rollouts:
                 rollouts = generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
                                               max_new_tokens=cfg.rollout.max_new_tokens)
-            rollout_seconds = time.perf_counter() - started
 
             # 2. Score them with the evaluation's grader.
-            texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True)
-            rewards = [grade(text, records[chosen[j // G]]["answer"], cfg.data.grader) for j, text in enumerate(texts)]
+            texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
+            rewards = [grade(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
+            graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
+            if step_method.on_all_fail == "sft_buffer":
+                relift_buffer += [i for g, i in enumerate(chosen) if _all_failed(rewards, g, G) and i not in relift_buffer]
+                extra["relift_buffer"] = len(relift_buffer)
+            if step_method.on_all_fail == "teacher_prefix":
+                step_prompts, rollouts, rewards, extra = teacher_prefix_rollouts(
+                    generator, tokenizer, step_prompts, rollouts, rewards, [teacher[i] for i in chosen], answers,
+                    group_size=G, fractions=cfg.baselines.bread_fractions, temperature=cfg.rollout.temperature,
+                    max_new_tokens=cfg.rollout.max_new_tokens, grader=cfg.data.grader,
+                )
+            rollout_seconds = time.perf_counter() - started
 
             # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
             batch = assemble_batch(
                 step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [teacher_rewards[i] for i in chosen],
-                group_size=G, method=method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
+                group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
                 advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
             )
 
             # 4. Loss and one optimizer step.
             train_started = time.perf_counter()
-            stats = optimization_step(model, optimizer, scheduler, regulator, batch, method, cfg)
+            entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
+            stats = optimization_step(model, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef)
             train_seconds = time.perf_counter() - train_started
 
             # 5. Log.
             online = ~batch.is_offline
             lengths = batch.response_lengths().float()
-            graded = [r for r in rewards if r is not None]
             record = {
                 "step": step,
                 "reward": float(masked_mean(batch.rewards, ~torch.isnan(batch.rewards))),
@@ -330,7 +447,10 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
                 "rollout_tokens_per_s": sum(map(len, rollouts)) / rollout_seconds if rollouts else math.nan,
                 "train_tokens_per_s": float(batch.attention_mask.sum()) / train_seconds,
                 "step_time": time.perf_counter() - started,
+                **extra,
             }
+            if method.on_all_fail == "sft_buffer":
+                record["relift_sft_step"] = int(step_method is not method)
             metrics_file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
             metrics_file.flush()
             bar.set_postfix({key: f"{record[key]:.3g}" for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")

@@ -1,0 +1,406 @@
+"""``redrl compare``: every method × seed under one config, the paper's Table 2 in miniature.
+
+Each run trains one method for the same number of optimizer steps on the same prompts, teacher
+data and shared hyperparameters (the fairness rule, :mod:`redrl.methods`), then is evaluated on the
+test split. Finished runs are recognised by their ``eval.json`` (written last, with the run's
+config) and reused, so an interrupted comparison resumes where it stopped; a run whose config
+changed is run again. The entropy-across-phases table (the paper's Table 1) measures ``H_rl`` and
+``H_sft`` of the base, the GRPO and SFT checkpoints, and of GRPO continued from SFT and SFT
+continued from GRPO. :mod:`redrl.report` turns ``results.json`` into the table, plots and verdicts.
+
+Layout of ``OUT``::
+
+    runs/METHOD/seedS/      metrics.jsonl, final/, eval.json     (one per method and seed)
+    runs/base/seedS/        eval.json                            (the base, same evaluation)
+    phases/NAME/seedS/      the two continuation runs and entropy.json of each phase
+    results.json, table.md, plots/*.png, report.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from redrl.config import Config, load_config
+from redrl.methods import COMPARED, METHODS
+
+__all__ = ["aggregate", "dynamics_summary", "measure_entropies", "parse_methods", "run_compare"]
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """``"all"`` (or nothing): the paper's twelve rows; else a comma-separated list of method names."""
+    if text in (None, "", "all"):
+        return list(COMPARED)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r} in --methods; choose from all, {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def _jsonable(value):
+    """Round-trip through JSON (tuples become lists) so saved and current configs compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def _write_json(path: Path, data) -> None:
+    """Write via a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=str))
+    tmp.replace(path)
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _mean(values) -> float | None:
+    values = _finite(values)
+    return sum(values) / len(values) if values else None
+
+
+def dynamics_summary(records: list[dict]) -> dict:
+    """Numbers the claims about training dynamics are judged on, from one run's ``metrics.jsonl``.
+
+    * ``h_rl_early`` / ``h_sft_early``: mean over the first tenth of the steps (at least one);
+      ``h_rl_late`` / ``h_sft_late``: mean over the last quarter;
+    * ``log_gap_late``: mean over the last quarter of ``|log(H_sft / H_rl)|`` (0 = equal entropies);
+    * ``ratio_cv``: coefficient of variation (std / mean) of ``H_sft / H_rl`` over all steps;
+    * ``accuracy_drawdown``: the largest fall of the rollouts' accuracy (5-step moving average)
+      below its running peak — a collapse mid-training shows as a large drawdown;
+    * ``w_mean``: mean regulator weight; ``accuracy_late`` / ``length_late``: rollouts' accuracy
+      and length over the last quarter.
+    Quantities a method does not have (no rollouts, no teacher rows) are ``None``.
+    """
+    n = len(records)
+    early, late = max(1, n // 10), max(1, n // 4)
+
+    def column(key):
+        return [r.get(key) for r in records]
+
+    def window(key, rows):
+        return _mean(r.get(key) for r in rows)
+
+    ratios = [r["h_sft"] / r["h_rl"] for r in records
+              if _finite([r.get("h_rl"), r.get("h_sft")]) == [r.get("h_rl"), r.get("h_sft")] and r["h_rl"] > 0]
+    gaps = [abs(math.log(r["h_sft"] / r["h_rl"])) for r in records[-late:]
+            if _finite([r.get("h_rl"), r.get("h_sft")]) == [r.get("h_rl"), r.get("h_sft")] and r["h_rl"] > 0 and r["h_sft"] > 0]
+    accuracy = column("online_accuracy")
+    drawdown = None
+    if _finite(accuracy):
+        smoothed = []
+        for i in range(n):
+            smoothed.append(_mean(accuracy[max(0, i - 4) : i + 1]))
+        peak, drawdown = -math.inf, 0.0
+        for value in smoothed:
+            if value is None:
+                continue
+            peak = max(peak, value)
+            drawdown = max(drawdown, peak - value)
+    ratio_cv = None
+    if len(ratios) >= 2 and statistics.fmean(ratios) > 0:
+        ratio_cv = statistics.pstdev(ratios) / statistics.fmean(ratios)
+    return {
+        "h_rl_early": window("h_rl", records[:early]), "h_rl_late": window("h_rl", records[-late:]),
+        "h_sft_early": window("h_sft", records[:early]), "h_sft_late": window("h_sft", records[-late:]),
+        "log_gap_late": _mean(gaps), "ratio_cv": ratio_cv, "accuracy_drawdown": drawdown,
+        "w_mean": _mean(column("w")), "accuracy_late": window("online_accuracy", records[-late:]),
+        "length_late": window("online_length", records[-late:]),
+    }
+
+
+def _read_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _stats(values) -> tuple[float | None, float | None]:
+    """``(mean, sample std)`` over seeds; the std is ``None`` with fewer than two values."""
+    values = _finite(values)
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Seed results of one method → ``accuracy_mean/std``, ``length_mean/std``, ``by_level``, ``seeds``."""
+    accuracy_mean, accuracy_std = _stats(r["accuracy"] for r in per_seed)
+    length_mean, length_std = _stats(r["length"] for r in per_seed)
+    levels = []
+    for r in per_seed:
+        levels += [level for level in r.get("by_level", {}) if level not in levels]
+    by_level = {}
+    for level in levels:
+        acc_m, acc_s = _stats(r["by_level"].get(level, {}).get("accuracy") for r in per_seed)
+        len_m, len_s = _stats(r["by_level"].get(level, {}).get("length") for r in per_seed)
+        by_level[level] = {"accuracy_mean": acc_m, "accuracy_std": acc_s, "length_mean": len_m, "length_std": len_s}
+    return {"accuracy_mean": accuracy_mean, "accuracy_std": accuracy_std, "length_mean": length_mean,
+            "length_std": length_std, "by_level": by_level, "seeds": per_seed}
+
+
+def _eval_record(result: dict, seed: int, k: int, run: Path, cfg_dict: dict, **extra) -> dict:
+    levels = {level: {"accuracy": r["accuracy"], "length": r["length"], "n": r["n"]} for level, r in result["by_level"].items()}
+    return {"seed": seed, "accuracy": result["accuracy"], "length": result["length"], f"pass@{k}": result[f"pass@{k}"],
+            "n": result["n"], "by_level": levels, "run_dir": str(run), **extra, "config": cfg_dict}
+
+
+def _cached(path: Path, cfg_dict: dict) -> dict | None:
+    """The saved result at ``path`` if it was produced by the same config, else ``None``."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return saved if saved.get("config") == cfg_dict else None
+
+
+def _trained(run: Path, cfg_dict: dict) -> bool:
+    """The run's final checkpoint exists and was trained with this config."""
+    import yaml
+
+    config = run / "config.yaml"
+    if not (run / "final" / "trainer_state.pt").exists() or not config.exists():
+        return False
+    return _jsonable(yaml.safe_load(config.read_text())) == cfg_dict
+
+
+def _run_config(config: str, overrides: list[str], name: str, seed: int, steps: int, eval_k: int, out: Path) -> Config:
+    """The config of one run: method ``name`` (or ``"base"``, evaluated untrained) with ``seed``."""
+    run = out / "runs" / name / f"seed{seed}"
+    train = {"seed": seed, "out": str(run)} | ({} if name == "base" else {"method": name, "steps": steps})
+    return _with_compare_settings(config, overrides, train=train, eval={"k": eval_k})
+
+
+def _with_compare_settings(config: str, overrides: list[str], **values) -> Config:
+    """The shared config with the comparison's own settings applied (``compare.group_size``)."""
+    group_size = load_config(config, list(overrides)).compare.group_size
+    if group_size is not None:
+        values["rollout"] = {"group_size": group_size}
+    return load_config(config, list(overrides), **values)
+
+
+def _execute(config: str, overrides: list[str], name: str, seed: int, steps: int, eval_k: int, out: Path,
+             progress: bool) -> tuple[dict, str]:
+    """Train (unless ``name`` is ``"base"`` or the run was trained before) and evaluate one run;
+    write its ``eval.json``. Returns the record and a line for the log. Runs in a worker process
+    when ``redrl compare`` runs several jobs at once."""
+    from redrl.data.offline import load_problems
+    from redrl.demo import evaluate_model
+    from redrl.trainer import resolve_paths, train
+
+    cfg = _run_config(config, overrides, name, seed, steps, eval_k, out)
+    run, cfg_dict = Path(cfg.train.out), _jsonable(cfg.to_dict())
+    base_path, _, test_path = resolve_paths(cfg, need_train=name != "base")
+    started = time.perf_counter()
+    if name == "base":
+        final, note = base_path, ""
+    elif _trained(run, cfg_dict):
+        final, note = run / "final", " (trained before)"
+    else:
+        final, note = train(cfg, progress=progress), ""
+    trained = time.perf_counter()
+    result = evaluate_model(str(final), load_problems(test_path), cfg, seed=seed, progress=progress)
+    extra = {} if name == "base" else {"dynamics": dynamics_summary(_read_metrics(run)), "train_seconds": trained - started}
+    record = _eval_record(result, seed, eval_k, run, cfg_dict, **extra, eval_seconds=time.perf_counter() - trained)
+    _write_json(run / "eval.json", record)
+    timing = "" if name == "base" else f"{trained - started:.0f} s training{note}, "
+    return record, (f"  {name} seed {seed}: accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
+                    f"({timing}{time.perf_counter() - trained:.0f} s evaluation)")
+
+
+def _init_worker(threads: int) -> None:
+    """A worker process of ``redrl compare --jobs N``: its share of the cores, no library chatter."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*teacher traces exceed")
+
+
+def default_jobs() -> int:
+    """Runs at once by default: one per core, at most 4. Small models use one core poorly, so
+    separate single-threaded runs finish sooner than one run on every core (measured: two
+    one-thread runs on two cores took 1.2x the time of one two-thread run, BENCHMARKS.md)."""
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@torch.no_grad()
+def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], teacher: list[list[int]], *, seed: int) -> dict:
+    """``H_rl`` and ``H_sft`` of a checkpoint: mean token entropy of ``G`` rollouts of each prompt
+    (sampled at the rollout temperature) and of the prompts' teacher traces, as the trainer logs them."""
+    from redrl.batch import collate
+    from redrl.modeling import load_model_and_tokenizer, response_logprobs
+    from redrl.rollout import HFGenerator
+
+    model, tokenizer = load_model_and_tokenizer(model_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model.eval()
+    torch.manual_seed(seed)
+    G = cfg.rollout.group_size
+    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size)
+    rollouts = generator.generate(prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
+
+    def mean_entropy(rows_prompt, rows_response) -> float:
+        total, count, size = 0.0, 0, cfg.train.micro_batch_size
+        for start in range(0, len(rows_prompt), size):
+            ids, attention, response = collate(rows_prompt[start : start + size], rows_response[start : start + size], tokenizer.pad_token_id)
+            mask = response[:, 1:]
+            _, entropy = response_logprobs(model, ids, attention, mask, chunk_size=cfg.train.chunk_size)
+            total, count = total + float(entropy[mask].sum()), count + int(mask.sum())
+        return total / count if count else math.nan
+
+    return {"h_rl": mean_entropy([p for p in prompts for _ in range(G)], rollouts), "h_sft": mean_entropy(prompts, teacher)}
+
+
+#: The phases of the entropy table: name → (method trained, method whose final checkpoint it starts from).
+PHASES = {"rl": ("grpo", None), "sft": ("sft", None), "rl_after_sft": ("grpo", "sft"), "sft_after_rl": ("sft", "grpo")}
+
+
+def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out: Path, *, progress: bool, log) -> dict:
+    """Table 1 of the paper: ``H_rl`` / ``H_sft`` of the base and of each phase's final checkpoint, per seed."""
+    from redrl.data.offline import load_offline
+    from redrl.modeling import encode_prompt, encode_response
+    from redrl.modeling import load_model_and_tokenizer as _load
+    from redrl.trainer import resolve_paths, train
+
+    base_cfg = _with_compare_settings(config, overrides)
+    base_path, train_path, _ = resolve_paths(base_cfg)
+    _, tokenizer = _load(base_path)
+    records = load_offline(train_path)
+    chosen = random.Random(1234).sample(range(len(records)), min(base_cfg.compare.entropy_prompts, len(records)))
+    prompts = [encode_prompt(tokenizer, records[i]["problem"], base_cfg.data.system_prompt) for i in chosen]
+    teacher = [encode_response(tokenizer, records[i]["distill"]) for i in chosen]
+    teacher = [t[: base_cfg.rollout.max_new_tokens] for t in teacher]
+
+    table: dict[str, list[dict]] = {"base": []}
+    for seed in range(seeds):
+        models = {"base": base_path}
+        for phase, (method, start) in PHASES.items():
+            if start is None:
+                models[phase] = str(out / "runs" / method / f"seed{seed}" / "final")
+                continue
+            run = out / "phases" / phase / f"seed{seed}"
+            cfg = _with_compare_settings(config, overrides, train={"method": method, "steps": steps, "seed": seed, "out": str(run)},
+                                         model={"path": str(out / "runs" / start / f"seed{seed}" / "final")}, eval={"k": eval_k})
+            if not _trained(run, _jsonable(cfg.to_dict())):
+                log(f"  phase {phase} seed {seed}: {method} from the {start} checkpoint")
+                train(cfg, progress=progress)
+            models[phase] = str(run / "final")
+        for phase, path in models.items():
+            cache = out / "phases" / "entropy" / f"{phase}-seed{seed}.json"
+            weights = Path(path) / "model.safetensors"  # a retrained checkpoint has new weights: measure again
+            key = {"model": path, "seed": seed, "prompts": len(prompts),
+                   "weights": weights.stat().st_mtime_ns if weights.exists() else None}
+            saved = json.loads(cache.read_text()) if cache.exists() else None
+            if not saved or saved.get("key") != key:
+                saved = {"key": key, **measure_entropies(path, base_cfg, prompts, teacher, seed=seed)}
+                _write_json(cache, saved)
+            table.setdefault(phase, []).append({"seed": seed, "h_rl": saved["h_rl"], "h_sft": saved["h_sft"]})
+    return {phase: {"h_rl_mean": _stats(r["h_rl"] for r in rows)[0], "h_rl_std": _stats(r["h_rl"] for r in rows)[1],
+                    "h_sft_mean": _stats(r["h_sft"] for r in rows)[0], "h_sft_std": _stats(r["h_sft"] for r in rows)[1],
+                    "seeds": rows} for phase, rows in table.items()}
+
+
+def run_compare(
+    config: str = "tiny",
+    overrides: list[str] = (),
+    *,
+    methods: list[str] | None = None,
+    seeds: int | None = None,
+    steps: int | None = None,
+    out: str | Path = "runs/compare",
+    jobs: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train and evaluate every method × seed (resuming), then write results, table, plots and report.
+
+    ``jobs`` runs go at once, each in its own process with its share of the CPU threads
+    (default :func:`default_jobs`); ``jobs = 1`` runs everything in this process.
+    """
+    from redrl.data.offline import load_problems
+    from redrl.report import write_outputs
+    from redrl.trainer import resolve_paths
+
+    started = time.perf_counter()
+    out = Path(out)
+    shared = _with_compare_settings(config, list(overrides))
+    methods = methods or list(COMPARED)
+    seeds = seeds or shared.compare.seeds
+    steps = steps or shared.compare.steps
+    eval_k = shared.compare.eval_k
+
+    def log(message: str) -> None:
+        if progress:
+            print(message, flush=True)
+
+    _, _, test_path = resolve_paths(shared)
+    problems = load_problems(test_path)
+    log(f"redrl compare: {len(methods)} methods x {seeds} seeds, {steps} steps each; "
+        f"test: {len(problems)} problems, avg@{eval_k} at temperature {shared.eval.temperature}")
+
+    names = ["base"] + methods
+    records: dict[tuple[str, int], dict] = {}
+    pending = []
+    for seed in range(seeds):
+        for name in names:
+            cfg = _run_config(config, overrides, name, seed, steps, eval_k, out)
+            cached = _cached(Path(cfg.train.out) / "eval.json", _jsonable(cfg.to_dict()))
+            if cached is None:
+                pending.append((name, seed))
+            else:
+                records[name, seed] = cached
+    if records:
+        log(f"{len(records)} of {len(names) * seeds} runs finished before: reused")
+    jobs = max(1, min(jobs or default_jobs(), len(pending) or 1))
+    if pending:
+        log(f"running {len(pending)} runs, {jobs} at a time" + (f" ({max(1, torch.get_num_threads() // jobs)} threads each)" if jobs > 1 else ""))
+    if jobs == 1:
+        for name, seed in pending:
+            records[name, seed], line = _execute(config, list(overrides), name, seed, steps, eval_k, out, progress)
+            log(line)
+    elif pending:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_execute, config, list(overrides), name, seed, steps, eval_k, out, False): (name, seed)
+                       for name, seed in pending}
+            for future in as_completed(futures):
+                records[futures[future]], line = future.result()
+                log(line)
+    per_method = {name: [records[name, seed] for seed in range(seeds)] for name in methods}
+    base_seeds = [records["base", seed] for seed in range(seeds)]
+
+    phases = None
+    if "sft" in methods and "grpo" in methods:
+        log("entropy across phases (base, RL, SFT, RL after SFT, SFT after RL)")
+        phases = _entropy_phases(config, list(overrides), seeds, steps, eval_k, out, progress=progress, log=log)
+
+    results = {
+        "methods": {name: aggregate(per_method[name]) for name in methods},
+        "base": aggregate(base_seeds),
+        "entropy_phases": phases,
+        "settings": {"config": config, "overrides": list(overrides), "steps": steps, "seeds": seeds, "eval_k": eval_k,
+                     "eval_temperature": shared.eval.temperature, "test_problems": len(problems),
+                     "group_size": shared.rollout.group_size, "prompts_per_step": shared.train.prompts_per_step,
+                     "lr": shared.optim.lr},
+        "seconds": time.perf_counter() - started,
+    }
+    _write_json(out / "results.json", results)
+    write_outputs(results, out)
+    log(f"{results['seconds']:.0f} s. Wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'plots'}/, {out / 'report.md'}")
+    return results
