@@ -341,9 +341,8 @@ def run_compare(
     steps = steps or shared.compare.steps
     eval_k = shared.compare.eval_k
 
-    def log(message: str) -> None:
-        if progress:
-            print(message, flush=True)
+    def log(message: str) -> None:  # the run-by-run lines are the command's output: printed with or without bars
+        print(message, flush=True)
 
     _, _, test_path = resolve_paths(shared)
     problems = load_problems(test_path)

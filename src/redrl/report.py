@@ -38,18 +38,20 @@ def _finite(values) -> list[float]:
 
 @dataclass
 class Comparison:
-    """``a > b`` for two lists of per-seed values; ``what`` says it in words."""
+    """``a > b`` (or ``a < b`` with ``lower``) for two lists of per-seed values; ``what`` says it in words."""
 
     what: str
     a: list[float]
     b: list[float]
     binomial_n: int | None = None  # accuracies: test-set size, for the spread of a single seed
+    lower: bool = False
 
     def stats(self) -> tuple[float | None, float | None]:
         a, b = _finite(self.a), _finite(self.b)
         if not a or not b:
             return None, None
         d = statistics.fmean(a) - statistics.fmean(b)
+        d = -d if self.lower else d  # the claimed direction is positive
         variances = []
         for values in (a, b):
             if len(values) > 1:
@@ -78,7 +80,7 @@ class Comparison:
             return f"{self.what}: no data"
         spread = "no spread (one seed)" if se is None else f"2·se {2 * se:.3g}"
         return (f"{self.what}: {statistics.fmean(a):.3g} vs {statistics.fmean(b):.3g} "
-                f"(difference {d:+.3g}, {spread}; n = {len(a)}, {len(b)}) → {self.verdict()}")
+                f"(margin in the claimed direction {d:+.3g}, {spread}; n = {len(a)}, {len(b)}) → {self.verdict()}")
 
 
 @dataclass
@@ -109,10 +111,6 @@ def _dyn(results: dict, method: str, key: str) -> list[float]:
     return [] if entry is None else [(s.get("dynamics") or {}).get(key) for s in entry["seeds"]]
 
 
-def _negated(values) -> list[float]:
-    return [-v for v in _finite(values)]
-
-
 def judge_claims(results: dict) -> list[Verdict]:
     """The paper's claims C1–C8 judged on ``results`` (the ``results.json`` of ``redrl compare``).
 
@@ -129,10 +127,7 @@ def judge_claims(results: dict) -> list[Verdict]:
         return Comparison(f"LEN {NAMES.get(a, a)} > {NAMES.get(b, b)}", _seeds(results, a, "length"), _seeds(results, b, "length"))
 
     def dyn(key: str, a: str, b: str, words: str, lower: bool = False) -> Comparison:
-        va, vb = _dyn(results, a, key), _dyn(results, b, key)
-        if lower:  # "a is lower than b" = "-a > -b"
-            va, vb = _negated(va), _negated(vb)
-        return Comparison(words, va, vb)
+        return Comparison(words, _dyn(results, a, key), _dyn(results, b, key), lower=lower)
 
     verdicts = []
 
@@ -146,7 +141,7 @@ def judge_claims(results: dict) -> list[Verdict]:
         [acc(u, s) for u in ("luffy", "srft", "red") for s in ("relift", "bread")])
     others = [m for m in have if m != "red"] or ["sft"]
     add("C4", "RED is the most accurate, with shorter responses than SFT.",
-        [acc("red", m) for m in others] + [Comparison("LEN SFT > RED", _seeds(results, "sft", "length"), _seeds(results, "red", "length"))])
+        [acc("red", m) for m in others] + [Comparison("LEN RED < SFT", _seeds(results, "red", "length"), _seeds(results, "sft", "length"), lower=True)])
     add("C5", "π_off = 1 (MixPolicy) collapses entropy; π_off = π collapses accuracy mid-training.",
         [dyn("h_rl_late", "mixpolicy", "red", "late H_rl MixPolicy < RED", lower=True),
          dyn("accuracy_drawdown", "onpolicy_offline", "red", "rollout-accuracy drawdown on-policy offline > RED")],
@@ -283,7 +278,7 @@ def plot_curves(results: dict, out: Path) -> list[Path]:
                     high.append(max(values))
             if not xs:
                 continue
-            color = colors(index % 20)
+            color = "black" if name == "red" else colors(index % 20)
             style = "-" if name.startswith("red") else "--"
             ax.plot(xs, mean, style, color=color, label=NAMES.get(name, name), linewidth=2.0 if name == "red" else 1.2)
             ax.fill_between(xs, low, high, color=color, alpha=0.12, linewidth=0)
@@ -308,7 +303,7 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
         "",
         f"{len(results['methods'])} methods × {settings.get('seeds')} seeds, {settings.get('steps')} optimizer steps each "
         f"(G = {settings.get('group_size')}, {settings.get('prompts_per_step')} prompts per step, lr {settings.get('lr')}); "
-        f"config `{settings.get('config')}` {' '.join(settings.get('overrides') or [])}. "
+        f"config `{settings.get('config')}`{''.join(f' `{o}`' for o in settings.get('overrides') or [])}. "
         f"Test: {settings.get('test_problems')} problems, avg@{settings.get('eval_k')} at temperature "
         f"{settings.get('eval_temperature')}. Wall time of the last invocation: {results.get('seconds', 0):.0f} s.",
         "",
@@ -319,6 +314,7 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
         "Best per accuracy column in **bold**, second _underlined_. Accuracy is avg@k over the test problems; "
         "LEN is the mean number of response tokens.",
         "",
+        *_scale_note(results),
         "## The paper's claims at this scale",
         "",
         "Judgement rule: a comparison holds when the difference of the seed means exceeds twice its standard error "
@@ -346,6 +342,18 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
         lines.append("")
     return "\n".join(lines)
+
+
+def _scale_note(results: dict) -> list[str]:
+    """A warning, computed from the numbers, when no method got above the base it started from."""
+    base = (results.get("base") or {}).get("accuracy_mean")
+    means = {name: e.get("accuracy_mean") for name, e in results["methods"].items() if e.get("accuracy_mean") is not None}
+    if base is None or not means or max(means.values()) >= base:
+        return []
+    best = max(means, key=means.get)
+    return [f"**Every method ends below the base** ({100 * base:.1f}%; best: {NAMES.get(best, best)} at "
+            f"{100 * means[best]:.1f}%). At this budget the runs measure how much each method disturbs the base, "
+            "not how far it extends it; read the verdicts below with that in mind.", ""]
 
 
 def write_outputs(results: dict, out: Path) -> dict[str, Path]:

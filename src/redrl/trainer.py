@@ -7,6 +7,11 @@ and its teacher trace into one group, and takes one AdamW step on the method's l
 step per rollout batch, as the paper's launch script: train batch = rollout batch). Metrics go to
 ``OUT/metrics.jsonl``, one object per step; the final model to ``OUT/final`` in Hugging Face format
 with the trainer state beside it.
+
+Three baselines change the step itself (:class:`redrl.methods.Method`): ReLIFT turns a step into
+an SFT step when its buffer of all-fail prompts is full, BREAD re-samples all-fail groups after a
+teacher prefix (:func:`teacher_prefix_rollouts`), and a staged method (SFT→GRPO) runs two
+trainings one after the other (:func:`_train_staged`).
 """
 
 from __future__ import annotations
