@@ -21,6 +21,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redrl.methods import METHODS
+
 __all__ = ["Comparison", "Verdict", "diff_probs", "format_results_table", "judge_claims", "plot_curves", "token_change_html",
            "write_outputs"]
 
@@ -267,6 +269,8 @@ def plot_curves(results: dict, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         drawn = 0
         for index, (name, seed_runs) in enumerate(runs.items()):
+            if key == "w" and not getattr(METHODS.get(name), "regulator", True):
+                continue  # w = 1 by definition: only the regulated methods are worth a line
             steps = sorted({r["step"] for run in seed_runs for r in run})
             xs, mean, low, high = [], [], [], []
             for step in steps:
