@@ -7,14 +7,19 @@ by this grader (the row is then dropped from reward statistics; see
 
 The final answer is the content of the last ``\\boxed{...}`` in the response, the convention of
 the math benchmarks and of the embedded arithmetic task alike.
+
+Two graders: ``"integer"`` (the embedded task: exact integer match, pure Python) and ``"math"``
+(:func:`math_reward`, equivalence through ``math-verify``, for real math data and benchmarks).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Callable
 
-__all__ = ["GRADERS", "extract_boxed", "grade", "integer_grader"]
+__all__ = ["GRADERS", "extract_boxed", "grade", "integer_grader", "math_reward"]
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -54,8 +59,157 @@ def integer_grader(response: str, answer: str) -> float | None:
     return 1.0 if predicted == gold else 0.0
 
 
+# ------------------------------------------------------------------------------------------------
+# math-verify, in a separate process
+# ------------------------------------------------------------------------------------------------
+
+#: Only the end of a long completion is searched for its answer (a megabyte of text costs the
+#: regular expressions seconds; the answer is at the end).
+MAX_ANSWER_CHARS = 20_000
+
+
+def _math_verify(region: str, answer: str, timeout: int) -> float | None:
+    """The grading itself (runs inside the verifier process) of the answer region of a completion.
+
+    Only LaTeX extraction is used, never ``math-verify``'s plain-expression extraction: that one
+    goes through ``sympy.parse_expr``, which ``eval``s its input, and model text is untrusted.
+    """
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    latex = [LatexExtractionConfig(boxed_match_priority=0)]
+    gold = parse(answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", extraction_config=latex, parsing_timeout=timeout)
+    if not gold:
+        return None
+    boxed = extract_boxed(region)
+    # The last \boxed{} first (math-verify alone would merge every boxed answer into a set); without
+    # one, math-verify's anchors ("the final answer is $...$") on the text after the reasoning.
+    predicted = parse(f"\\boxed{{{boxed}}}" if boxed is not None else region, extraction_config=latex, parsing_timeout=timeout)
+    if not predicted:
+        return 0.0
+    return 1.0 if verify(gold, predicted, timeout_seconds=timeout) else 0.0
+
+
+def _serve() -> None:
+    """The verifier process (``python -m redrl.rewards``): one JSON request per line on stdin,
+    one JSON reply per line on stdout."""
+    import json
+    import sys
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import math_verify  # noqa: F401  (imported before "ready": the first request is not charged for it)
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing but replies on the pipe
+    out.write('"ready"\n')
+    out.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reward = _math_verify(request["region"], request["answer"], request["timeout"])
+        except Exception:  # noqa: BLE001 - a grader error is a wrong answer, never a crash
+            reward = 0.0
+        out.write(json.dumps(reward) + "\n")
+        out.flush()
+
+
+class _Verifier:
+    """One verifier process per calling thread (and per process): a hard timeout without signals.
+
+    ``math-verify``'s own timeouts use ``signal.alarm``, which only works in the main thread; here
+    the caller waits on the process's pipe for at most ``timeout`` seconds and kills the process if
+    it is still busy (a new one starts at once, warm for the next call). The process is a plain
+    ``python -m redrl.rewards`` child, so nothing of the caller's ``__main__`` is re-imported.
+    """
+
+    START_TIMEOUT = 120.0  # importing sympy and math-verify, once per process
+
+    def __init__(self):
+        self.process = None
+        self.pid = os.getpid()
+        self.ready = False
+
+    def _start(self) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "redrl.rewards"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, bufsize=1,
+        )
+        self.ready = False
+
+    def _readline(self, timeout: float) -> str | None:
+        import select
+
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        return self.process.stdout.readline() if ready else None
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __call__(self, region: str, answer: str, timeout: float) -> float | None:
+        import json
+
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        if not self.ready:
+            if (self._readline(self.START_TIMEOUT) or "").strip() != '"ready"':
+                self._kill()
+                raise RuntimeError("the math-verify process did not start (is math-verify installed?)")
+            self.ready = True
+        self.process.stdin.write(json.dumps({"region": region, "answer": answer, "timeout": max(1, int(timeout))}) + "\n")
+        self.process.stdin.flush()
+        line = self._readline(timeout)
+        if line:
+            return json.loads(line)
+        self._kill()  # still busy (or died): kill it, and start the next one now so it is warm
+        self._start()
+        return 0.0
+
+
+_verifiers = threading.local()
+
+
+def _verifier() -> _Verifier:
+    verifier = getattr(_verifiers, "verifier", None)
+    if verifier is None or verifier.pid != os.getpid():
+        verifier = _verifiers.verifier = _Verifier()
+    return verifier
+
+
+def math_reward(completion: str, answer: str, *, timeout: float = 5.0) -> float | None:
+    """Grade a math completion against a reference answer with ``math-verify``.
+
+    The predicted answer is the last ``\\boxed{}`` after the reasoning (after ``</think>`` when
+    there is one); without a boxed answer, ``math-verify``'s answer anchors ("the final answer is
+    ...") on that text. Equivalent forms count as equal (``\\dfrac{1}{2}``, ``0.5``, ``1/2``;
+    ``2\\sqrt{2}`` and ``\\sqrt{8}``; tuples with ``\\left(``).
+
+    Returns ``1.0`` or ``0.0``; ``None`` when the reference answer cannot be parsed (the row is then
+    left out of the reward statistics). Returns within ``timeout`` seconds of grading on any input,
+    from any thread or process: grading runs in a separate process that is killed when it overruns
+    (an overrun is graded ``0.0``, so a model cannot escape a wrong answer by being slow to parse).
+    The first call of a thread also waits for that process to start (about a second). Model text
+    is never evaluated as code.
+    """
+    if not isinstance(completion, str) or not isinstance(answer, str):
+        raise TypeError(f"math_reward needs two strings; got {type(completion).__name__} and {type(answer).__name__}")
+    if not answer.strip():
+        return None
+    region = completion.rsplit("</think>", 1)[-1][-MAX_ANSWER_CHARS:]  # the answer after the reasoning
+    return _verifier()(region, answer, timeout)
+
+
+def _math_grader(response: str, answer: str) -> float | None:
+    return math_reward(response, answer)
+
+
 #: One grader per answer format.
-GRADERS: dict[str, Callable[[str, str], float | None]] = {"integer": integer_grader}
+GRADERS: dict[str, Callable[[str, str], float | None]] = {"integer": integer_grader, "math": _math_grader}
 
 
 def grade(response: str, answer: str, grader: str = "integer") -> float | None:
@@ -65,3 +219,7 @@ def grade(response: str, answer: str, grader: str = "integer") -> float | None:
     except KeyError:
         raise ValueError(f"unknown grader {grader!r}; choose from {', '.join(GRADERS)}") from None
     return fn(response, answer)
+
+
+if __name__ == "__main__":
+    _serve()
