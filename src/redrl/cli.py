@@ -65,9 +65,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_benchmarks(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from redrl.config import load_config
+    from redrl.data.benchmarks import resolve_benchmarks
+    from redrl.evaluate import evaluate_benchmarks, format_benchmark_table
+    from redrl.trainer import resolve_paths
+
+    values = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    cfg = load_config(args.config, args.set, eval=values, model={"path": args.model})
+    names = resolve_benchmarks(args.benchmarks)
+    grader = cfg.data.grader if any(item.startswith("data.grader=") for item in args.set) else "math"
+    _quiet_transformers()
+    model_path = resolve_paths(cfg, need_train=False)[0]
+    results, samples = evaluate_benchmarks(model_path, names, cfg, data_dir=args.benchmark_dir, k=args.k,
+                                           temperature=args.temperature, limit=args.limit, grader=grader,
+                                           seed=args.seed, progress=not args.no_progress)
+    print(format_benchmark_table(Path(args.model).name or args.model, results))
+    for name, result in results.items():
+        print(f"{name}: avg@{result['k']} at temperature {result['temperature']}, {result['n']} problems"
+              + (f", {result['ungradable']} ungradable" if result["ungradable"] else ""))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {"model": args.model, "max_new_tokens": cfg.eval.max_new_tokens, "grader": grader, "benchmarks": results,
+                   "overall": {"accuracy": sum(r["accuracy"] for r in results.values()) / len(results),
+                               "length": sum(r["length"] for r in results.values()) / len(results)}}
+        (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+        with open(out / "samples.jsonl", "w") as f:
+            f.writelines(json.dumps(sample) + "\n" for sample in samples)
+        print(f"wrote {out / 'results.json'} and {out / 'samples.jsonl'} ({len(samples)} graded completions)")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
+
+    if args.benchmarks:
+        return _cmd_eval_benchmarks(args)
 
     from redrl.config import load_config
     from redrl.data.offline import load_problems
@@ -180,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", default="tiny", help="YAML config or preset for the eval settings")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed")
-    evaluate.add_argument("--out", help="write the results as JSON here")
+    evaluate.add_argument("--benchmarks", help="'all' (the paper's six) or names/paths, e.g. aime24,math500: "
+                          "the paper's protocol, math-verify grading, --out is then a directory")
+    evaluate.add_argument("--benchmark-dir", help="folder with the benchmark JSONL files (default: $REDRL_BENCHMARK_DIR)")
+    evaluate.add_argument("--max-new-tokens", type=int, help="generation budget per answer (default: the config's eval.max_new_tokens)")
+    evaluate.add_argument("--limit", type=int, help="only the first N problems of each benchmark (smoke runs)")
+    evaluate.add_argument("--out", help="write the results as JSON here (with --benchmarks: a directory for "
+                          "results.json and samples.jsonl)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_cmd_eval)
 

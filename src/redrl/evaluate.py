@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-__all__ = ["evaluate", "format_table", "pass_at_k", "summarize"]
+__all__ = ["evaluate", "evaluate_benchmarks", "format_benchmark_table", "format_table", "pass_at_k", "summarize"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -75,8 +75,12 @@ def evaluate(
     system_prompt: str | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    samples: list | None = None,
 ) -> dict:
-    """Sample ``k`` answers to each problem, grade them, and :func:`summarize`."""
+    """Sample ``k`` answers to each problem, grade them, and :func:`summarize`.
+
+    With a list as ``samples``, every sampled completion is appended to it as
+    ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
     from redrl.modeling import encode_prompt
     from redrl.rewards import grade
     from redrl.rollout import HFGenerator
@@ -95,7 +99,65 @@ def evaluate(
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     rewards = [[grade(texts[i * k + j], p["answer"], grader) for j in range(k)] for i, p in enumerate(problems)]
     lengths = [[len(responses[i * k + j]) for j in range(k)] for i in range(len(problems))]
+    if samples is not None:
+        samples += [{"index": i, "problem": p["problem"], "answer": p["answer"], "sample": j, "completion": texts[i * k + j],
+                     "reward": rewards[i][j], "length": lengths[i][j]} for i, p in enumerate(problems) for j in range(k)]
     return summarize(problems, rewards, lengths, k)
+
+
+def evaluate_benchmarks(
+    model_path: str,
+    names: list[str],
+    cfg,
+    *,
+    data_dir: str | None = None,
+    k: int | None = None,
+    temperature: float | None = None,
+    limit: int | None = None,
+    grader: str = "math",
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, dict], list[dict]]:
+    """Evaluate one model on benchmarks (names of :data:`redrl.data.benchmarks.BENCHMARKS` or paths)
+    with each one's protocol unless ``k`` / ``temperature`` override it; ``limit`` keeps the first
+    problems of each (for smoke runs). Returns per-benchmark results (with ``k``, ``temperature``
+    and ``n``) and every sample (with its ``benchmark``)."""
+    import torch
+
+    from redrl.data.benchmarks import BENCHMARKS, load_benchmark
+    from redrl.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    results, all_samples = {}, []
+    for name in names:
+        problems = load_benchmark(name, data_dir)[:limit]
+        protocol = BENCHMARKS.get(name)
+        bench_k = k or (protocol.k if protocol else cfg.eval.k)
+        bench_t = temperature if temperature is not None else (protocol.temperature if protocol else cfg.eval.temperature)
+        torch.manual_seed(seed)
+        samples: list[dict] = []
+        result = evaluate(model, tokenizer, problems, k=bench_k, temperature=bench_t, max_new_tokens=cfg.eval.max_new_tokens,
+                          grader=grader, system_prompt=cfg.data.system_prompt, batch_size=cfg.eval.batch_size,
+                          progress=progress, samples=samples)
+        results[name] = {**result, "k": bench_k, "temperature": bench_t}
+        all_samples += [{"benchmark": name, **sample} for sample in samples]
+    return results, all_samples
+
+
+def format_benchmark_table(model: str, results: dict[str, dict]) -> str:
+    """Table 2's layout: Acc (%) and LEN per benchmark, and Overall (the mean over the benchmarks)."""
+    from redrl.data.benchmarks import BENCHMARKS
+
+    titles = [BENCHMARKS[name].title if name in BENCHMARKS else name for name in results]
+    header = ["model"] + [f"{t} {part}" for t in titles for part in ("Acc", "LEN")] + ["Overall Acc", "Overall LEN"]
+    cells = [model]
+    for result in results.values():
+        cells += [f"{100 * result['accuracy']:.2f}", f"{result['length']:.0f}"]
+    accuracies = [r["accuracy"] for r in results.values() if not math.isnan(r["accuracy"])]
+    lengths = [r["length"] for r in results.values() if not math.isnan(r["length"])]
+    cells += [f"{100 * sum(accuracies) / len(accuracies):.2f}" if accuracies else "-",
+              f"{sum(lengths) / len(lengths):.0f}" if lengths else "-"]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(cells) + " |"])
 
 
 def format_table(results: dict[str, dict]) -> str:
