@@ -88,7 +88,7 @@ def test_loader_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_offline(tmp_path / "missing.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"problem": "1 + 1", "answer": "2"}\n')
-    with pytest.raises(ValueError, match="record 1 lacks distill"):
+    with pytest.raises(ValueError, match="bad.jsonl: row 1: distill must be a non-empty string"):
         load_offline(tmp_path / "bad.jsonl")
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     with pytest.raises(ValueError, match="broken.jsonl:1: not valid JSON"):

@@ -49,7 +49,8 @@ def resolve_paths(cfg: Config, *, need_train: bool = True) -> tuple[str, str, st
     if model != "tiny" and looks_local and not Path(model).expanduser().exists():
         raise FileNotFoundError(f"model.path not found: {model}")
     for name, value in (("data.train", train_data), ("data.test", test_data)):
-        if value and value != "tiny" and not Path(value).expanduser().is_file():
+        maybe_hub = name == "data.train" and value.count("/") == 1 and not value.startswith((".", "/", "~"))
+        if value and value != "tiny" and not maybe_hub and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{name} not found: {value}")
     if "tiny" in (model, train_data, test_data):
         from redrl.tiny import ensure_tiny
@@ -371,14 +372,15 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     model.train()
     records = load_offline(train_path)
     teacher = [encode_response(tokenizer, r["distill"]) for r in records]
-    keep = [i for i, trace in enumerate(teacher) if len(trace) <= cfg.rollout.max_new_tokens]
-    if len(keep) < len(records):
-        warnings.warn(f"{len(records) - len(keep)} of {len(records)} teacher traces exceed rollout.max_new_tokens="
-                      f"{cfg.rollout.max_new_tokens} and are left out", stacklevel=2)
-    if not keep:
-        raise ValueError(f"no teacher trace fits in rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
-    records, teacher = [records[i] for i in keep], [teacher[i] for i in keep]
-    prompts = [encode_prompt(tokenizer, r["problem"], cfg.data.system_prompt) for r in records]
+    # Traces longer than the generation limit are cut to it (and counted), as the authors' code does;
+    # their reward is still the grade of the whole trace.
+    truncated = sum(len(trace) > cfg.rollout.max_new_tokens for trace in teacher)
+    if truncated:
+        warnings.warn(f"{truncated} of {len(records)} teacher traces exceed rollout.max_new_tokens="
+                      f"{cfg.rollout.max_new_tokens} and are truncated to it", stacklevel=2)
+    teacher = [trace[: cfg.rollout.max_new_tokens] for trace in teacher]
+    # The config's system prompt, else the record's own (LUFFY-schema data carries one).
+    prompts = [encode_prompt(tokenizer, r["problem"], cfg.data.system_prompt or r.get("system")) for r in records]
     teacher_rewards = [grade(r["distill"], r["answer"], cfg.data.grader) for r in records]
 
     sampler = PromptSampler(len(records), cfg.train.seed)

@@ -1,8 +1,16 @@
 """Loading problems and offline teacher traces.
 
-The flat format (the RED authors'): one record per problem, ``{"problem": str, "answer": str,
-"distill": str}``, as JSONL or parquet. Evaluation sets use ``{"problem", "answer"}``. Extra
-fields (``level``, ``source``, ...) are kept.
+Two schemas for teacher data, both read into the flat records the trainer uses:
+
+* flat (the RED authors'): ``{"problem": str, "answer": str, "distill": str}``;
+* LUFFY / OpenR1-Math-46k-8192: ``prompt`` = chat messages (a system message first, then the
+  user's problem), ``target`` = ``[{"role": "assistant", "content": "<think>\\n..."}]``,
+  ``reward_model = {"ground_truth": str, ...}``; the problem is the last user message, the answer
+  the ground truth, the trace the target's content, and the system message is kept as ``system``.
+
+Sources: a ``.jsonl``/``.json``/``.parquet`` file, a directory of them, or a Hugging Face Hub
+dataset name (through ``datasets``, split ``train``). Evaluation sets use ``{"problem", "answer"}``.
+Extra fields (``level``, ``source``, ...) are kept.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["load_offline", "load_problems", "read_records"]
+__all__ = ["load_offline", "load_problems", "read_records", "read_source"]
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -52,6 +62,69 @@ def load_problems(path: str | Path) -> list[dict]:
     return _checked(read_records(path), ("problem", "answer"), path)
 
 
-def load_offline(path: str | Path) -> list[dict]:
-    """Problems with teacher traces: ``[{"problem", "answer", "distill", ...}]``."""
-    return _checked(read_records(path), ("problem", "answer", "distill"), path)
+def read_source(source: str | Path) -> list[tuple[str, int, dict]]:
+    """``(file, row number, record)`` for every record of a file, a directory of data files
+    (sorted by name), or a Hub dataset name (its ``train`` split)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no {', '.join(SUFFIXES)} files in this directory")
+        return [(str(f), n, r) for f in files for n, r in enumerate(read_records(f), 1)]
+    if path.exists() or path.suffix in SUFFIXES or str(source).startswith((".", "/", "~")):
+        return [(str(path), n, r) for n, r in enumerate(read_records(path), 1)]
+    import datasets  # a Hub dataset name, e.g. "Elliott/Openr1-Math-46k-8192"
+
+    return [(str(source), n, dict(r)) for n, r in enumerate(datasets.load_dataset(str(source), split="train"), 1)]
+
+
+def _luffy_to_flat(record: dict) -> dict:
+    """One LUFFY-schema record as a flat one (fields it lacks are left out, for validation to name)."""
+    flat = {k: v for k, v in record.items() if k not in ("prompt", "target", "reward_model")}
+    messages = record.get("prompt")
+    if isinstance(messages, list):
+        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        systems = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "system"]
+        if users:
+            flat["problem"] = users[-1]
+        if systems:
+            flat["system"] = systems[0]
+    target = record.get("target")
+    if isinstance(target, list) and target and isinstance(target[0], dict):
+        flat["distill"] = target[0].get("content")
+    reward_model = record.get("reward_model")
+    if isinstance(reward_model, dict):
+        flat["answer"] = reward_model.get("ground_truth")
+    return flat
+
+
+def load_offline(path_or_name: str | Path, format: str = "auto") -> list[dict]:  # noqa: A002 - the issue's contract
+    """Problems with teacher traces, ``[{"problem", "answer", "distill", ...}]``, from either schema.
+
+    ``format`` is ``"flat"``, ``"luffy"`` or ``"auto"`` (LUFFY when the first record has ``prompt``
+    and ``target``). Every bad row is reported, naming its file, row and field: a missing or
+    non-string problem, a missing answer, an empty or non-string trace.
+    """
+    if format not in ("auto", "flat", "luffy"):
+        raise ValueError(f"format must be auto, flat or luffy; got {format!r}")
+    rows = read_source(path_or_name)
+    if not rows:
+        raise ValueError(f"{path_or_name} holds no records")
+    if format == "auto":
+        first = rows[0][2]
+        format = "luffy" if "prompt" in first and "target" in first else "flat"
+    records, problems = [], []
+    for file, number, record in rows:
+        flat = _luffy_to_flat(record) if format == "luffy" else dict(record)
+        answer = flat.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            flat["answer"] = answer = str(answer)
+        for field, value in (("problem", flat.get("problem")), ("answer", answer), ("distill", flat.get("distill"))):
+            if not isinstance(value, str) or not value.strip():
+                got = "missing" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+                problems.append(f"{file}: row {number}: {field} must be a non-empty string ({got})")
+        records.append(flat)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{len(problems)} bad field(s) in {path_or_name}{more}: " + "; ".join(problems[:5]))
+    return records
