@@ -53,3 +53,23 @@ def test_missing_paths_are_named(tmp_path):
     cfg = load_config("tiny", [f"model.path={tmp_path}/missing/model", f"data.test={tmp_path}/none.jsonl"])
     with pytest.raises(FileNotFoundError, match="model.path not found"):
         resolve_paths(cfg, need_train=False)
+
+
+def test_remote_code_runs_only_when_the_user_turns_it_on(tiny_assets, monkeypatch):
+    import transformers
+
+    from redrl.modeling import load_model_and_tokenizer
+
+    seen = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        real = cls.from_pretrained.__func__
+
+        def spy(klass, path, *args, _real=real, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _real(klass, path, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    assert load_config("tiny").model.trust_remote_code is False
+    load_model_and_tokenizer(str(tiny_assets.base), **load_config("tiny").model.load_kwargs())
+    load_model_and_tokenizer(str(tiny_assets.base), **load_config("tiny", ["model.trust_remote_code=true"]).model.load_kwargs())
+    assert seen == [False, False, True, True]  # tokenizer and model, each time

@@ -245,7 +245,7 @@ def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], te
     from redrl.modeling import load_model_and_tokenizer, response_logprobs
     from redrl.rollout import HFGenerator
 
-    model, tokenizer = load_model_and_tokenizer(model_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
     model.eval()
     torch.manual_seed(seed)
     G = cfg.rollout.group_size

@@ -37,6 +37,11 @@ class ModelConfig:
     path: str = _help("'tiny' (the embedded base that redrl builds), a local directory or a Hugging Face Hub id", "tiny")
     dtype: str = _help("parameter dtype: float32, bfloat16 or float16", "float32")
     attn_implementation: str | None = _help("transformers attention implementation (eager, sdpa, flash_attention_2)", None)
+    trust_remote_code: bool = _help("run a Hub model's own Python code (off: only transformers' built-in architectures)", False)
+
+    def load_kwargs(self) -> dict:
+        """Keyword arguments of :func:`redrl.modeling.load_model_and_tokenizer`."""
+        return {"dtype": self.dtype, "attn_implementation": self.attn_implementation, "trust_remote_code": self.trust_remote_code}
 
     def __post_init__(self):
         _require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16; got {self.dtype!r}")

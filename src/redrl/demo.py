@@ -17,7 +17,7 @@ def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress:
     from redrl.evaluate import evaluate
     from redrl.modeling import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(path, **cfg.model.load_kwargs())
     torch.manual_seed(seed)
     return evaluate(
         model, tokenizer, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,

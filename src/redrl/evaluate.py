@@ -127,7 +127,7 @@ def evaluate_benchmarks(
     from redrl.data.benchmarks import BENCHMARKS, load_benchmark
     from redrl.modeling import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(model_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
     results, all_samples = {}, []
     for name in names:
         problems = load_benchmark(name, data_dir)[:limit]

@@ -54,20 +54,22 @@ def response_logprobs(
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implementation: str | None = None):
+def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implementation: str | None = None,
+                             trust_remote_code: bool = False):
     """A causal LM and its tokenizer from a local directory or the Hugging Face Hub.
 
     The tokenizer must have a chat template, an end-of-sequence token and a pad token (the
-    end-of-sequence token is used for padding when it has none).
+    end-of-sequence token is used for padding when it has none). Code shipped with a Hub model
+    runs only with ``trust_remote_code=True``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {path} has no end-of-sequence token")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"dtype": _DTYPES[dtype]}
+    kwargs = {"dtype": _DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

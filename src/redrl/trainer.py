@@ -368,7 +368,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 
     # Model, data and teacher traces.
     model_path, train_path, _ = resolve_paths(cfg)
-    model, tokenizer = load_model_and_tokenizer(model_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
     model.train()
     records = load_offline(train_path)
     teacher = [encode_response(tokenizer, r["distill"]) for r in records]
