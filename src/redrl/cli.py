@@ -72,14 +72,14 @@ def _cmd_eval_benchmarks(args: argparse.Namespace) -> int:
     from redrl.config import load_config
     from redrl.data.benchmarks import resolve_benchmarks
     from redrl.evaluate import evaluate_benchmarks, format_benchmark_table
-    from redrl.trainer import resolve_paths
+    from redrl.trainer import resolve_model
 
     values = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     cfg = load_config(args.config, args.set, eval=values, model={"path": args.model})
     names = resolve_benchmarks(args.benchmarks)
     grader = cfg.data.grader if any(item.startswith("data.grader=") for item in args.set) else "math"
     _quiet_transformers()
-    model_path = resolve_paths(cfg, need_train=False)[0]
+    model_path = resolve_model(cfg.model.path)  # the benchmarks are the test data: no tiny task is built
     results, samples = evaluate_benchmarks(model_path, names, cfg, data_dir=args.benchmark_dir, k=args.k,
                                            temperature=args.temperature, limit=args.limit, grader=grader,
                                            seed=args.seed, progress=not args.no_progress)
@@ -167,15 +167,13 @@ def _cmd_diff_probs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from redrl.report import diff_probs
-    from redrl.trainer import resolve_paths
-    from redrl.config import load_config
+    from redrl.trainer import resolve_model
 
     text_path = Path(args.text)
     if not text_path.is_file():
         raise FileNotFoundError(f"--text not found: {text_path}")
     _quiet_transformers()
-    paths = [resolve_paths(load_config("tiny", model={"path": m}), need_train=False)[0] for m in (args.a, args.b)]
-    page = diff_probs(paths[0], paths[1], text_path.read_text().strip("\n"), problem=args.problem)
+    page = diff_probs(resolve_model(args.a), resolve_model(args.b), text_path.read_text().strip("\n"), problem=args.problem)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(page)
     print(f"wrote {args.out}")

@@ -12,7 +12,8 @@ Layout of ``OUT``::
 
     runs/METHOD/seedS/      metrics.jsonl, final/, eval.json     (one per method and seed)
     runs/base/seedS/        eval.json                            (the base, same evaluation)
-    phases/NAME/seedS/      the two continuation runs and entropy.json of each phase
+    phases/NAME/seedS/      the two continuation runs (RL after SFT, SFT after RL)
+    phases/entropy/         PHASE-seedS.json: H_rl and H_sft of each phase's checkpoint
     results.json, table.md, plots/*.png, report.md
 """
 
@@ -29,6 +30,7 @@ import torch
 
 from redrl.config import Config, load_config
 from redrl.methods import COMPARED, METHODS
+from redrl.report import finite_values
 
 __all__ = ["aggregate", "dynamics_summary", "measure_entropies", "parse_methods", "run_compare"]
 
@@ -57,12 +59,8 @@ def _write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
-
-
 def _mean(values) -> float | None:
-    values = _finite(values)
+    values = finite_values(values)
     return sum(values) / len(values) if values else None
 
 
@@ -88,22 +86,21 @@ def dynamics_summary(records: list[dict]) -> dict:
     def window(key, rows):
         return _mean(r.get(key) for r in rows)
 
-    ratios = [r["h_sft"] / r["h_rl"] for r in records
-              if _finite([r.get("h_rl"), r.get("h_sft")]) == [r.get("h_rl"), r.get("h_sft")] and r["h_rl"] > 0]
-    gaps = [abs(math.log(r["h_sft"] / r["h_rl"])) for r in records[-late:]
-            if _finite([r.get("h_rl"), r.get("h_sft")]) == [r.get("h_rl"), r.get("h_sft")] and r["h_rl"] > 0 and r["h_sft"] > 0]
+    def ratio(r) -> float | None:  # H_sft / H_rl where both are positive and finite
+        pair = finite_values([r.get("h_rl"), r.get("h_sft")])
+        return pair[1] / pair[0] if len(pair) == 2 and min(pair) > 0 else None
+
+    ratios = [x for x in map(ratio, records) if x is not None]
+    gaps = [abs(math.log(x)) for x in map(ratio, records[-late:]) if x is not None]
     accuracy = column("online_accuracy")
     drawdown = None
-    if _finite(accuracy):
-        smoothed = []
-        for i in range(n):
-            smoothed.append(_mean(accuracy[max(0, i - 4) : i + 1]))
+    if finite_values(accuracy):
         peak, drawdown = -math.inf, 0.0
-        for value in smoothed:
-            if value is None:
-                continue
-            peak = max(peak, value)
-            drawdown = max(drawdown, peak - value)
+        for i in range(n):
+            value = _mean(accuracy[max(0, i - 4) : i + 1])  # 5-step moving average
+            if value is not None:
+                peak = max(peak, value)
+                drawdown = max(drawdown, peak - value)
     ratio_cv = None
     if len(ratios) >= 2 and statistics.fmean(ratios) > 0:
         ratio_cv = statistics.pstdev(ratios) / statistics.fmean(ratios)
@@ -123,7 +120,7 @@ def _read_metrics(run: Path) -> list[dict]:
 
 def _stats(values) -> tuple[float | None, float | None]:
     """``(mean, sample std)`` over seeds; the std is ``None`` with fewer than two values."""
-    values = _finite(values)
+    values = finite_values(values)
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
@@ -308,9 +305,12 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
                 saved = {"key": key, **measure_entropies(path, base_cfg, prompts, teacher, seed=seed)}
                 _write_json(cache, saved)
             table.setdefault(phase, []).append({"seed": seed, "h_rl": saved["h_rl"], "h_sft": saved["h_sft"]})
-    return {phase: {"h_rl_mean": _stats(r["h_rl"] for r in rows)[0], "h_rl_std": _stats(r["h_rl"] for r in rows)[1],
-                    "h_sft_mean": _stats(r["h_sft"] for r in rows)[0], "h_sft_std": _stats(r["h_sft"] for r in rows)[1],
-                    "seeds": rows} for phase, rows in table.items()}
+    summary = {}
+    for phase, rows in table.items():
+        summary[phase] = {"seeds": rows}
+        for key in ("h_rl", "h_sft"):
+            summary[phase][f"{key}_mean"], summary[phase][f"{key}_std"] = _stats(r[key] for r in rows)
+    return summary
 
 
 def run_compare(

@@ -64,7 +64,7 @@ class DataConfig:
 class RolloutConfig:
     group_size: int = _help("G: rollouts per prompt (a group is G rollouts + 1 teacher row)", 7)
     temperature: float = _help("sampling temperature of rollouts", 1.0)
-    max_new_tokens: int = _help("generation budget per rollout; longer teacher traces are dropped", 160)
+    max_new_tokens: int = _help("generation budget per rollout; longer teacher traces are truncated to it", 160)
     batch_size: int = _help("rows generated at once", 256)
 
     def __post_init__(self):

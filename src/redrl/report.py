@@ -34,7 +34,8 @@ NAMES = {"sft": "SFT", "grpo": "GRPO", "sft_grpo": "SFT→GRPO", "mixpolicy": "M
          "bread": "BREAD", "red_entropy": "RED-(I)", "red_shift": "RED-(II)", "red": "RED"}
 
 
-def _finite(values) -> list[float]:
+def finite_values(values) -> list[float]:
+    """The finite numbers among ``values`` (``None``, NaN, booleans and strings left out)."""
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
@@ -49,7 +50,7 @@ class Comparison:
     lower: bool = False
 
     def stats(self) -> tuple[float | None, float | None]:
-        a, b = _finite(self.a), _finite(self.b)
+        a, b = finite_values(self.a), finite_values(self.b)
         if not a or not b:
             return None, None
         d = statistics.fmean(a) - statistics.fmean(b)
@@ -76,7 +77,7 @@ class Comparison:
         return INCONCLUSIVE
 
     def describe(self) -> str:
-        a, b = _finite(self.a), _finite(self.b)
+        a, b = finite_values(self.a), finite_values(self.b)
         d, se = self.stats()
         if d is None:
             return f"{self.what}: no data"
@@ -160,7 +161,7 @@ def judge_claims(results: dict) -> list[Verdict]:
 
     def relative_drop(name: str, key: str) -> list[float]:
         return [(b - p) / b for b, p in zip(phase("base", key), phase(name, key))
-                if _finite([b, p]) == [b, p] and b > 0]
+                if finite_values([b, p]) == [b, p] and b > 0]
 
     add("C7", "RL lowers RL entropy but not SFT entropy; SFT lowers both.",
         [Comparison("H_rl base > after RL", phase("base", "h_rl"), phase("rl", "h_rl")),
@@ -232,7 +233,7 @@ def format_phases_table(phases: dict) -> str:
         if seeds:
             cells = []
             for key in ("h_rl", "h_sft"):
-                values = _finite(row.get(key) for row in seeds)
+                values = finite_values(row.get(key) for row in seeds)
                 cells.append(_cell(statistics.fmean(values) if values else None,
                                    statistics.stdev(values) if len(values) > 1 else None, 1, 3))
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
@@ -274,7 +275,7 @@ def plot_curves(results: dict, out: Path) -> list[Path]:
             steps = sorted({r["step"] for run in seed_runs for r in run})
             xs, mean, low, high = [], [], [], []
             for step in steps:
-                values = _finite(r.get(key) for run in seed_runs for r in run if r["step"] == step)
+                values = finite_values(r.get(key) for run in seed_runs for r in run if r["step"] == step)
                 if values:
                     xs.append(step)
                     mean.append(statistics.fmean(values))
@@ -407,7 +408,7 @@ def diff_probs(model_a: str, model_b: str, text: str, *, problem: str | None = N
     from redrl.batch import collate
     from redrl.modeling import encode_prompt, encode_response, load_model_and_tokenizer, response_logprobs
 
-    probabilities, tokens = [], None
+    probabilities, responses = [], []
     for path in (model_a, model_b):
         model, tokenizer = load_model_and_tokenizer(path)
         model.eval()
@@ -415,13 +416,12 @@ def diff_probs(model_a: str, model_b: str, text: str, *, problem: str | None = N
         response = encode_response(tokenizer, text)[:-1]  # the text as written, no end-of-sequence token
         if not response:
             raise ValueError("the text to score is empty")
-        if tokens is not None and response != tokens[1]:
+        if responses and response != responses[0]:
             raise ValueError(f"{model_a} and {model_b} tokenize the text differently; diff-probs needs one tokenizer")
-        tokens = (tokenizer, response)
+        responses.append(response)
         ids, attention, mask = collate([prompt], [response], tokenizer.pad_token_id)
         with torch.no_grad():
             logp, _ = response_logprobs(model, ids, attention, mask[:, 1:])
         probabilities.append(logp[mask[:, 1:]].exp().tolist())
-    tokenizer, response = tokens
-    pieces = [tokenizer.decode([t]) for t in response]
+    pieces = [tokenizer.decode([t]) for t in responses[0]]
     return token_change_html(pieces, probabilities[0], probabilities[1], title=f"A = {model_a}   B = {model_b}")

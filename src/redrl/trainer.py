@@ -38,16 +38,28 @@ from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade
 from redrl.rollout import HFGenerator
 
-__all__ = ["PromptSampler", "assemble_batch", "resolve_paths", "teacher_prefix_rollouts", "train"]
+__all__ = ["PromptSampler", "assemble_batch", "resolve_model", "resolve_paths", "teacher_prefix_rollouts", "train"]
+
+
+def resolve_model(model: str) -> str:
+    """A model path or Hub id as ``from_pretrained`` takes it; ``tiny`` builds the embedded base.
+    A path that looks local and does not exist is an error here, not deep inside transformers."""
+    if model == "tiny":
+        from redrl.tiny import ensure_tiny
+
+        return str(ensure_tiny().base)
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # else maybe a Hub id "org/name"
+    if looks_local and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"model.path not found: {model}")
+    return model
 
 
 def resolve_paths(cfg: Config, *, need_train: bool = True) -> tuple[str, str, str]:
     """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
     (the train data is left as it is when ``need_train`` is false)."""
     model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # else maybe a Hub id "org/name"
-    if model != "tiny" and looks_local and not Path(model).expanduser().exists():
-        raise FileNotFoundError(f"model.path not found: {model}")
+    if model != "tiny":
+        resolve_model(model)
     for name, value in (("data.train", train_data), ("data.test", test_data)):
         maybe_hub = name == "data.train" and value.count("/") == 1 and not value.startswith((".", "/", "~"))
         if value and value != "tiny" and not maybe_hub and not Path(value).expanduser().exists():
