@@ -246,7 +246,7 @@ def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], te
     model.eval()
     torch.manual_seed(seed)
     G = cfg.rollout.group_size
-    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size)
+    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision)
     rollouts = generator.generate(prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
 
     def mean_entropy(rows_prompt, rows_response) -> float:
@@ -255,7 +255,7 @@ def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], te
             ids, attention, response = collate(rows_prompt[start : start + size], rows_response[start : start + size], tokenizer.pad_token_id)
             mask = response[:, 1:]
             _, entropy = response_logprobs(model, ids, attention, mask, chunk_size=cfg.train.chunk_size)
-            total, count = total + float(entropy[mask].sum()), count + int(mask.sum())
+            total, count = total + float(entropy.cpu()[mask].sum()), count + int(mask.sum())
         return total / count if count else math.nan
 
     return {"h_rl": mean_entropy([p for p in prompts for _ in range(G)], rollouts), "h_sft": mean_entropy(prompts, teacher)}
@@ -267,19 +267,16 @@ PHASES = {"rl": ("grpo", None), "sft": ("sft", None), "rl_after_sft": ("grpo", "
 
 def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out: Path, *, progress: bool, log) -> dict:
     """Table 1 of the paper: ``H_rl`` / ``H_sft`` of the base and of each phase's final checkpoint, per seed."""
-    from redrl.data.offline import load_offline
-    from redrl.modeling import encode_prompt, encode_response
-    from redrl.modeling import load_model_and_tokenizer as _load
-    from redrl.trainer import resolve_paths, train
+    from transformers import AutoTokenizer
+
+    from redrl.trainer import prepare_data, resolve_paths, train
 
     base_cfg = _with_compare_settings(config, overrides)
     base_path, train_path, _ = resolve_paths(base_cfg)
-    _, tokenizer = _load(base_path)
-    records = load_offline(train_path)
-    chosen = random.Random(1234).sample(range(len(records)), min(base_cfg.compare.entropy_prompts, len(records)))
-    prompts = [encode_prompt(tokenizer, records[i]["problem"], base_cfg.data.system_prompt) for i in chosen]
-    teacher = [encode_response(tokenizer, records[i]["distill"]) for i in chosen]
-    teacher = [t[: base_cfg.rollout.max_new_tokens] for t in teacher]
+    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=base_cfg.model.trust_remote_code)
+    data = prepare_data(base_cfg, tokenizer, train_path)  # prompts and traces exactly as training has them
+    chosen = random.Random(1234).sample(range(len(data.prompts)), min(base_cfg.compare.entropy_prompts, len(data.prompts)))
+    prompts, teacher = [data.prompts[i] for i in chosen], [data.teacher[i] for i in chosen]
 
     table: dict[str, list[dict]] = {"base": []}
     for seed in range(seeds):
@@ -297,7 +294,7 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
             models[phase] = str(run / "final")
         for phase, path in models.items():
             cache = out / "phases" / "entropy" / f"{phase}-seed{seed}.json"
-            weights = Path(path) / "model.safetensors"  # a retrained checkpoint has new weights: measure again
+            weights = next(Path(path).glob("*.safetensors"), Path(path) / "model.safetensors")  # retrained: measure again
             key = {"model": path, "seed": seed, "prompts": len(prompts),
                    "weights": weights.stat().st_mtime_ns if weights.exists() else None}
             saved = json.loads(cache.read_text()) if cache.exists() else None

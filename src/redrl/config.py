@@ -8,6 +8,7 @@ no config object reaches the math in :mod:`redrl.objectives`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,29 +36,64 @@ def _require(condition: bool, message: str) -> None:
 @dataclass
 class ModelConfig:
     path: str = _help("'tiny' (the embedded base that redrl builds), a local directory or a Hugging Face Hub id", "tiny")
-    dtype: str = _help("parameter dtype: float32, bfloat16 or float16", "float32")
+    dtype: str = _help("parameter dtype: float32, bfloat16 or float16 (for mixed precision keep float32 and set train.mixed_precision)", "float32")
     attn_implementation: str | None = _help("transformers attention implementation (eager, sdpa, flash_attention_2)", None)
     trust_remote_code: bool = _help("run a Hub model's own Python code (off: only transformers' built-in architectures)", False)
+    device: str = _help("where the model runs: auto (CUDA when available, else CPU), cpu, cuda or cuda:N", "auto")
+    config_overrides: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "fields of the model's config set before loading, e.g. {max_position_embeddings: 16384, rope_theta: 40000}"})
+    use_peft: bool = _help("train LoRA adapters (peft, `pip install redrl[peft]`) instead of every weight", False)
+    lora_r: int = _help("LoRA rank", 16)
+    lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", 32)
+    lora_dropout: float = _help("dropout on the LoRA input", 0.05)
+    lora_target_modules: str = _help("modules that get adapters: 'all-linear' or comma-separated names (q_proj,v_proj)", "all-linear")
 
     def load_kwargs(self) -> dict:
         """Keyword arguments of :func:`redrl.modeling.load_model_and_tokenizer`."""
-        return {"dtype": self.dtype, "attn_implementation": self.attn_implementation, "trust_remote_code": self.trust_remote_code}
+        return {"dtype": self.dtype, "attn_implementation": self.attn_implementation,
+                "trust_remote_code": self.trust_remote_code, "device": self.device, "config_overrides": self.config_overrides}
 
     def __post_init__(self):
         _require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
+        _require(self.device == "auto" or self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
+                 f"model.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        _require(self.lora_r >= 1, f"model.lora_r must be >= 1; got {self.lora_r}")
+        _require(0 <= self.lora_dropout < 1, f"model.lora_dropout must be in [0, 1); got {self.lora_dropout}")
+        _require(bool(self.lora_target_modules.strip()), "model.lora_target_modules must name modules or be 'all-linear'")
 
 
 @dataclass
 class DataConfig:
-    train: str = _help("offline data with teacher traces (flat JSONL/parquet), or 'tiny' for the embedded task", "tiny")
+    train: str = _help("offline data with teacher traces (JSONL, parquet, a directory or a Hub dataset; flat or LUFFY schema), or 'tiny'", "tiny")
     test: str = _help("evaluation problems (JSONL with problem, answer), or 'tiny'", "tiny")
     grader: str = _help("answer grader, used by the training reward and evaluation alike", "integer")
-    system_prompt: str | None = _help("system message put before every problem", None)
+    system_prompt: str | None = _help("system message put before every problem (unset: the record's own, if any; '': none)", None)
+    problem_template: str = _help("the user message, with {problem} standing for the problem text", "{problem}")
+    chat_template: str | None = _help("a Jinja chat template (text or a file path) replacing the tokenizer's", None)
+    chat_template_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "extra arguments of apply_chat_template, e.g. {enable_thinking: false}"})
+    response_prefix: str | None = _help("text that starts every response, put after the generation prompt (e.g. '<think>\\n'); "
+                                        "teacher traces that begin with it lose it, so both continue the same prompt", None)
+    max_prompt_tokens: int | None = _help("training prompts longer than this many tokens are left out and counted (None: keep all)", None)
+
+    def prompt_kwargs(self) -> dict:
+        """Keyword arguments of :func:`redrl.modeling.encode_prompt` (besides the system prompt)."""
+        return {"problem_template": self.problem_template, "chat_template": self.chat_template,
+                "template_kwargs": self.chat_template_kwargs, "response_prefix": self.response_prefix}
+
+    def system_for(self, record: dict) -> str | None:
+        """The system message of a record: the config's, else the record's own (``''``: none)."""
+        return self.system_prompt if self.system_prompt is not None else record.get("system")
 
     def __post_init__(self):
         from redrl.rewards import GRADERS
 
         _require(self.grader in GRADERS, f"data.grader must be one of {', '.join(GRADERS)}; got {self.grader!r}")
+        _require(isinstance(self.chat_template_kwargs, dict),
+                 f"data.chat_template_kwargs must be a mapping; got {self.chat_template_kwargs!r}")
+        _require("{problem}" in self.problem_template, f"data.problem_template must contain {{problem}}; got {self.problem_template!r}")
+        _require(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+                 f"data.max_prompt_tokens must be >= 1; got {self.max_prompt_tokens}")
 
 
 @dataclass
@@ -80,13 +116,17 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
     warmup_steps: int = _help("linear warm-up steps", 5)
+    warmup_ratio: float | None = _help("warm-up as a share of the steps; replaces warmup_steps when set", None)
     schedule: str = _help("learning-rate schedule after warm-up: constant, linear or cosine", "constant")
+    min_lr_ratio: float = _help("linear and cosine decay end at lr * min_lr_ratio", 0.0)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
         _require(self.lr > 0, f"optim.lr must be > 0; got {self.lr}")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}")
+        _require(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
         _require(self.schedule in ("constant", "linear", "cosine"),
                  f"optim.schedule must be constant, linear or cosine; got {self.schedule!r}")
         _require(self.max_grad_norm >= 0, f"optim.max_grad_norm must be >= 0; got {self.max_grad_norm}")
@@ -119,21 +159,26 @@ class LossConfig:
 class TrainConfig:
     method: str = _help("training method (see `redrl train --help`)", "red")
     steps: int = _help("optimizer steps (one rollout batch each)", 120)
+    epochs: float | None = _help("passes over the training prompts; replaces steps when set (steps = ceil(epochs * prompts / prompts_per_step))", None)
     prompts_per_step: int = _help("prompts per step; each brings G rollouts and one teacher row", 8)
     micro_batch_size: int = _help("rows per forward/backward pass (gradients are accumulated)", 64)
     chunk_size: int = _help("response positions per chunk of the vocabulary projection", 1024)
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
     out: str = _help("output directory (metrics.jsonl, checkpoints)", "runs/red")
     save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)
+    mixed_precision: str = _help("autocast of forward passes and rollouts: no, bf16 or fp16 (fp16 with loss scaling, CUDA only)", "no")
+    gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, about a third more compute)", False)
 
     def __post_init__(self):
         from redrl.methods import METHODS
 
         _require(self.method in METHODS, f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         _require(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
+        _require(self.epochs is None or self.epochs > 0, f"train.epochs must be > 0; got {self.epochs}")
         _require(self.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1; got {self.prompts_per_step}")
         _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
+        _require(self.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}")
 
 
 @dataclass
@@ -155,6 +200,7 @@ class BaselinesConfig:
     """Settings that only some baselines read; each names the paper it comes from."""
 
     staged_sft_fraction: float = _help("sft_grpo: share of train.steps spent on SFT before GRPO starts from its checkpoint", 0.5)
+    staged_sft_lr: float | None = _help("sft_grpo: learning rate of the SFT stage (None: optim.lr)", None)
     relift_buffer: int = _help("relift: prompts with all rollouts wrong collected before one SFT step on their traces (arXiv 2506.07527)", 8)
     relift_entropy_coef: float = _help("relift: entropy bonus of its SFT step, NLL - coef*H (arXiv 2506.07527: 0.001)", 0.001)
     bread_fractions: tuple[float, ...] = _help(
@@ -164,6 +210,7 @@ class BaselinesConfig:
 
     def __post_init__(self):
         _require(0 < self.staged_sft_fraction < 1, f"baselines.staged_sft_fraction must be in (0, 1); got {self.staged_sft_fraction}")
+        _require(self.staged_sft_lr is None or self.staged_sft_lr > 0, f"baselines.staged_sft_lr must be > 0; got {self.staged_sft_lr}")
         _require(self.relift_buffer >= 1, f"baselines.relift_buffer must be >= 1; got {self.relift_buffer}")
         _require(len(self.bread_fractions) >= 1 and all(0 < f < 1 for f in self.bread_fractions),
                  f"baselines.bread_fractions must be fractions in (0, 1); got {self.bread_fractions}")
@@ -227,6 +274,11 @@ def _coerce(section: str, cls, body: dict) -> dict:
     out = {}
     for name, value in body.items():
         expected = hints[name]
+        if typing.get_origin(expected) is dict:
+            if not isinstance(value, dict):
+                raise ValueError(f"{section}.{name} must be a mapping, e.g. {{key: value}}; got {value!r}")
+            out[name] = value
+            continue
         allowed = set(typing.get_args(expected)) or {expected}
         if value is None or type(value) in allowed:
             out[name] = value
@@ -258,6 +310,25 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, yaml.safe_load(value)
 
 
+def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, dict]:
+    """A preset's sections; ``extends: FILE`` (relative to the preset) starts from another preset,
+    whose values this one overrides key by key."""
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: 'extends' loops back to itself")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of sections")
+    raw: dict[str, dict] = {}
+    parent = loaded.pop("extends", None)
+    if parent is not None:
+        raw = _read_preset(path.parent / parent, (*seen, path.resolve()))
+    for section, body in loaded.items():
+        if body is not None and not isinstance(body, dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping of keys")
+        raw.setdefault(section, {}).update(body or {})
+    return raw
+
+
 def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: dict[str, Any]) -> Config:
     """Read a YAML preset, apply ``section.key=value`` overrides and ``values``, and validate.
 
@@ -265,10 +336,7 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
     """
     raw: dict[str, dict] = {}
     if path is not None:
-        loaded = yaml.safe_load(preset_path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of sections")
-        raw = {section: dict(body or {}) for section, body in loaded.items()}
+        raw = _read_preset(preset_path(path))
     for section, name, value in map(_parse_override, overrides):
         raw.setdefault(section, {})[name] = value
     for section, body in values.items():

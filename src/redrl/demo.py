@@ -14,15 +14,14 @@ __all__ = ["evaluate_model", "run_demo"]
 
 def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress: bool = True) -> dict:
     """Evaluate the model at ``path`` with ``cfg.eval`` settings; sampling seeded by ``seed``."""
-    from redrl.evaluate import evaluate
+    from redrl.evaluate import eval_settings, evaluate
     from redrl.modeling import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(path, **cfg.model.load_kwargs())
     torch.manual_seed(seed)
     return evaluate(
         model, tokenizer, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
-        max_new_tokens=cfg.eval.max_new_tokens, grader=cfg.data.grader, system_prompt=cfg.data.system_prompt,
-        batch_size=cfg.eval.batch_size, progress=progress,
+        max_new_tokens=cfg.eval.max_new_tokens, grader=cfg.data.grader, progress=progress, **eval_settings(cfg),
     )
 
 

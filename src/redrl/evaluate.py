@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-__all__ = ["evaluate", "evaluate_benchmarks", "format_benchmark_table", "format_table", "pass_at_k", "summarize"]
+__all__ = ["eval_settings", "evaluate", "evaluate_benchmarks", "format_benchmark_table", "format_table", "pass_at_k", "summarize"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -73,20 +73,24 @@ def evaluate(
     max_new_tokens: int = 160,
     grader: str = "integer",
     system_prompt: str | None = None,
+    prompt_format: dict | None = None,
     batch_size: int = 256,
+    mixed_precision: str = "no",
     progress: bool = False,
     samples: list | None = None,
 ) -> dict:
     """Sample ``k`` answers to each problem, grade them, and :func:`summarize`.
 
+    ``prompt_format`` holds :func:`redrl.modeling.encode_prompt`'s formatting arguments
+    (:meth:`redrl.config.DataConfig.prompt_kwargs`), so problems are asked as in training.
     With a list as ``samples``, every sampled completion is appended to it as
     ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
     from redrl.modeling import encode_prompt
     from redrl.rewards import grade
     from redrl.rollout import HFGenerator
 
-    prompts = [encode_prompt(tokenizer, p["problem"], system_prompt) for p in problems]
-    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size)
+    prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
+    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size, mixed_precision)
     responses = []
     step = max(1, batch_size // k)
     iterator = range(0, len(prompts), step)
@@ -137,11 +141,16 @@ def evaluate_benchmarks(
         torch.manual_seed(seed)
         samples: list[dict] = []
         result = evaluate(model, tokenizer, problems, k=bench_k, temperature=bench_t, max_new_tokens=cfg.eval.max_new_tokens,
-                          grader=grader, system_prompt=cfg.data.system_prompt, batch_size=cfg.eval.batch_size,
-                          progress=progress, samples=samples)
+                          grader=grader, progress=progress, samples=samples, **eval_settings(cfg))
         results[name] = {**result, "k": bench_k, "temperature": bench_t}
         all_samples += [{"benchmark": name, **sample} for sample in samples]
     return results, all_samples
+
+
+def eval_settings(cfg) -> dict:
+    """:func:`evaluate`'s prompt and hardware arguments from a config (as training asks them)."""
+    return {"system_prompt": cfg.data.system_prompt or None, "prompt_format": cfg.data.prompt_kwargs(),
+            "batch_size": cfg.eval.batch_size, "mixed_precision": cfg.train.mixed_precision}
 
 
 def format_benchmark_table(model: str, results: dict[str, dict]) -> str:

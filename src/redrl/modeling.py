@@ -1,21 +1,36 @@
-"""Forward passes that return per-token log-probabilities and entropies of response tokens."""
+"""Models and tokens: loading (devices, LoRA adapters), chat-formatted prompts, mixed precision,
+and forward passes that return per-token log-probabilities and entropies of response tokens."""
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from pathlib import Path
 
 import torch
 
 from redrl.objectives import token_logprobs_and_entropy, token_logprobs_and_entropy_from_hidden
 
-__all__ = ["encode_prompt", "encode_response", "load_model_and_tokenizer", "response_logprobs"]
+__all__ = ["apply_lora", "autocast", "encode_prompt", "encode_response", "load_model_and_tokenizer", "resolve_device",
+           "response_logprobs", "trainable_parameters"]
+
+
+def _unwrap(model):
+    """The transformers model inside a peft wrapper (LoRA layers stay injected), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _plain_linear_head(model) -> bool:
-    """True when logits are ``lm_head(final hidden)`` and nothing else (Qwen2, Llama, Mistral)."""
+    """True when logits are ``lm_head(final hidden)`` and nothing else (Qwen2, Llama, Mistral).
+
+    A head that LoRA (or anything else) has wrapped is not a plain ``nn.Linear``: its logits then
+    come from the model's own forward."""
     config = model.config
     return (
         getattr(config, "final_logit_softcapping", None) is None
         and getattr(config, "logit_scale", None) is None
-        and model.get_output_embeddings() is not None
+        and type(model.get_output_embeddings()) is torch.nn.Linear
     )
 
 
@@ -29,17 +44,20 @@ def response_logprobs(
     ``[N, S, V]`` tensor is ever held (see
     :func:`redrl.objectives.token_logprobs_and_entropy_from_hidden`).
     """
+    device = model.get_input_embeddings().weight.device
+    input_ids, attention_mask, loss_mask = input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
     targets = input_ids[:, 1:]
-    if _plain_linear_head(model):
-        backbone = model.base_model
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-        head = model.get_output_embeddings()
+    inner = _unwrap(model)
+    if _plain_linear_head(inner):
+        backbone = inner.base_model
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
+        head = inner.get_output_embeddings()
         logp_sel, entropy_sel = token_logprobs_and_entropy_from_hidden(
             hidden[loss_mask].unsqueeze(0), head.weight, targets[loss_mask].unsqueeze(0),
             bias=head.bias, chunk_size=chunk_size,
         )
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
         logp_sel, entropy_sel = token_logprobs_and_entropy(
             logits[loss_mask].unsqueeze(0), targets[loss_mask].unsqueeze(0), chunk_size=chunk_size
         )
@@ -54,35 +72,143 @@ def response_logprobs(
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implementation: str | None = None,
-                             trust_remote_code: bool = False):
-    """A causal LM and its tokenizer from a local directory or the Hugging Face Hub.
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the current CUDA device when there is one, else the CPU; ``cuda[:N]`` must exist."""
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"model.device={name} but torch sees no CUDA device (torch {torch.__version__}); use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"model.device={name} but there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
-    The tokenizer must have a chat template, an end-of-sequence token and a pad token (the
-    end-of-sequence token is used for padding when it has none). Code shipped with a Hub model
-    runs only with ``trust_remote_code=True``.
+
+def autocast(device: torch.device, mixed_precision: str = "no"):
+    """``torch.autocast`` for ``bf16`` / ``fp16`` (a no-op context for ``no``), refusing what the
+    device cannot do: fp16 autocast needs CUDA (its loss scaler does), bf16 a GPU that has it."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    if mixed_precision not in ("bf16", "fp16"):
+        raise ValueError(f"mixed precision must be no, bf16 or fp16; got {mixed_precision!r}")
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.mixed_precision=fp16 needs a CUDA device; this run is on {device.type} (use bf16 or no)")
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.mixed_precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16; use fp16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
+def _model_config(path: str, overrides: dict, trust_remote_code: bool):
+    """The model's config with ``overrides`` set; a key the config does not have is an error.
+    ``rope_theta`` reaches ``rope_parameters`` where transformers keeps it there (v5)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    for key, value in overrides.items():
+        if key == "rope_theta" and isinstance(getattr(config, "rope_parameters", None), dict):
+            config.rope_parameters = {**config.rope_parameters, "rope_theta": float(value)}
+        elif hasattr(config, key):
+            setattr(config, key, value)
+        else:
+            raise ValueError(f"model.config_overrides: {type(config).__name__} has no field {key!r}")
+    return config
+
+
+def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implementation: str | None = None,
+                             trust_remote_code: bool = False, device: str = "auto", config_overrides: dict | None = None):
+    """A causal LM (on ``device``, see :func:`resolve_device`) and its tokenizer from a local
+    directory or the Hugging Face Hub.
+
+    A directory holding a LoRA adapter (``adapter_config.json``, as redrl saves when
+    ``model.use_peft`` is on) loads its base model, then the adapter, merged into the weights:
+    the result is a plain model, for evaluation or further training. ``config_overrides`` set
+    fields of the model's config before the weights load (e.g. a longer context). The tokenizer must have an
+    end-of-sequence token; without a pad token the end-of-sequence token pads. Code shipped with a
+    Hub model runs only with ``trust_remote_code=True``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    target = resolve_device(device)
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise ImportError(f"{path} holds a LoRA adapter; loading it needs peft: pip install 'redrl[peft]'") from None
+        base_path = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if not base_path:
+            raise ValueError(f"{adapter} names no base_model_name_or_path")
+        base, _ = load_model_and_tokenizer(base_path, dtype=dtype, attn_implementation=attn_implementation,
+                                           trust_remote_code=trust_remote_code, device=device, config_overrides=config_overrides)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        model.name_or_path = str(path)  # a later adapter on top records this directory as its base
+    else:
+        kwargs = {"dtype": _DTYPES[dtype], "trust_remote_code": trust_remote_code}
+        if config_overrides:
+            kwargs["config"] = _model_config(path, config_overrides, trust_remote_code)
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(target)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {path} has no end-of-sequence token")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"dtype": _DTYPES[dtype], "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model, tokenizer
 
 
-def encode_prompt(tokenizer, problem: str, system_prompt: str | None = None) -> list[int]:
-    """Token ids of the chat-formatted problem, ending where the assistant's answer begins."""
+def apply_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear"):
+    """Wrap ``model`` with fresh LoRA adapters (peft); only they are trained afterwards.
+
+    ``target_modules`` is peft's ``"all-linear"`` (every linear layer but the output head) or
+    comma-separated module names."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("model.use_peft needs peft: pip install 'redrl[peft]'") from None
+    targets = target_modules if target_modules == "all-linear" else [name.strip() for name in target_modules.split(",") if name.strip()]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates (all of them, or only the adapters under LoRA)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@functools.lru_cache(maxsize=8)
+def _template_text(chat_template: str) -> str:
+    """A chat template given inline (it has Jinja tags), or read from the file it names."""
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    path = Path(chat_template).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.chat_template is neither a Jinja template nor an existing file: {chat_template}")
+    return path.read_text()
+
+
+def encode_prompt(tokenizer, problem: str, system_prompt: str | None = None, *, problem_template: str = "{problem}",
+                  chat_template: str | None = None, template_kwargs: dict | None = None,
+                  response_prefix: str | None = None) -> list[int]:
+    """Token ids of the chat-formatted problem, ending where the assistant's answer begins.
+
+    The user message is ``problem_template`` with the problem put in for ``{problem}``;
+    no ``system_prompt`` (or ``''``) leaves the template's own default, if it has one.
+    ``chat_template`` (Jinja text or a file) replaces the tokenizer's; ``template_kwargs`` go to
+    ``apply_chat_template`` (e.g. ``enable_thinking``); ``response_prefix`` (e.g. ``"<think>\\n"``)
+    is appended after the generation prompt, so every response continues it."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": problem})
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    messages.append({"role": "user", "content": problem_template.replace("{problem}", problem)})
+    template = _template_text(chat_template) if chat_template else None
+    text = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False,
+                                         **(template_kwargs or {}))
+    return tokenizer(text + (response_prefix or ""), add_special_tokens=False).input_ids
 
 
-def encode_response(tokenizer, text: str) -> list[int]:
-    """Token ids of an assistant answer, closed by the end-of-sequence token."""
+def encode_response(tokenizer, text: str, response_prefix: str | None = None) -> list[int]:
+    """Token ids of an assistant answer, closed by the end-of-sequence token; a leading
+    ``response_prefix`` is dropped (the prompt already ends with it)."""
+    if response_prefix and text.startswith(response_prefix):
+        text = text[len(response_prefix):]
     return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]

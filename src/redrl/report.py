@@ -422,6 +422,6 @@ def diff_probs(model_a: str, model_b: str, text: str, *, problem: str | None = N
         ids, attention, mask = collate([prompt], [response], tokenizer.pad_token_id)
         with torch.no_grad():
             logp, _ = response_logprobs(model, ids, attention, mask[:, 1:])
-        probabilities.append(logp[mask[:, 1:]].exp().tolist())
+        probabilities.append(logp.cpu()[mask[:, 1:]].exp().tolist())
     pieces = [tokenizer.decode([t]) for t in responses[0]]
     return token_change_html(pieces, probabilities[0], probabilities[1], title=f"A = {model_a}   B = {model_b}")

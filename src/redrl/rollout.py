@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from redrl.modeling import autocast
+
 __all__ = ["HFGenerator", "strip_response"]
 
 
@@ -34,12 +36,14 @@ class HFGenerator:
         model: a causal LM.
         eos_id, pad_id: token ids; generation of a row stops at ``eos_id``.
         batch_size: rows generated at once.
+        mixed_precision: ``no``, ``bf16`` or ``fp16``: autocast of the sampling forward passes.
     """
 
     model: torch.nn.Module
     eos_id: int
     pad_id: int
     batch_size: int = 256
+    mixed_precision: str = "no"
 
     @torch.no_grad()
     def generate(
@@ -65,15 +69,16 @@ class HFGenerator:
                     input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
                     attention_mask[i, width - len(prompt) :] = 1
                 sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-                output = self.model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=self.eos_id,
-                    pad_token_id=self.pad_id,
-                    use_cache=True,
-                    **sampling,
-                )
+                with autocast(device, self.mixed_precision):
+                    output = self.model.generate(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention_mask.to(device),
+                        max_new_tokens=max_new_tokens,
+                        eos_token_id=self.eos_id,
+                        pad_token_id=self.pad_id,
+                        use_cache=True,
+                        **sampling,
+                    )
                 for row in output[:, width:].tolist():
                     responses.append(strip_response(row, self.eos_id, self.pad_id))
         finally:

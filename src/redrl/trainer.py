@@ -32,7 +32,8 @@ from redrl.batch import Batch, collate
 from redrl.config import Config
 from redrl.data.offline import load_offline
 from redrl.methods import METHODS, Method
-from redrl.modeling import encode_prompt, encode_response, load_model_and_tokenizer, response_logprobs
+from redrl.modeling import (apply_lora, autocast, encode_prompt, encode_response, load_model_and_tokenizer, response_logprobs,
+                            trainable_parameters)
 from redrl.objectives import aggregation_units, group_accuracy, group_advantages, masked_mean, red_loss, sft_loss, srft_loss
 from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade
@@ -194,23 +195,34 @@ LOSS_METRICS = ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_r
 
 
 def optimization_step(
-    model, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *, sft_entropy_coef: float = 0.0
+    model, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *,
+    sft_entropy_coef: float = 0.0, scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
 
+    Forward passes and the loss run under ``cfg.train.mixed_precision`` autocast on the model's
+    device; ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients.
     ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step)."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    precision = cfg.train.mixed_precision
+
+    def forward(rows: Batch) -> _Pass:
+        with autocast(device, precision):
+            return _forward(model, rows, cfg.train.chunk_size)
+
     size = cfg.train.micro_batch_size
     micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
     aggregation = "token-mean" if method.objective == "sft" else cfg.loss.aggregation
 
     if len(micro) == 1:
         # One pass: entropies, old log-probs and the loss all come from the same forward.
-        passes = [_forward(model, micro[0], cfg.train.chunk_size)]
+        passes = [forward(micro[0])]
         old_logps = [passes[0].logp.detach()]
     else:
         # Entropies and old log-probs first (no grad, same parameters), then the loss passes.
         with torch.no_grad():
-            passes = [_forward(model, rows, cfg.train.chunk_size) for rows in micro]
+            passes = [forward(rows) for rows in micro]
         old_logps = [p.logp for p in passes]
     h_rl, h_sft = _entropies(passes)
     w = regulator.update(h_rl, h_sft) if method.regulator else 1.0
@@ -222,10 +234,11 @@ def optimization_step(
     sums = {name: 0.0 for name in LOSS_METRICS}
     weights = {name: 0.0 for name in LOSS_METRICS}
     for index, rows in enumerate(micro):
-        current = passes[0] if len(micro) == 1 else _forward(model, rows, cfg.train.chunk_size)
-        loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
+        current = passes[0] if len(micro) == 1 else forward(rows)
+        with autocast(device, precision):
+            loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
         share = int(aggregation_units(rows.loss_mask(), aggregation)) / max(total_units, 1)
-        (loss * share).backward()
+        (scaler.scale(loss * share) if scaler else loss * share).backward()
         loss_value += loss.item() * share
         for name, value in metrics.items():
             if name in sums and math.isfinite(value.item()):
@@ -233,9 +246,15 @@ def optimization_step(
                 weights[name] += share
     summed = {name: sums[name] / weights[name] if weights[name] else math.nan for name in LOSS_METRICS}
     max_norm = cfg.optim.max_grad_norm
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_norm if max_norm > 0 else float("inf"))
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
+    if scaler:
+        scaler.step(optimizer)  # skipped when the unscaled gradients are not finite
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
@@ -243,15 +262,16 @@ def optimization_step(
             "grad_norm": float(grad_norm), "lr": lr}
 
 
-def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
+def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int, *, min_ratio: float = 0.0):
+    """Linear warm-up, then constant, linear or cosine decay from lr to ``lr * min_ratio``."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         if schedule == "linear":
-            return max(0.0, 1.0 - progress)
+            return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
         if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -341,28 +361,96 @@ def _train_staged(cfg: Config, method: Method, progress: bool) -> Path:
     import shutil
 
     out = Path(cfg.train.out)
-    first = max(1, min(cfg.train.steps - 1, round(cfg.train.steps * cfg.baselines.staged_sft_fraction)))
-    budgets = [first, cfg.train.steps - first]
+    steps = cfg.train.steps
+    if cfg.train.epochs is not None:  # epochs over every record (before data.max_prompt_tokens leaves any out)
+        steps = total_steps(cfg, len(load_offline(resolve_paths(cfg)[1])))
+    first = max(1, min(steps - 1, round(steps * cfg.baselines.staged_sft_fraction)))
+    budgets = [first, steps - first]
     if len(method.stages) != 2 or budgets[1] < 1:
         raise ValueError(f"{method.name}: a staged method needs two stages and train.steps >= 2")
     model_path, offset, merged = cfg.model.path, 0, []
-    for index, (name, steps) in enumerate(zip(method.stages, budgets), start=1):
+    for index, (name, stage_steps) in enumerate(zip(method.stages, budgets), start=1):
         stage_out = out / f"stage-{index}-{name}"
+        lr = cfg.baselines.staged_sft_lr if name == "sft" and cfg.baselines.staged_sft_lr else cfg.optim.lr
         stage_cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, path=model_path),
-            train=dataclasses.replace(cfg.train, method=name, steps=steps, out=str(stage_out)),
+            cfg, model=dataclasses.replace(cfg.model, path=model_path), optim=dataclasses.replace(cfg.optim, lr=lr),
+            train=dataclasses.replace(cfg.train, method=name, steps=stage_steps, epochs=None, out=str(stage_out)),
         )
         final = train(stage_cfg, progress=progress)
         for line in (stage_out / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             merged.append({**record, "step": record["step"] + offset, "stage": name})
-        model_path, offset = str(final), offset + steps
+        model_path, offset = str(final), offset + stage_steps
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in merged))
     if (out / "final").exists():
         shutil.rmtree(out / "final")
     shutil.copytree(final, out / "final")
     return out / "final"
+
+
+@dataclass
+class TrainingData:
+    """The training set, tokenised: per record its prompt, teacher trace and the trace's reward."""
+
+    records: list[dict]
+    prompts: list[list[int]]
+    teacher: list[list[int]]
+    teacher_rewards: list[float | None]
+
+
+def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
+    """Load the offline data, chat-format the prompts and tokenise the teacher traces.
+
+    Prompts longer than ``data.max_prompt_tokens`` are left out; teacher traces longer than
+    ``rollout.max_new_tokens`` are cut to it, as the authors' code does (their reward stays the
+    grade of the whole trace). Both are counted in a warning."""
+    records = load_offline(path)
+    fmt = cfg.data.prompt_kwargs()
+    prompts = [encode_prompt(tokenizer, r["problem"], cfg.data.system_for(r), **fmt) for r in records]
+    limit = cfg.data.max_prompt_tokens
+    if limit is not None:
+        keep = [i for i, prompt in enumerate(prompts) if len(prompt) <= limit]
+        if not keep:
+            raise ValueError(f"every prompt of {path} is longer than data.max_prompt_tokens={limit}")
+        if len(keep) < len(records):
+            warnings.warn(f"{len(records) - len(keep)} of {len(records)} prompts are longer than data.max_prompt_tokens={limit} "
+                          "tokens and are left out", stacklevel=2)
+        records, prompts = [records[i] for i in keep], [prompts[i] for i in keep]
+    teacher = [encode_response(tokenizer, r["distill"], cfg.data.response_prefix) for r in records]
+    budget = cfg.rollout.max_new_tokens
+    truncated = sum(len(trace) > budget for trace in teacher)
+    if truncated:
+        warnings.warn(f"{truncated} of {len(records)} teacher traces exceed rollout.max_new_tokens={budget} and are truncated to it",
+                      stacklevel=2)
+    return TrainingData(
+        records=records,
+        prompts=prompts,
+        teacher=[trace[:budget] for trace in teacher],
+        teacher_rewards=[grade(r["distill"], r["answer"], cfg.data.grader) for r in records],
+    )
+
+
+def total_steps(cfg: Config, prompts: int) -> int:
+    """``train.steps``, or ``ceil(train.epochs * prompts / prompts_per_step)`` when epochs are set."""
+    if cfg.train.epochs is None:
+        return cfg.train.steps
+    return max(1, math.ceil(cfg.train.epochs * prompts / cfg.train.prompts_per_step))
+
+
+def prepare_model(cfg: Config, model_path: str):
+    """Model and tokenizer for training: on ``model.device``, with gradient checkpointing and
+    LoRA adapters as configured; the mixed-precision choice is checked against the device here,
+    before any work is done."""
+    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
+    autocast(model.device, cfg.train.mixed_precision)  # raises if the device cannot do it
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.use_peft:
+        model = apply_lora(model, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha, dropout=cfg.model.lora_dropout,
+                           target_modules=cfg.model.lora_target_modules)
+    model.train()
+    return model, tokenizer
 
 
 def train(cfg: Config, *, progress: bool = True) -> Path:
@@ -380,30 +468,22 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 
     # Model, data and teacher traces.
     model_path, train_path, _ = resolve_paths(cfg)
-    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
-    model.train()
-    records = load_offline(train_path)
-    teacher = [encode_response(tokenizer, r["distill"]) for r in records]
-    # Traces longer than the generation limit are cut to it (and counted), as the authors' code does;
-    # their reward is still the grade of the whole trace.
-    truncated = sum(len(trace) > cfg.rollout.max_new_tokens for trace in teacher)
-    if truncated:
-        warnings.warn(f"{truncated} of {len(records)} teacher traces exceed rollout.max_new_tokens="
-                      f"{cfg.rollout.max_new_tokens} and are truncated to it", stacklevel=2)
-    teacher = [trace[: cfg.rollout.max_new_tokens] for trace in teacher]
-    # The config's system prompt, else the record's own (LUFFY-schema data carries one).
-    prompts = [encode_prompt(tokenizer, r["problem"], cfg.data.system_prompt or r.get("system")) for r in records]
-    teacher_rewards = [grade(r["distill"], r["answer"], cfg.data.grader) for r in records]
+    model, tokenizer = prepare_model(cfg, model_path)
+    data = prepare_data(cfg, tokenizer, train_path)
+    records, prompts, teacher, teacher_rewards = data.records, data.prompts, data.teacher, data.teacher_rewards
+    steps = total_steps(cfg, len(records))
 
     sampler = PromptSampler(len(records), cfg.train.seed)
-    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.train.steps)
+    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None
     regulator = EntropyRegulator(max_weight=cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
     G = cfg.rollout.group_size
 
     relift_buffer: list[int] = []  # ReLIFT: prompts whose rollouts all failed, waiting for an SFT step
-    bar = tqdm(range(1, cfg.train.steps + 1), desc=f"train {method.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(1, steps + 1), desc=f"train {method.name}", disable=not progress, dynamic_ncols=True)
     with open(out / "metrics.jsonl", "w") as metrics_file:
         for step in bar:
             started = time.perf_counter()
@@ -448,7 +528,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
             # 4. Loss and one optimizer step.
             train_started = time.perf_counter()
             entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
-            stats = optimization_step(model, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef)
+            stats = optimization_step(model, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef,
+                                      scaler=scaler)
             train_seconds = time.perf_counter() - train_started
 
             # 5. Log.
@@ -476,9 +557,9 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
                              if isinstance(record.get(key), float) and math.isfinite(record[key])})
 
             # 6. Checkpoint.
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.steps:
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < steps:
                 save_checkpoint(out / f"checkpoint-{step}", model, tokenizer, optimizer, scheduler, regulator, sampler, step, cfg)
 
     final = out / "final"
-    save_checkpoint(final, model, tokenizer, optimizer, scheduler, regulator, sampler, cfg.train.steps, cfg)
+    save_checkpoint(final, model, tokenizer, optimizer, scheduler, regulator, sampler, steps, cfg)
     return final
