@@ -1,5 +1,7 @@
 """Config: presets, overrides, types and one-line errors that name the value."""
 
+from pathlib import Path
+
 import pytest
 
 from redrl.config import Config, load_config
@@ -73,3 +75,62 @@ def test_remote_code_runs_only_when_the_user_turns_it_on(tiny_assets, monkeypatc
     load_model_and_tokenizer(str(tiny_assets.base), **load_config("tiny").model.load_kwargs())
     load_model_and_tokenizer(str(tiny_assets.base), **load_config("tiny", ["model.trust_remote_code=true"]).model.load_kwargs())
     assert seen == [False, False, True, True]  # tokenizer and model, each time
+
+
+def test_a_preset_extends_another_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {lr: 1.0e-3, warmup_steps: 2}\ntrain: {method: red, steps: 9}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {lr: 5.0e-5}\ntrain: {method: sft}\n")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["train.steps=3"])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.train.method, cfg.train.steps) == (5e-5, 2, "sft", 3)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_system_prompt_unset_empty_or_given():
+    record = {"problem": "1", "system": "from the data"}
+    assert load_config("tiny").data.system_for(record) == "from the data"
+    assert load_config("tiny", ['data.system_prompt=""']).data.system_for(record) == ""
+    assert load_config("tiny", ["data.system_prompt=mine"]).data.system_for(record) == "mine"
+    with pytest.raises(ValueError, match="must contain {problem}"):
+        load_config("tiny", ["data.problem_template=no placeholder"])
+    with pytest.raises(ValueError, match="chat_template_kwargs must be a mapping"):
+        load_config("tiny", ["data.chat_template_kwargs=3"])
+    assert load_config("tiny", ["data.chat_template_kwargs={enable_thinking: false}"]).data.chat_template_kwargs == {"enable_thinking": False}
+
+
+PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+
+
+def test_paper_presets_hold_the_papers_values():
+    cfg = load_config("configs/paper/qwen2.5-math-1.5b-red.yaml")
+    assert (cfg.model.path, cfg.data.train, cfg.data.grader) == ("Qwen/Qwen2.5-Math-1.5B", "Elliott/Openr1-Math-46k-8192", "math")
+    assert (cfg.optim.lr, cfg.rollout.temperature, cfg.rollout.group_size, cfg.train.prompts_per_step) == (2e-6, 1.0, 7, 64)
+    assert (cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.loss.eps_low, cfg.loss.eps_high) == (1024, 8192, 0.2, 0.2)
+    assert cfg.model.config_overrides["max_position_embeddings"] >= 1024 + 8192
+    assert (cfg.eval.temperature, cfg.eval.max_new_tokens) == (0.6, 8192)
+    sft = load_config("configs/paper/qwen2.5-math-1.5b-sft.yaml")
+    assert (sft.train.method, sft.optim.lr, sft.train.epochs) == ("sft", 5e-5, 3)
+    # every value carries a comment naming its source
+    for line in (PAPER / "qwen2.5-math-1.5b-red.yaml").read_text().splitlines():
+        if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
+            assert "#" in line or line.strip().startswith(("config_overrides", "problem_template", "out:", "method:")), line
+
+
+def test_paper_baseline_presets_differ_from_red_only_in_method_settings():
+    from redrl.methods import COMPARED
+
+    def flat(cfg):
+        return {f"{section}.{key}": value for section, body in cfg.to_dict().items() for key, value in body.items()}
+
+    red = flat(load_config("configs/paper/qwen2.5-math-1.5b-red.yaml"))
+    names = sorted(p.stem.removeprefix("qwen2.5-math-1.5b-") for p in PAPER.glob("*.yaml"))
+    assert names == sorted(COMPARED)  # one preset per method of the comparison
+    # the paper's SFT recipe (lr 5e-5, 3 epochs, 10 % warm-up) is its own: SFT and the staged method differ there
+    paper_sft = {"optim.lr", "optim.warmup_ratio", "train.epochs"}
+    for name in names:
+        other = flat(load_config(f"configs/paper/qwen2.5-math-1.5b-{name}.yaml"))
+        changed = {key for key in red if red[key] != other[key]}
+        allowed = {"train.method", "train.out", "loss.luffy_gamma"} | (paper_sft if name in ("sft", "sft_grpo") else set())
+        assert {key for key in changed if not key.startswith("baselines.")} <= allowed, (name, changed)
+        assert other["train.method"] == name and other["train.out"].endswith(name)

@@ -55,7 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.method:
         values["method"] = args.method
     if args.steps is not None:
-        values["steps"] = args.steps
+        values["steps"], values["epochs"] = args.steps, None  # an explicit step count replaces train.epochs
     if args.out:
         values["out"] = args.out
     cfg = load_config(args.config, args.set, train=values)
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one method")
     train.add_argument("--config", default="tiny", help="YAML config or preset (default: configs/tiny.yaml)")
     train.add_argument("--method", choices=sorted(METHODS), help="training method (default: the config's)")
-    train.add_argument("--steps", type=int, help="optimizer steps")
+    train.add_argument("--steps", type=int, help="optimizer steps (replaces train.epochs)")
     train.add_argument("--out", help="output directory")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-4")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

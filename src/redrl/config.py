@@ -65,7 +65,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = _help("offline data with teacher traces (JSONL, parquet, a directory or a Hub dataset; flat or LUFFY schema), or 'tiny'", "tiny")
-    test: str = _help("evaluation problems (JSONL with problem, answer), or 'tiny'", "tiny")
+    test: str | None = _help("evaluation problems (JSONL with problem, answer), 'tiny', or none (evaluate on --benchmarks)", "tiny")
     grader: str = _help("answer grader, used by the training reward and evaluation alike", "integer")
     system_prompt: str | None = _help("system message put before every problem (unset: the record's own, if any; '': none)", None)
     problem_template: str = _help("the user message, with {problem} standing for the problem text", "{problem}")

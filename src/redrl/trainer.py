@@ -55,10 +55,12 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def resolve_paths(cfg: Config, *, need_train: bool = True) -> tuple[str, str, str]:
+def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = True) -> tuple[str, str, str]:
     """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
-    (the train data is left as it is when ``need_train`` is false)."""
-    model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test
+    (data that is not needed is returned as ``""``)."""
+    if need_test and not cfg.data.test:
+        raise ValueError("data.test is not set: give test problems (--data FILE) or evaluate on --benchmarks")
+    model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test if need_test else ""
     if model != "tiny":
         resolve_model(model)
     for name, value in (("data.train", train_data), ("data.test", test_data)):
@@ -278,9 +280,12 @@ def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: in
 
 
 def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, regulator, sampler, step: int, cfg: Config) -> None:
-    """The model in Hugging Face format (safetensors) and ``trainer_state.pt`` beside it."""
+    """The model in Hugging Face format (safetensors) and ``trainer_state.pt`` beside it; under
+    LoRA the adapter and the base model's config (which names the architecture and any overrides)."""
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
+    if hasattr(model, "peft_config"):
+        model.get_base_model().config.save_pretrained(path)
     tokenizer.save_pretrained(path)
     torch.save(
         {
@@ -363,7 +368,7 @@ def _train_staged(cfg: Config, method: Method, progress: bool) -> Path:
     out = Path(cfg.train.out)
     steps = cfg.train.steps
     if cfg.train.epochs is not None:  # epochs over every record (before data.max_prompt_tokens leaves any out)
-        steps = total_steps(cfg, len(load_offline(resolve_paths(cfg)[1])))
+        steps = total_steps(cfg, len(load_offline(resolve_paths(cfg, need_test=False)[1])))
     first = max(1, min(steps - 1, round(steps * cfg.baselines.staged_sft_fraction)))
     budgets = [first, steps - first]
     if len(method.stages) != 2 or budgets[1] < 1:
@@ -444,8 +449,11 @@ def prepare_model(cfg: Config, model_path: str):
     before any work is done."""
     model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
     autocast(model.device, cfg.train.mixed_precision)  # raises if the device cannot do it
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.gradient_checkpointing:  # newer transformers call it activation checkpointing
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.use_peft:
         model = apply_lora(model, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha, dropout=cfg.model.lora_dropout,
                            target_modules=cfg.model.lora_target_modules)
@@ -467,7 +475,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     torch.manual_seed(cfg.train.seed)
 
     # Model, data and teacher traces.
-    model_path, train_path, _ = resolve_paths(cfg)
+    model_path, train_path, _ = resolve_paths(cfg, need_test=False)
     model, tokenizer = prepare_model(cfg, model_path)
     data = prepare_data(cfg, tokenizer, train_path)
     records, prompts, teacher, teacher_rewards = data.records, data.prompts, data.teacher, data.teacher_rewards
