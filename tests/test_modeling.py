@@ -68,13 +68,13 @@ def test_prepare_data_formats_prompts_and_traces_as_configured(tiny_assets, toke
     data = prepare_data(cfg, tokenizer, str(path))
     assert data.prompts[0] == encode_prompt(tokenizer, "1 + 2", problem_template="{problem} = ?", response_prefix="Wait ,")
     assert data.teacher[0] == encode_response(tokenizer, " 1 + 2 = 3 . \\boxed{3}")
-    assert data.teacher_rewards == [1.0, 1.0]
+    assert [data.teacher_reward(i) for i in range(2)] == [1.0, 1.0]
 
     short = len(data.prompts[0])
     cfg = load_config("tiny", data={"response_prefix": "Wait ,", "problem_template": "{problem} = ?", "max_prompt_tokens": short})
     with pytest.warns(UserWarning, match="1 of 2 prompts are longer than data.max_prompt_tokens"):
         kept = prepare_data(cfg, tokenizer, str(path))
-    assert [r["answer"] for r in kept.records] == ["3"] and len(kept.teacher) == len(kept.teacher_rewards) == 1
+    assert [r["answer"] for r in kept.records] == ["3"] and len(kept.teacher) == len(kept.prompts) == 1
     cfg = load_config("tiny", data={"max_prompt_tokens": 2})
     with pytest.raises(ValueError, match="every prompt .* is longer than data.max_prompt_tokens=2"):
         prepare_data(cfg, tokenizer, str(path))

@@ -262,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input (config values, paths, data): one line that names the value, not a traceback.
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        # Bad input (config values, paths, data) or a missing optional extra: one line, not a traceback.
         if os.environ.get("REDRL_DEBUG"):
             raise
         print(f"redrl {args.command}: error: {error}", file=sys.stderr)

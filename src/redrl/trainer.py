@@ -396,12 +396,21 @@ def _train_staged(cfg: Config, method: Method, progress: bool) -> Path:
 
 @dataclass
 class TrainingData:
-    """The training set, tokenised: per record its prompt, teacher trace and the trace's reward."""
+    """The training set, tokenised: per record its prompt and teacher trace; the trace's reward is
+    graded when the record is first drawn (grading 46k traces up front would take minutes)."""
 
     records: list[dict]
     prompts: list[list[int]]
     teacher: list[list[int]]
-    teacher_rewards: list[float | None]
+    grader: str
+    _rewards: dict[int, float | None] = dataclasses.field(default_factory=dict, repr=False)
+
+    def teacher_reward(self, index: int) -> float | None:
+        """The grade of record ``index``'s whole teacher trace (before any truncation)."""
+        if index not in self._rewards:
+            record = self.records[index]
+            self._rewards[index] = grade(record["distill"], record["answer"], self.grader)
+        return self._rewards[index]
 
 
 def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
@@ -432,7 +441,7 @@ def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
         records=records,
         prompts=prompts,
         teacher=[trace[:budget] for trace in teacher],
-        teacher_rewards=[grade(r["distill"], r["answer"], cfg.data.grader) for r in records],
+        grader=cfg.data.grader,
     )
 
 
@@ -478,7 +487,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     model_path, train_path, _ = resolve_paths(cfg, need_test=False)
     model, tokenizer = prepare_model(cfg, model_path)
     data = prepare_data(cfg, tokenizer, train_path)
-    records, prompts, teacher, teacher_rewards = data.records, data.prompts, data.teacher, data.teacher_rewards
+    records, prompts, teacher = data.records, data.prompts, data.teacher
     steps = total_steps(cfg, len(records))
 
     sampler = PromptSampler(len(records), cfg.train.seed)
@@ -528,7 +537,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 
             # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
             batch = assemble_batch(
-                step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [teacher_rewards[i] for i in chosen],
+                step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [data.teacher_reward(i) for i in chosen],
                 group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
                 advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
             )
