@@ -262,8 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        # Bad input (config values, paths, data) or a missing optional extra: one line, not a traceback.
+    except (ValueError, OSError, ImportError) as error:
+        # Bad input (config values, paths, data), an unreachable Hub or a missing optional extra:
+        # one line, not a traceback (REDRL_DEBUG=1 shows it).
         if os.environ.get("REDRL_DEBUG"):
             raise
         print(f"redrl {args.command}: error: {error}", file=sys.stderr)
