@@ -61,7 +61,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set, train=values)
     _quiet_transformers()
     final = train(cfg, progress=not args.no_progress)
-    print(f"saved {final}; per-step metrics in {final.parent / 'metrics.jsonl'}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under accelerate launch / torchrun, one process reports
+        print(f"saved {final}; per-step metrics in {final.parent / 'metrics.jsonl'}")
     return 0
 
 

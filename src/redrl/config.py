@@ -168,6 +168,7 @@ class TrainConfig:
     save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)
     mixed_precision: str = _help("autocast of forward passes and rollouts: no, bf16 or fp16 (fp16 with loss scaling, CUDA only)", "no")
     gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, about a third more compute)", False)
+    log_every_rank: bool = _help("every process also writes its own view (w, entropies, prompts) to OUT/metrics-rankR.jsonl", False)
 
     def __post_init__(self):
         from redrl.methods import METHODS

@@ -12,7 +12,7 @@ import torch
 
 from redrl.objectives import token_logprobs_and_entropy, token_logprobs_and_entropy_from_hidden
 
-__all__ = ["apply_lora", "autocast", "encode_prompt", "encode_response", "load_model_and_tokenizer", "resolve_device",
+__all__ = ["TokenScorer", "apply_lora", "autocast", "encode_prompt", "encode_response", "load_model_and_tokenizer", "resolve_device",
            "response_logprobs", "trainable_parameters"]
 
 
@@ -35,20 +35,23 @@ def _plain_linear_head(model) -> bool:
 
 
 def response_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, *, chunk_size: int = 1024
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, *, chunk_size: int = 1024,
+    full_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logp, entropy)``, each ``[N, S-1]``, of ``input_ids[:, 1:]``; zero outside ``loss_mask``.
 
     Only the response positions go through the output projection and the softmax, ``chunk_size``
     of them at a time, so neither prompt positions nor padding cost vocabulary-sized work and no
     ``[N, S, V]`` tensor is ever held (see
-    :func:`redrl.objectives.token_logprobs_and_entropy_from_hidden`).
+    :func:`redrl.objectives.token_logprobs_and_entropy_from_hidden`). ``full_logits`` (or a model
+    whose logits are more than a linear map) goes through the model's own forward instead, whose
+    ``[N, S, V]`` logits grow with the vocabulary.
     """
     device = model.get_input_embeddings().weight.device
     input_ids, attention_mask, loss_mask = input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
     targets = input_ids[:, 1:]
     inner = _unwrap(model)
-    if _plain_linear_head(inner):
+    if not full_logits and _plain_linear_head(inner):
         backbone = inner.base_model
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
         head = inner.get_output_embeddings()
@@ -67,6 +70,25 @@ def response_logprobs(
     logp[loss_mask] = logp_sel.squeeze(0)
     entropy[loss_mask] = entropy_sel.squeeze(0)
     return logp, entropy
+
+
+class TokenScorer(torch.nn.Module):
+    """A causal LM whose forward returns :func:`response_logprobs`' ``(logp, entropy)``.
+
+    This is the module ``accelerate`` wraps (DDP, FSDP, DeepSpeed): every use of the weights in the
+    loss happens inside one ``forward``, so gradient synchronisation and parameter gathering see it.
+    ``full_logits`` computes the vocabulary projection through the model's own head (needed when the
+    head's weight is partitioned outside its forward, as under DeepSpeed ZeRO-3)."""
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int = 1024, full_logits: bool = False):
+        super().__init__()
+        self.model, self.chunk_size, self.full_logits = model, chunk_size, full_logits
+        # FSDP's transformer auto-wrap policy reads the decoder-layer classes from here
+        self._no_split_modules = getattr(_unwrap(model), "_no_split_modules", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
+        return response_logprobs(self.model, input_ids, attention_mask, loss_mask, chunk_size=self.chunk_size,
+                                 full_logits=self.full_logits)
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -32,9 +32,10 @@ from redrl.batch import Batch, collate
 from redrl.config import Config
 from redrl.data.offline import load_offline
 from redrl.methods import METHODS, Method
-from redrl.modeling import (apply_lora, autocast, encode_prompt, encode_response, load_model_and_tokenizer, response_logprobs,
+from redrl.modeling import (TokenScorer, apply_lora, autocast, encode_prompt, encode_response, load_model_and_tokenizer,
                             trainable_parameters)
-from redrl.objectives import aggregation_units, group_accuracy, group_advantages, masked_mean, red_loss, sft_loss, srft_loss
+from redrl.objectives import aggregation_units, group_accuracy, group_advantages, red_loss, sft_loss, srft_loss
+from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade
 from redrl.rollout import HFGenerator
@@ -153,22 +154,18 @@ class _Pass:
     entropy: torch.Tensor
 
 
-def _forward(model, rows: Batch, chunk_size: int) -> _Pass:
-    logp, entropy = response_logprobs(model, rows.input_ids, rows.attention_mask, rows.loss_mask(), chunk_size=chunk_size)
+def _forward(scorer, rows: Batch) -> _Pass:
+    logp, entropy = scorer(rows.input_ids, rows.attention_mask, rows.loss_mask())
     return _Pass(rows, logp, entropy)
 
 
-def _entropies(passes: list[_Pass]) -> tuple[float, float]:
-    """``(H_rl, H_sft)``: mean token entropy of the rollout rows and of the teacher rows."""
-    def mean(select) -> float:
-        total = sum(float((p.entropy.detach() * select(p)).sum()) for p in passes)
-        count = sum(int(select(p).sum()) for p in passes)
-        return total / count if count else math.nan
-
-    return (
-        mean(lambda p: p.rows.loss_mask() & ~p.rows.is_offline.unsqueeze(-1)),
-        mean(lambda p: p.rows.loss_mask() & p.rows.is_offline.unsqueeze(-1)),
-    )
+def _entropy_sums(passes: list[_Pass]) -> list[float]:
+    """``[Σ H over rollout tokens, their count, Σ H over teacher tokens, their count]`` of this process."""
+    out = []
+    for offline in (False, True):
+        select = [p.rows.loss_mask() & (p.rows.is_offline.unsqueeze(-1) == offline) for p in passes]
+        out += [sum(float((p.entropy.detach() * m).sum()) for p, m in zip(passes, select)), sum(int(m.sum()) for m in select)]
+    return out
 
 
 def _loss(method: Method, cfg: Config, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float, sft_entropy_coef: float):
@@ -197,21 +194,28 @@ LOSS_METRICS = ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_r
 
 
 def optimization_step(
-    model, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *,
-    sft_entropy_coef: float = 0.0, scaler: torch.amp.GradScaler | None = None,
+    scorer, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *,
+    sft_entropy_coef: float = 0.0, scaler: torch.amp.GradScaler | None = None, par: Parallel | None = None,
 ) -> dict:
     """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
 
-    Forward passes and the loss run under ``cfg.train.mixed_precision`` autocast on the model's
-    device; ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients.
-    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step)."""
-    device = next(model.parameters()).device
+    ``scorer`` is a :class:`redrl.modeling.TokenScorer` (wrapped by ``par`` when several processes
+    train). Forward passes and the loss run under ``cfg.train.mixed_precision`` autocast on the
+    model's device; ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients.
+    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step).
+
+    With several processes, ``batch`` is this process's groups: the entropies, the loss normaliser
+    and every reported number are summed over processes, and each process's loss is scaled by the
+    number of processes (DDP averages gradients), so the update is the one a single process would
+    take on all the groups."""
+    par = par or Parallel(None)
+    device = next(scorer.parameters()).device
     batch = batch.to(device)
     precision = cfg.train.mixed_precision
 
     def forward(rows: Batch) -> _Pass:
         with autocast(device, precision):
-            return _forward(model, rows, cfg.train.chunk_size)
+            return _forward(scorer, rows)
 
     size = cfg.train.micro_batch_size
     micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
@@ -226,31 +230,37 @@ def optimization_step(
         with torch.no_grad():
             passes = [forward(rows) for rows in micro]
         old_logps = [p.logp for p in passes]
-    h_rl, h_sft = _entropies(passes)
+    units = [int(aggregation_units(rows.loss_mask(), aggregation)) for rows in micro]
+    rl_sum, rl_count, sft_sum, sft_count, total_units = par.sum([*_entropy_sums(passes), sum(units)])
+    h_rl = rl_sum / rl_count if rl_count else math.nan
+    h_sft = sft_sum / sft_count if sft_count else math.nan
     w = regulator.update(h_rl, h_sft) if method.regulator else 1.0
 
-    total_units = sum(int(aggregation_units(rows.loss_mask(), aggregation)) for rows in micro)
     loss_value = 0.0
-    # Loss metrics are averaged over micro-batches with the loss's own weights; a metric that is
-    # undefined in a micro-batch (e.g. π_off without teacher rows) is left out of its average.
+    # Loss metrics are averaged over micro-batches (and processes) with the loss's own weights; a
+    # metric that is undefined in a micro-batch (e.g. π_off without teacher rows) is left out.
     sums = {name: 0.0 for name in LOSS_METRICS}
     weights = {name: 0.0 for name in LOSS_METRICS}
     for index, rows in enumerate(micro):
-        current = passes[0] if len(micro) == 1 else forward(rows)
-        with autocast(device, precision):
-            loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
-        share = int(aggregation_units(rows.loss_mask(), aggregation)) / max(total_units, 1)
-        (scaler.scale(loss * share) if scaler else loss * share).backward()
+        last = index == len(micro) - 1
+        with par.accumulate(scorer, last):
+            current = passes[0] if len(micro) == 1 else forward(rows)
+            with autocast(device, precision):
+                loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
+            share = units[index] / max(total_units, 1)
+            scaled = loss * share * par.world
+            par.backward(scaler.scale(scaled) if scaler else scaled)
         loss_value += loss.item() * share
         for name, value in metrics.items():
             if name in sums and math.isfinite(value.item()):
                 sums[name] += value.item() * share
                 weights[name] += share
-    summed = {name: sums[name] / weights[name] if weights[name] else math.nan for name in LOSS_METRICS}
-    max_norm = cfg.optim.max_grad_norm
+    reduced = par.sum([loss_value, *sums.values(), *weights.values()])
+    loss_value, sums, weights = reduced[0], reduced[1 : 1 + len(sums)], reduced[1 + len(sums) :]
+    summed = {name: total / weight if weight else math.nan for name, total, weight in zip(LOSS_METRICS, sums, weights)}
     if scaler:
         scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_norm if max_norm > 0 else float("inf"))
+    grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), cfg.optim.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     if scaler:
         scaler.step(optimizer)  # skipped when the unscaled gradients are not finite
@@ -261,7 +271,7 @@ def optimization_step(
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
             "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan, "w": w,
-            "grad_norm": float(grad_norm), "lr": lr}
+            "grad_norm": grad_norm, "lr": lr}
 
 
 def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int, *, min_ratio: float = 0.0):
@@ -279,26 +289,38 @@ def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, regulator, sampler, step: int, cfg: Config) -> None:
+def save_checkpoint(path: Path, par: Parallel, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step: int,
+                    cfg: Config) -> None:
     """The model in Hugging Face format (safetensors) and ``trainer_state.pt`` beside it; under
-    LoRA the adapter and the base model's config (which names the architecture and any overrides)."""
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    if hasattr(model, "peft_config"):
-        model.get_base_model().config.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "regulator": regulator.state_dict(),
-            "sampler": sampler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "config": cfg.to_dict(),
-        },
-        path / "trainer_state.pt",
-    )
+    LoRA the adapter and the base model's config (which names the architecture and any overrides).
+
+    Call it on every process: sharded weights (FSDP, DeepSpeed) are gathered first, then the main
+    process writes. A sharded optimizer's state is not saved (resuming those runs: issue 6/7)."""
+    state = par.state_dict(scorer) if par.sharded else None  # a collective: every rank takes part
+    if par.is_main:
+        model = par.unwrap(scorer).model
+        path.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            model.save_pretrained(path, state_dict={key.removeprefix("model."): value for key, value in state.items()})
+        else:
+            model.save_pretrained(path)
+        if hasattr(model, "peft_config"):
+            model.get_base_model().config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": None if par.sharded else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "regulator": regulator.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "config": cfg.to_dict(),
+                "processes": par.world,
+            },
+            path / "trainer_state.pt",
+        )
+    par.wait()  # nobody reads the checkpoint before it is complete
 
 
 def _json_value(value):
@@ -386,11 +408,14 @@ def _train_staged(cfg: Config, method: Method, progress: bool) -> Path:
             record = json.loads(line)
             merged.append({**record, "step": record["step"] + offset, "stage": name})
         model_path, offset = str(final), offset + stage_steps
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in merged))
-    if (out / "final").exists():
-        shutil.rmtree(out / "final")
-    shutil.copytree(final, out / "final")
+    par = Parallel.create(cfg.model.device)
+    if par.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in merged))
+        if (out / "final").exists():
+            shutil.rmtree(out / "final")
+        shutil.copytree(final, out / "final")
+    par.wait()
     return out / "final"
 
 
@@ -452,11 +477,12 @@ def total_steps(cfg: Config, prompts: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * prompts / cfg.train.prompts_per_step))
 
 
-def prepare_model(cfg: Config, model_path: str):
-    """Model and tokenizer for training: on ``model.device``, with gradient checkpointing and
-    LoRA adapters as configured; the mixed-precision choice is checked against the device here,
-    before any work is done."""
-    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
+def prepare_model(cfg: Config, model_path: str, device: torch.device | None = None):
+    """Model and tokenizer for training: on ``device`` (default: ``model.device``), with gradient
+    checkpointing and LoRA adapters as configured; the mixed-precision choice is checked against
+    the device here, before any work is done."""
+    kwargs = cfg.model.load_kwargs() | ({"device": str(device)} if device is not None else {})
+    model, tokenizer = load_model_and_tokenizer(model_path, **kwargs)
     autocast(model.device, cfg.train.mixed_precision)  # raises if the device cannot do it
     if cfg.train.gradient_checkpointing:  # newer transformers call it activation checkpointing
         if hasattr(model, "activation_checkpointing_enable"):
@@ -470,113 +496,152 @@ def prepare_model(cfg: Config, model_path: str):
     return model, tokenizer
 
 
+def _step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded: list[float], eos_id: int,
+                 rollout_seconds: float, train_seconds: float, extra: dict) -> dict:
+    """The step's data metrics, summed over processes before averaging (so every rank agrees)."""
+    online, lengths = ~batch.is_offline, batch.response_lengths().double()
+    known = ~torch.isnan(batch.rewards)
+    local = {
+        "reward": (float(batch.rewards[known].double().sum()), int(known.sum())),
+        "online_accuracy": (sum(graded), len(graded)),
+        "online_length": (float(lengths[online].sum()), int(online.sum())),
+        "offline_length": (float(lengths[batch.is_offline].sum()), int(batch.is_offline.sum())),
+        "truncated_fraction": (sum(1 for r in rollouts if not r or r[-1] != eos_id), len(rollouts)),
+    }
+    counters = {key: extra[key] for key in ("bread_failed_groups", "bread_rescued") if key in extra}
+    prefix_sum = extra.get("bread_prefix", 0.0) * extra.get("bread_rescued", 0) if extra.get("bread_rescued") else 0.0
+    flat = [v for pair in local.values() for v in pair] + list(counters.values()) + [
+        prefix_sum, sum(map(len, rollouts)), float(batch.attention_mask.sum())]
+    reduced = par.sum(flat)
+    record = {key: reduced[2 * i] / reduced[2 * i + 1] if reduced[2 * i + 1] else math.nan for i, key in enumerate(local)}
+    rest = reduced[2 * len(local):]
+    record.update({key: int(value) for key, value in zip(counters, rest)})
+    prefix_total, rollout_tokens, train_tokens = rest[len(counters):]
+    if "bread_rescued" in counters:
+        record["bread_prefix"] = prefix_total / record["bread_rescued"] if record["bread_rescued"] else math.nan
+    record["rollout_tokens_per_s"] = rollout_tokens / par.max(rollout_seconds) if rollout_tokens else math.nan
+    record["train_tokens_per_s"] = train_tokens / par.max(train_seconds)
+    return record
+
+
 def train(cfg: Config, *, progress: bool = True) -> Path:
-    """Train ``cfg.train.method``; return the directory of the final checkpoint."""
+    """Train ``cfg.train.method``; return the directory of the final checkpoint.
+
+    Under ``accelerate launch`` / ``torchrun`` every process runs this function on its share of
+    each step's prompts (:mod:`redrl.parallel`); the main process writes logs and checkpoints."""
     from tqdm.auto import tqdm
 
     method = METHODS[cfg.train.method]
     out = Path(cfg.train.out)
-    out.mkdir(parents=True, exist_ok=True)
     if method.stages:
+        out.mkdir(parents=True, exist_ok=True)
         return _train_staged(cfg, method, progress)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    par = Parallel.create(cfg.model.device)
+    if par.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if method.on_all_fail == "sft_buffer" and cfg.baselines.relift_buffer % par.world:
+        raise ValueError(f"baselines.relift_buffer ({cfg.baselines.relift_buffer}) must be a multiple of the {par.world} processes")
+    par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
 
     # Model, data and teacher traces.
     model_path, train_path, _ = resolve_paths(cfg, need_test=False)
-    model, tokenizer = prepare_model(cfg, model_path)
+    model, tokenizer = prepare_model(cfg, model_path, par.device)
     data = prepare_data(cfg, tokenizer, train_path)
     records, prompts, teacher = data.records, data.prompts, data.teacher
     steps = total_steps(cfg, len(records))
 
     sampler = PromptSampler(len(records), cfg.train.seed)
-    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    scorer, optimizer = par.prepare(TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3), optimizer)
+    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision,
+                            parameters=lambda: par.full_parameters(scorer))
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None
     regulator = EntropyRegulator(max_weight=cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
     G = cfg.rollout.group_size
 
-    relift_buffer: list[int] = []  # ReLIFT: prompts whose rollouts all failed, waiting for an SFT step
-    bar = tqdm(range(1, steps + 1), desc=f"train {method.name}", disable=not progress, dynamic_ncols=True)
-    with open(out / "metrics.jsonl", "w") as metrics_file:
-        for step in bar:
-            started = time.perf_counter()
-            step_method, extra = method, {}
-            if method.on_all_fail == "sft_buffer" and len(relift_buffer) >= cfg.baselines.relift_buffer:
-                # ReLIFT: this step is one SFT step on the buffered prompts' teacher traces.
-                step_method = METHODS["sft"]
-                chosen, relift_buffer = relift_buffer[: cfg.baselines.relift_buffer], relift_buffer[cfg.baselines.relift_buffer :]
-            else:
-                chosen = sampler.next(cfg.train.prompts_per_step)
-            step_prompts = [prompts[i] for i in chosen]
-            answers = [records[i]["answer"] for i in chosen]
+    relift_buffer: list[int] = []  # ReLIFT: prompts whose rollouts all failed (on any process), waiting for an SFT step
+    bar = tqdm(range(1, steps + 1), desc=f"train {method.name}", disable=not (progress and par.is_main), dynamic_ncols=True)
+    metrics_file = open(out / "metrics.jsonl", "w") if par.is_main else None
+    rank_file = open(out / f"metrics-rank{par.rank}.jsonl", "w") if cfg.train.log_every_rank else None
+    for step in bar:
+        started = time.perf_counter()
+        step_method, extra = method, {}
+        if method.on_all_fail == "sft_buffer" and len(relift_buffer) >= cfg.baselines.relift_buffer:
+            # ReLIFT: this step is one SFT step on the buffered prompts' teacher traces.
+            step_method = METHODS["sft"]
+            chosen, relift_buffer = relift_buffer[: cfg.baselines.relift_buffer], relift_buffer[cfg.baselines.relift_buffer :]
+        else:
+            chosen = sampler.next(cfg.train.prompts_per_step)
+        chosen = par.share(chosen)  # this process's groups
+        step_prompts = [prompts[i] for i in chosen]
+        answers = [records[i]["answer"] for i in chosen]
 
-            # 1. Rollouts: G samples of each prompt from the current policy.
-            rollouts = []
-            if step_method.rollouts:
-                rollouts = generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
-                                              max_new_tokens=cfg.rollout.max_new_tokens)
+        # 1. Rollouts: G samples of each prompt from the current policy.
+        rollouts = []
+        if step_method.rollouts:
+            rollouts = generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
+                                          max_new_tokens=cfg.rollout.max_new_tokens)
 
-            # 2. Score them with the evaluation's grader.
-            texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
-            rewards = [grade(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
-            graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
-            if step_method.on_all_fail == "sft_buffer":
-                relift_buffer += [i for g, i in enumerate(chosen) if _all_failed(rewards, g, G) and i not in relift_buffer]
-                extra["relift_buffer"] = len(relift_buffer)
-            if step_method.on_all_fail == "teacher_prefix":
-                step_prompts, rollouts, rewards, extra = teacher_prefix_rollouts(
-                    generator, tokenizer, step_prompts, rollouts, rewards, [teacher[i] for i in chosen], answers,
-                    group_size=G, fractions=cfg.baselines.bread_fractions, temperature=cfg.rollout.temperature,
-                    max_new_tokens=cfg.rollout.max_new_tokens, grader=cfg.data.grader,
-                )
-            rollout_seconds = time.perf_counter() - started
-
-            # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
-            batch = assemble_batch(
-                step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [data.teacher_reward(i) for i in chosen],
-                group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
-                advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
+        # 2. Score them with the evaluation's grader.
+        texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
+        rewards = [grade(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
+        graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
+        if step_method.on_all_fail == "sft_buffer":
+            failed = par.gather([i for g, i in enumerate(chosen) if _all_failed(rewards, g, G)])
+            relift_buffer += [i for i in failed if i not in relift_buffer]
+            extra["relift_buffer"] = len(relift_buffer)
+        if step_method.on_all_fail == "teacher_prefix":
+            step_prompts, rollouts, rewards, extra = teacher_prefix_rollouts(
+                generator, tokenizer, step_prompts, rollouts, rewards, [teacher[i] for i in chosen], answers,
+                group_size=G, fractions=cfg.baselines.bread_fractions, temperature=cfg.rollout.temperature,
+                max_new_tokens=cfg.rollout.max_new_tokens, grader=cfg.data.grader,
             )
+        rollout_seconds = time.perf_counter() - started
 
-            # 4. Loss and one optimizer step.
-            train_started = time.perf_counter()
-            entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
-            stats = optimization_step(model, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef,
-                                      scaler=scaler)
-            train_seconds = time.perf_counter() - train_started
+        # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
+        batch = assemble_batch(
+            step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [data.teacher_reward(i) for i in chosen],
+            group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
+            advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
+        )
 
-            # 5. Log.
-            online = ~batch.is_offline
-            lengths = batch.response_lengths().float()
-            record = {
-                "step": step,
-                "reward": float(masked_mean(batch.rewards, ~torch.isnan(batch.rewards))),
-                "online_accuracy": sum(graded) / len(graded) if graded else math.nan,
-                **stats,
-                "online_length": float(lengths[online].mean()) if online.any() else math.nan,
-                "offline_length": float(lengths[batch.is_offline].mean()) if batch.is_offline.any() else math.nan,
-                "truncated_fraction": (sum(1 for r in rollouts if not r or r[-1] != tokenizer.eos_token_id) / len(rollouts)
-                                       if rollouts else math.nan),
-                "rollout_tokens_per_s": sum(map(len, rollouts)) / rollout_seconds if rollouts else math.nan,
-                "train_tokens_per_s": float(batch.attention_mask.sum()) / train_seconds,
-                "step_time": time.perf_counter() - started,
-                **extra,
-            }
-            if method.on_all_fail == "sft_buffer":
-                record["relift_sft_step"] = int(step_method is not method)
+        # 4. Loss and one optimizer step.
+        train_started = time.perf_counter()
+        entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
+        stats = optimization_step(scorer, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef,
+                                  scaler=scaler, par=par)
+        train_seconds = time.perf_counter() - train_started
+
+        # 5. Log (numbers summed over processes; the main process writes them).
+        record = {"step": step, **_step_record(par, batch, rollouts, graded, tokenizer.eos_token_id, rollout_seconds,
+                                               train_seconds, extra), **stats}
+        record["step_time"] = time.perf_counter() - started
+        if "relift_buffer" in extra:
+            record["relift_buffer"] = extra["relift_buffer"]
+        if method.on_all_fail == "sft_buffer":
+            record["relift_sft_step"] = int(step_method is not method)
+        if rank_file:
+            rank_file.write(json.dumps({"step": step, "rank": par.rank, "w": stats["w"], "h_rl": stats["h_rl"],
+                                        "h_sft": stats["h_sft"], "prompts": chosen}) + "\n")
+            rank_file.flush()
+        if metrics_file:
             metrics_file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
             metrics_file.flush()
-            bar.set_postfix({key: f"{record[key]:.3g}" for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")
-                             if isinstance(record.get(key), float) and math.isfinite(record[key])})
+        bar.set_postfix({key: f"{record[key]:.3g}" for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")
+                         if isinstance(record.get(key), float) and math.isfinite(record[key])})
 
-            # 6. Checkpoint.
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < steps:
-                save_checkpoint(out / f"checkpoint-{step}", model, tokenizer, optimizer, scheduler, regulator, sampler, step, cfg)
+        # 6. Checkpoint.
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < steps:
+            save_checkpoint(out / f"checkpoint-{step}", par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step, cfg)
+    for file in (metrics_file, rank_file):
+        if file:
+            file.close()
 
     final = out / "final"
-    save_checkpoint(final, model, tokenizer, optimizer, scheduler, regulator, sampler, steps, cfg)
+    save_checkpoint(final, par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, steps, cfg)
     return final
