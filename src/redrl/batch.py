@@ -39,7 +39,8 @@ class Batch:
 
     Shapes: ``input_ids``, ``attention_mask``, ``response_mask`` ``[N, S]``; ``rewards`` (NaN =
     ungradable), ``advantages``, ``group_accuracy`` ``[N]`` float; ``is_offline`` ``[N]`` bool;
-    ``group_id`` ``[N]`` long.
+    ``group_id`` ``[N]`` long; ``sampler_logp`` ``[N, S-1]`` (target grid) the log-probabilities
+    the sampler reported for the rollout tokens, NaN elsewhere, or ``None`` when it reported none.
     """
 
     input_ids: torch.Tensor
@@ -50,6 +51,7 @@ class Batch:
     is_offline: torch.Tensor
     group_id: torch.Tensor
     group_accuracy: torch.Tensor
+    sampler_logp: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -63,11 +65,14 @@ class Batch:
 
     def rows(self, index) -> "Batch":
         """The rows ``index`` (a slice or an index tensor), trimmed to their longest row."""
-        parts = {f.name: getattr(self, f.name)[index] for f in fields(self)}
-        width = int(parts["attention_mask"].sum(-1).max()) if parts["attention_mask"].numel() else 0
+        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        parts = {name: None if value is None else value[index] for name, value in parts.items()}
+        width = max(int(parts["attention_mask"].sum(-1).max()) if parts["attention_mask"].numel() else 0, 2)
         for name in ("input_ids", "attention_mask", "response_mask"):
-            parts[name] = parts[name][:, : max(width, 2)]
+            parts[name] = parts[name][:, :width]
+        if parts["sampler_logp"] is not None:
+            parts["sampler_logp"] = parts["sampler_logp"][:, : width - 1]
         return Batch(**parts)
 
     def to(self, device) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)})

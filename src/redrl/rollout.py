@@ -1,13 +1,15 @@
 """Sampling engines behind one interface: prompts in, response token ids out.
 
 ``HFGenerator`` wraps ``model.generate`` (batched, left-padded prompts, KV cache, temperature,
-stop at end of sequence). Faster engines (vLLM, a lean KV-cache sampler) come behind the same
-``generate(prompts, n, ...)`` signature.
+stop at end of sequence); ``VLLMGenerator`` runs vLLM in the training process and also reports
+each sampled token's log-probability. Both answer ``generate(prompts, n, *, temperature,
+max_new_tokens)``; a lean KV-cache sampler for small models comes behind the same signature.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ import torch
 
 from redrl.modeling import autocast
 
-__all__ = ["HFGenerator", "strip_response"]
+__all__ = ["HFGenerator", "VLLMGenerator", "strip_response"]
 
 
 def strip_response(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
@@ -92,3 +94,108 @@ class HFGenerator:
         finally:
             self.model.train(was_training)
         return responses
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def _root_model(path: str) -> str:
+    """The full-weight model a (chain of) LoRA adapter directories starts from."""
+    import json
+    from pathlib import Path
+
+    adapter = Path(path) / "adapter_config.json"
+    while adapter.is_file():
+        path = json.loads(adapter.read_text())["base_model_name_or_path"]
+        adapter = Path(path) / "adapter_config.json"
+    return path
+
+
+def _full_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the model as vLLM loads it: a peft model's adapters merged into the
+    weights they adapt (for the copy only: the trained model is unmerged again afterwards)."""
+    if not hasattr(model, "merge_adapter"):
+        return list(model.state_dict().items())
+    model.merge_adapter()
+    try:
+        state = model.get_base_model().state_dict()
+        return [(name.replace(".base_layer.", "."), tensor.detach().clone()) for name, tensor in state.items() if "lora_" not in name]
+    finally:
+        model.unmerge_adapter()
+
+
+@dataclass
+class VLLMGenerator:
+    """Rollouts with vLLM in the training process, on the training GPU (colocated).
+
+    Built by :meth:`create`, which refuses in one line where vLLM cannot run (not installed, no
+    CUDA). The trainer calls :meth:`sync_weights` after every optimizer step, so rollouts always come
+    from the current policy. :meth:`generate_with_logprobs` also returns vLLM's log-probability of
+    every sampled token (computed by vLLM from its own logits, before temperature scaling in
+    recent vLLM versions: identical at the paper's rollout temperature of 1.0).
+
+    Not run by us (no GPU on our machines); written against vLLM's ``LLM``, ``SamplingParams`` and
+    token prompts, and tested with a stand-in for those.
+    """
+
+    llm: object
+    eos_id: int
+    pad_id: int
+
+    @classmethod
+    def create(cls, model_path: str, *, eos_id: int, pad_id: int, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
+               max_model_len: int | None = None, seed: int = 0, trust_remote_code: bool = False,
+               config_overrides: dict | None = None) -> "VLLMGenerator":
+        if not _cuda_available():
+            raise ValueError("rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf")
+        try:
+            import vllm
+        except ImportError:
+            raise ImportError("rollout.engine=vllm needs vLLM: pip install 'redrl[vllm]'") from None
+        import os
+
+        # The engine runs in this process, so weights can be handed over without copies between processes.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        kwargs = {"hf_overrides": dict(config_overrides)} if config_overrides else {}
+        llm = vllm.LLM(model=_root_model(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code, enable_prefix_caching=True,
+                       **kwargs)
+        return cls(llm, eos_id, pad_id)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Copy the trained model's weights (LoRA merged) into vLLM's copy; drop cached prefixes."""
+        weights = _full_weights(model)
+
+        def load(vllm_model):
+            vllm_model.load_weights(weights)
+
+        if hasattr(self.llm, "apply_model"):
+            self.llm.apply_model(load)
+        else:  # older vLLM: the in-process worker's model
+            load(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
+        self.llm.reset_prefix_cache()
+
+    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
+                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[list[float]]]:
+        """As :meth:`HFGenerator.generate`, with the sampler's log-probability of each token."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
+                                stop_token_ids=[self.eos_id], logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        responses, logprobs = [], []
+        for request in outputs:
+            for completion in request.outputs:
+                ids = list(completion.token_ids)
+                values = [step[token].logprob for step, token in zip(completion.logprobs or [], ids)]
+                values += [math.nan] * (len(ids) - len(values))
+                if completion.finish_reason == "stop" and (not ids or ids[-1] != self.eos_id):
+                    ids.append(self.eos_id)  # stopped at the end-of-sequence token without returning it
+                    values.append(math.nan)  # (the trainer recomputes what the sampler did not report)
+                responses.append(ids)
+                logprobs.append(values)
+        return responses, logprobs
+
+    def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256) -> list[list[int]]:
+        return self.generate_with_logprobs(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)[0]

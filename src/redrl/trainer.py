@@ -38,7 +38,7 @@ from redrl.objectives import aggregation_units, group_accuracy, group_advantages
 from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade
-from redrl.rollout import HFGenerator
+from redrl.rollout import HFGenerator, VLLMGenerator
 
 __all__ = ["PromptSampler", "assemble_batch", "resolve_model", "resolve_paths", "teacher_prefix_rollouts", "train"]
 
@@ -111,11 +111,13 @@ def assemble_batch(
     advantage_scale: str = "std",
     advantage_eps: float = 1e-6,
     accuracy_includes_offline: bool = False,
+    rollout_logprobs: list[list[float] | None] | None = None,
 ) -> Batch:
     """Groups of ``G`` rollouts (if the method samples) + the teacher row (if it uses one), per prompt.
 
     ``rollouts`` is prompt-major (rows ``i*G .. i*G+G-1`` answer prompt ``i``). Advantages are
     group-relative over every row of the group; the group accuracy ``r̄`` over its rollouts.
+    ``rollout_logprobs`` (one per rollout token, from the sampler) become ``Batch.sampler_logp``.
     """
     g = group_size if method.rollouts else 0
     rows_prompt, rows_response, rewards, offline, group_ids = [], [], [], [], []
@@ -131,6 +133,20 @@ def assemble_batch(
             group_ids.append(i)
     rows_per_group = g + int(method.offline)
     input_ids, attention_mask, response_mask = collate(rows_prompt, rows_response, pad_id)
+    sampler_logp = None
+    if rollout_logprobs is not None and g:
+        # target grid: position t scores input_ids[t + 1], so a response starting at column p is at p - 1
+        sampler_logp = torch.full((len(rows_prompt), input_ids.shape[1] - 1), math.nan)
+        row = 0
+        for i, prompt in enumerate(prompts):
+            for j in range(g):
+                values = rollout_logprobs[i * g + j]
+                if values is None:  # the sampler reported none for this rollout: recomputed
+                    continue
+                if len(values) != len(rollouts[i * g + j]):
+                    raise ValueError(f"rollout {i * g + j}: {len(values)} log-probs for {len(rollouts[i * g + j])} tokens")
+                sampler_logp[row + j, len(prompt) - 1 : len(prompt) - 1 + len(values)] = torch.tensor(values)
+            row += rows_per_group
     rewards_t = torch.tensor(rewards, dtype=torch.float32)
     is_offline = torch.tensor(offline, dtype=torch.bool)
     return Batch(
@@ -142,6 +158,7 @@ def assemble_batch(
         is_offline=is_offline,
         group_id=torch.tensor(group_ids, dtype=torch.long),
         group_accuracy=group_accuracy(rewards_t, is_offline, rows_per_group, include_offline=accuracy_includes_offline),
+        sampler_logp=sampler_logp,
     )
 
 
@@ -230,6 +247,11 @@ def optimization_step(
         with torch.no_grad():
             passes = [forward(rows) for rows in micro]
         old_logps = [p.logp for p in passes]
+    if cfg.rollout.old_logp == "sampler" and batch.sampler_logp is not None:
+        # The sampler's own log-probs for rollout tokens (the importance ratio then also corrects
+        # any mismatch between the sampling engine and the trainer); recomputed ones elsewhere.
+        old_logps = [torch.where(torch.isnan(rows.sampler_logp), old, rows.sampler_logp.to(old.dtype))
+                     for rows, old in zip(micro, old_logps)]
     units = [int(aggregation_units(rows.loss_mask(), aggregation)) for rows in micro]
     rl_sum, rl_count, sft_sum, sft_count, total_units = par.sum([*_entropy_sums(passes), sum(units)])
     h_rl = rl_sum / rl_count if rl_count else math.nan
@@ -496,6 +518,23 @@ def prepare_model(cfg: Config, model_path: str, device: torch.device | None = No
     return model, tokenizer
 
 
+def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None):
+    """The configured rollout engine; vLLM starts with the weights being trained (adapters merged)."""
+    if cfg.rollout.engine == "vllm":
+        if par.distributed:
+            raise ValueError("rollout.engine=vllm runs in single-process training for now; use rollout.engine=hf with several processes")
+        precision = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.train.mixed_precision, cfg.model.dtype)
+        generator = VLLMGenerator.create(
+            model_path, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, dtype=precision,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, max_model_len=longest_prompt + cfg.rollout.max_new_tokens,
+            seed=cfg.train.seed, trust_remote_code=cfg.model.trust_remote_code, config_overrides=cfg.model.config_overrides,
+        )
+        generator.sync_weights(model)
+        return generator
+    return HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision,
+                       parameters=(lambda: par.full_parameters(scorer)) if scorer is not None else None)
+
+
 def _step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded: list[float], eos_id: int,
                  rollout_seconds: float, train_seconds: float, extra: dict) -> dict:
     """The step's data metrics, summed over processes before averaging (so every rank agrees)."""
@@ -556,8 +595,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     sampler = PromptSampler(len(records), cfg.train.seed)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scorer, optimizer = par.prepare(TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3), optimizer)
-    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision,
-                            parameters=lambda: par.full_parameters(scorer))
+    generator = build_generator(cfg, model, tokenizer, model_path, par, max(map(len, prompts)), scorer)
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None
@@ -581,9 +619,13 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
         step_prompts = [prompts[i] for i in chosen]
         answers = [records[i]["answer"] for i in chosen]
 
-        # 1. Rollouts: G samples of each prompt from the current policy.
-        rollouts = []
-        if step_method.rollouts:
+        # 1. Rollouts: G samples of each prompt from the current policy (with the sampler's
+        # log-probs when the importance ratio uses them).
+        rollouts, logprobs = [], None
+        if step_method.rollouts and cfg.rollout.old_logp == "sampler":
+            rollouts, logprobs = generator.generate_with_logprobs(step_prompts, G, temperature=cfg.rollout.temperature,
+                                                                  max_new_tokens=cfg.rollout.max_new_tokens)
+        elif step_method.rollouts:
             rollouts = generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
                                           max_new_tokens=cfg.rollout.max_new_tokens)
 
@@ -596,11 +638,14 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
             relift_buffer += [i for i in failed if i not in relift_buffer]
             extra["relift_buffer"] = len(relift_buffer)
         if step_method.on_all_fail == "teacher_prefix":
+            before = step_prompts
             step_prompts, rollouts, rewards, extra = teacher_prefix_rollouts(
                 generator, tokenizer, step_prompts, rollouts, rewards, [teacher[i] for i in chosen], answers,
                 group_size=G, fractions=cfg.baselines.bread_fractions, temperature=cfg.rollout.temperature,
                 max_new_tokens=cfg.rollout.max_new_tokens, grader=cfg.data.grader,
             )
+            if logprobs is not None:  # re-sampled groups have no sampler log-probs: recomputed
+                logprobs = [None if step_prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(logprobs)]
         rollout_seconds = time.perf_counter() - started
 
         # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
@@ -608,6 +653,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
             step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [data.teacher_reward(i) for i in chosen],
             group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
             advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
+            rollout_logprobs=logprobs,
         )
 
         # 4. Loss and one optimizer step.
@@ -615,6 +661,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
         entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
         stats = optimization_step(scorer, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef,
                                   scaler=scaler, par=par)
+        if hasattr(generator, "sync_weights"):
+            generator.sync_weights(model)  # the next rollouts come from the updated policy
         train_seconds = time.perf_counter() - train_started
 
         # 5. Log (numbers summed over processes; the main process writes them).

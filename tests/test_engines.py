@@ -1,0 +1,178 @@
+"""Rollout engines: the sampler's log-probs in the importance ratio, and the vLLM engine's glue,
+run end to end against a stand-in for vLLM's ``LLM`` (our machines have neither a GPU nor vLLM)."""
+
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from redrl.batch import collate
+from redrl.config import load_config
+from redrl.methods import METHODS
+from redrl.modeling import TokenScorer, load_model_and_tokenizer, response_logprobs
+from redrl.regulator import EntropyRegulator
+from redrl.rollout import HFGenerator, VLLMGenerator
+from redrl.trainer import assemble_batch, build_scheduler, optimization_step, train
+
+
+def test_engine_settings_are_checked_on_load():
+    with pytest.raises(ValueError, match="rollout.engine must be hf or vllm"):
+        load_config("tiny", ["rollout.engine=sglang"])
+    with pytest.raises(ValueError, match="old_logp=sampler needs an engine that reports log-probs"):
+        load_config("tiny", ["rollout.old_logp=sampler"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_vllm_without_a_gpu_is_refused_in_one_line(tiny_assets, tmp_path, capsys):
+    from redrl.cli import main
+
+    code = main(["train", "--steps", "1", "--out", str(tmp_path / "v"), "--no-progress", "--set", f"model.path={tiny_assets.base}",
+                 "--set", f"data.train={tiny_assets.train}", "--set", "rollout.engine=vllm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "redrl train: error: rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf"
+
+
+def test_sampler_logprobs_land_on_the_target_grid():
+    method = METHODS["red"]
+    batch = assemble_batch([[7, 8, 9]], [[1, 2], [3]], [1.0, 0.0], [[4, 5, 6]], [1.0], group_size=2, method=method, pad_id=0,
+                           rollout_logprobs=[[-0.1, -0.2], None])
+    grid = batch.sampler_logp
+    assert grid.shape == (3, 5)
+    # row 0: prompt of 3 tokens, so the first response token is scored at position 2
+    assert grid[0, 2:4].tolist() == pytest.approx([-0.1, -0.2])
+    assert torch.isnan(grid[0, :2]).all() and torch.isnan(grid[0, 4:]).all()
+    assert torch.isnan(grid[1]).all() and torch.isnan(grid[2]).all()  # no log-probs reported; the teacher row
+    with pytest.raises(ValueError, match="1 log-probs for 2 tokens"):
+        assemble_batch([[7]], [[1, 2]], [1.0], [[4]], [1.0], group_size=1, method=method, pad_id=0, rollout_logprobs=[[-0.1]])
+
+
+def test_the_ratio_uses_the_samplers_logprobs_when_asked(tiny_assets):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base))
+    prompts, rollouts = [[3, 4, 5], [6, 7]], [[10, 11, 12], [13], [14, 15], [16, 17, 18]]
+    exact = []
+    for k, response in enumerate(rollouts):
+        ids, attention, mask = collate([prompts[k // 2]], [response], tokenizer.pad_token_id)
+        with torch.no_grad():
+            logp, _ = response_logprobs(model, ids, attention, mask[:, 1:])
+        exact.append(logp[mask[:, 1:]].tolist())
+    results = {}
+    for name, shift in (("recompute", 0.0), ("exact", 0.0), ("shifted", 0.3)):
+        cfg = load_config("tiny", ["rollout.group_size=2"] + ([] if name == "recompute" else ["rollout.engine=vllm", "rollout.old_logp=sampler"]))
+        batch = assemble_batch(prompts, rollouts, [1.0, 0.0, 0.0, 1.0], [[20, 21], [22]], [1.0, 1.0], group_size=2, method=METHODS["red"],
+                               pad_id=tokenizer.pad_token_id, rollout_logprobs=[[v + shift for v in row] for row in exact])
+        copy = load_model_and_tokenizer(str(tiny_assets.base))[0]
+        optimizer = torch.optim.AdamW(copy.parameters(), lr=1e-3)
+        results[name] = optimization_step(TokenScorer(copy), optimizer, build_scheduler(optimizer, "constant", 0, 1),
+                                          EntropyRegulator(max_weight=2), batch, METHODS["red"], cfg)
+    assert results["recompute"]["ratio_mean"] == pytest.approx(1.0)
+    assert results["exact"]["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert results["exact"]["loss"] == pytest.approx(results["recompute"]["loss"], abs=1e-6)
+    assert results["shifted"]["ratio_mean"] == pytest.approx(math.exp(-0.3), rel=1e-4)  # exp(logp - (logp + 0.3))
+
+
+# ------------------------------------------------------------------------------------------------
+# A stand-in for vLLM: the same calls, answered by the tiny transformers model.
+
+
+class _FakeVLLM:
+    """``vllm.LLM`` / ``SamplingParams`` as redrl calls them; samples with transformers and reports
+    exact log-probs. Like some vLLM versions, it does not return the stop token it stopped at."""
+
+    created: list = []
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            _FakeVLLM.created.append({"model": model, **kwargs})
+            self.hf, self.tokenizer = load_model_and_tokenizer(model, device="cpu")
+            self.loads, self.resets = 0, 0
+
+        def apply_model(self, func):
+            fake = types.SimpleNamespace(load_weights=self._load)
+            return [func(fake)]
+
+        def _load(self, weights):
+            self.hf.load_state_dict(dict(weights), strict=True)
+            self.loads += 1
+
+        def reset_prefix_cache(self):
+            self.resets += 1
+
+        def generate(self, prompts, params, use_tqdm=False):
+            eos = params.stop_token_ids[0]
+            ids = [p["prompt_token_ids"] for p in prompts]
+            rows = HFGenerator(self.hf, eos, self.tokenizer.pad_token_id).generate(ids, params.n, temperature=params.temperature,
+                                                                                  max_new_tokens=params.max_tokens)
+            requests = []
+            for i, prompt in enumerate(ids):
+                completions = []
+                for response in rows[i * params.n : (i + 1) * params.n]:
+                    x, attention, mask = collate([prompt], [response], self.tokenizer.pad_token_id)
+                    with torch.no_grad():
+                        logp, _ = response_logprobs(self.hf, x, attention, mask[:, 1:])
+                    values = logp[mask[:, 1:]].tolist()
+                    stopped = response[-1:] == [eos]
+                    kept = response[:-1] if stopped else response
+                    steps = [{token: types.SimpleNamespace(logprob=value)} for token, value in zip(kept, values)]
+                    completions.append(types.SimpleNamespace(token_ids=tuple(kept), logprobs=steps,
+                                                             finish_reason="stop" if stopped else "length"))
+                requests.append(types.SimpleNamespace(outputs=completions))
+            return requests
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = _FakeVLLM.LLM, _FakeVLLM.SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setattr("redrl.rollout._cuda_available", lambda: True)  # the stand-in needs no GPU
+    _FakeVLLM.created.clear()
+    return _FakeVLLM
+
+
+def test_vllm_engine_parses_outputs_and_puts_the_stop_token_back(tiny_assets, fake_vllm):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
+    engine = VLLMGenerator.create(str(tiny_assets.base), eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                  max_model_len=256, config_overrides={"max_position_embeddings": 1024})
+    assert fake_vllm.created[0]["hf_overrides"] == {"max_position_embeddings": 1024}
+    torch.manual_seed(0)
+    responses, logprobs = engine.generate_with_logprobs([[3, 4, 5], [6]], 3, temperature=1.0, max_new_tokens=12)
+    assert len(responses) == len(logprobs) == 6
+    for response, values in zip(responses, logprobs):
+        assert len(response) == len(values) and 1 <= len(response) <= 12
+        if response[-1] == tokenizer.eos_token_id:
+            assert math.isnan(values[-1])  # not reported: the trainer recomputes it
+        assert all(v <= 0 for v in values if not math.isnan(v))
+
+
+def test_training_with_the_vllm_engine_syncs_weights_every_step(tiny_assets, tmp_path, fake_vllm, monkeypatch):
+    pytest.importorskip("peft")
+    cfg = load_config("tiny", model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
+                      data={"train": str(tiny_assets.train)}, optim={"lr": 1e-2},
+                      rollout={"group_size": 3, "max_new_tokens": 48, "engine": "vllm", "old_logp": "sampler"},
+                      train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "vllm")})
+    import redrl.trainer as trainer
+
+    engines = []
+    real_build = trainer.build_generator
+    monkeypatch.setattr(trainer, "build_generator", lambda *a, **k: engines.append(real_build(*a, **k)) or engines[-1])
+    final = train(cfg, progress=False)
+    llm = engines[0].llm
+    assert llm.loads == 3 and llm.resets == 3  # at start and after each of the 2 steps
+    metrics = [json.loads(line) for line in (tmp_path / "vllm" / "metrics.jsonl").read_text().splitlines()]
+    # first step: the sampler and the trainer hold the same weights, so the ratio is 1 up to float error
+    assert metrics[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    # vLLM loads the full-weight model an adapter chain starts from, then receives the merged weights
+    from redrl.rollout import _root_model
+
+    assert fake_vllm.created[0]["model"] == str(tiny_assets.base) == _root_model(str(final))
+    # vLLM's copy now holds the trained (merged) weights
+    merged, _ = load_model_and_tokenizer(str(final), device="cpu")
+    for name, value in merged.state_dict().items():
+        assert torch.allclose(llm.hf.state_dict()[name], value, atol=1e-6), name
