@@ -251,3 +251,22 @@ def test_paper_preset_runs_end_to_end_with_only_model_data_and_sizes_changed(tin
     assert main(["eval", "--model", str(out / "final"), "--config", preset, "--data", str(tiny_assets.test), "--k", "1",
                  "--no-progress", *sum((["--set", s] for s in sizes[1:]), [])]) == 0
     assert "avg@1" in capsys.readouterr().out
+
+
+def test_the_loss_forward_never_forms_vocabulary_sized_logits_for_every_position(tiny_assets):
+    # The output head is only read as a matrix, chunk by chunk, over response positions: calling
+    # the head module (full [N, S, V] logits) would raise here.
+    from redrl.batch import collate
+    from redrl.modeling import TokenScorer
+
+    model, _ = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the head was called on every position")
+
+    model.get_output_embeddings().forward = refuse
+    ids, attention, mask = collate([[3, 4, 5]], [[6, 7, 8, 9]], 0)
+    logp, entropy = TokenScorer(model, chunk_size=2)(ids, attention, mask[:, 1:])
+    assert logp.shape == entropy.shape == (1, 6) and (logp[mask[:, 1:]] < 0).all()
+    with pytest.raises(AssertionError, match="every position"):
+        TokenScorer(model, full_logits=True)(ids, attention, mask[:, 1:])  # the ZeRO-3 fallback does call it
