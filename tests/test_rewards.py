@@ -73,10 +73,15 @@ def test_math_reward_grades_equivalent_forms(completion, answer, reward):
 def test_math_reward_returns_within_its_timeout_on_adversarial_text(completion):
     import time
 
+    from redrl.rewards import FAILURES
+
     math_reward("\\boxed{1}", "1")  # the verifier process is started (not charged to the timeout)
+    timeouts = FAILURES["timeout"]
     started = time.perf_counter()
-    assert math_reward(completion, "1", timeout=2.0) == 0.0
+    result = math_reward(completion, "1", timeout=2.0)
     assert time.perf_counter() - started < 2.0 + 0.5
+    # wrong, or (when parsing overran) ungraded and counted; never right, never a hang
+    assert result == 0.0 or (result is None and FAILURES["timeout"] == timeouts + 1)
     assert math_reward("\\boxed{1}", "1", timeout=2.0) == 1.0  # and the next call still works
 
 
@@ -92,8 +97,20 @@ def test_math_reward_never_runs_model_text_as_code(tmp_path):
 def test_math_reward_from_worker_threads():
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [("\\boxed{0.25}", "\\frac14", 1.0), ("\\boxed{3}", "4", 0.0), ("\\boxed{9^{9^{9^{9^{9}}}}}", "1", 0.0)]
+    jobs = [("\\boxed{0.25}", "\\frac14", 1.0), ("\\boxed{3}", "4", 0.0), ("\\boxed{9^{9^{9^{9^{9}}}}}", "1", (0.0, None))]
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda job: math_reward(job[0], job[1], timeout=3.0), jobs))
-    assert results == [job[2] for job in jobs]
+    assert results[:2] == [1.0, 0.0] and results[2] in jobs[2][2]
     assert grade("\\boxed{\\frac{1}{2}}", "0.5", "math") == 1.0  # the same function behind the grader name
+
+
+def test_a_grader_that_raises_leaves_the_row_ungraded_and_is_counted(monkeypatch):
+    from redrl.rewards import FAILURES, GRADERS
+
+    def broken(response, answer):
+        raise ZeroDivisionError("a bug in a reward function")
+
+    monkeypatch.setitem(GRADERS, "broken", broken)
+    errors = FAILURES["error"]
+    assert grade("\\boxed{1}", "1", "broken") is None
+    assert FAILURES["error"] == errors + 1

@@ -58,6 +58,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         values["steps"], values["epochs"] = args.steps, None  # an explicit step count replaces train.epochs
     if args.out:
         values["out"] = args.out
+    if args.save_every is not None:
+        values["save_every"] = args.save_every
+    if args.keep_last is not None:
+        values["keep_last"] = args.keep_last
+    if args.resume:
+        values["resume"] = True
     cfg = load_config(args.config, args.set, train=values)
     _quiet_transformers()
     final = train(cfg, progress=not args.no_progress)
@@ -192,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"redrl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: REDRL_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from redrl.methods import METHODS
 
@@ -207,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=sorted(METHODS), help="training method (default: the config's)")
     train.add_argument("--steps", type=int, help="optimizer steps (replaces train.epochs)")
     train.add_argument("--out", help="output directory")
+    train.add_argument("--save-every", type=int, metavar="K", help="save a checkpoint every K steps (crash-safe, see README)")
+    train.add_argument("--keep-last", type=int, metavar="N", help="keep only the N newest checkpoints")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint in --out (start from step 0 when there is none)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-4")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
@@ -263,19 +274,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from redrl.checkpoint import CheckpointError
+    from redrl.trainer import TrainingStopped
+
     try:
         return args.func(args)
-    except (ValueError, OSError, ImportError) as error:
-        # Bad input (config values, paths, data), an unreachable Hub or a missing optional extra:
-        # one line, not a traceback (REDRL_DEBUG=1 shows it).
-        if os.environ.get("REDRL_DEBUG"):
+    except TrainingStopped as stop:
+        command = " ".join(["redrl", *(argv if argv is not None else sys.argv[1:])])
+        resume = command if "--resume" in command else f"{command} --resume"
+        print(f"redrl {args.command}: {stop}. Continue with:\n  {resume}", file=sys.stderr)
+        return 128 + stop.signum
+    except (ValueError, OSError, ImportError, CheckpointError) as error:
+        # Bad input (config values, paths, data), an unreachable Hub, a missing optional extra or a
+        # checkpoint that could not be written: one line, not a traceback (--debug shows it).
+        if args.debug or os.environ.get("REDRL_DEBUG"):
             raise
         print(f"redrl {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"redrl {args.command}: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -160,11 +160,13 @@ def _cached(path: Path, cfg_dict: dict) -> dict | None:
 
 
 def _trained(run: Path, cfg_dict: dict) -> bool:
-    """The run's final checkpoint exists and was trained with this config."""
+    """The run's final checkpoint is complete and was trained with this config."""
     import yaml
 
+    from redrl.checkpoint import verify
+
     config = run / "config.yaml"
-    if not (run / "final" / "trainer_state.pt").exists() or not config.exists():
+    if not (run / "final").is_dir() or verify(run / "final") is not None or not config.exists():
         return False
     return _jsonable(yaml.safe_load(config.read_text())) == cfg_dict
 

@@ -176,6 +176,9 @@ class TrainConfig:
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
     out: str = _help("output directory (metrics.jsonl, checkpoints)", "runs/red")
     save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)
+    keep_last: int = _help("keep only the N newest checkpoints (0 = all; the newest complete one is never deleted)", 0)
+    resume: bool = _help("continue from the newest complete checkpoint in train.out (from step 0 when there is none)", False)
+    max_consecutive_skips: int = _help("stop after this many steps in a row with a non-finite loss or gradient", 5)
     mixed_precision: str = _help("autocast of forward passes and rollouts: no, bf16 or fp16 (fp16 with loss scaling, CUDA only)", "no")
     gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, about a third more compute)", False)
     log_every_rank: bool = _help("every process also writes its own view (w, entropies, prompts) to OUT/metrics-rankR.jsonl", False)
@@ -189,6 +192,8 @@ class TrainConfig:
         _require(self.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1; got {self.prompts_per_step}")
         _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
+        _require(self.keep_last >= 0, f"train.keep_last must be >= 0; got {self.keep_last}")
+        _require(self.max_consecutive_skips >= 1, f"train.max_consecutive_skips must be >= 1; got {self.max_consecutive_skips}")
         _require(self.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}")
 
 

@@ -14,6 +14,7 @@ Two graders: ``"integer"`` (the embedded task: exact integer match, pure Python)
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import threading
@@ -106,10 +107,10 @@ def _serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            reward = _math_verify(request["region"], request["answer"], request["timeout"])
-        except Exception:  # noqa: BLE001 - a grader error is a wrong answer, never a crash
-            reward = 0.0
-        out.write(json.dumps(reward) + "\n")
+            reply = {"reward": _math_verify(request["region"], request["answer"], request["timeout"])}
+        except Exception as error:  # noqa: BLE001 - a grader error leaves the row ungraded, never a crash
+            reply = {"error": f"{type(error).__name__}: {error}"[:200]}
+        out.write(json.dumps(reply) + "\n")
         out.flush()
 
 
@@ -165,11 +166,20 @@ class _Verifier:
         self.process.stdin.flush()
         line = self._readline(timeout)
         if line:
-            return json.loads(line)
+            reply = json.loads(line)
+            if "error" in reply:
+                FAILURES["error"] += 1
+                return None
+            return reply["reward"]
         self._kill()  # still busy (or died): kill it, and start the next one now so it is warm
         self._start()
-        return 0.0
+        FAILURES["timeout"] += 1
+        return None
 
+
+#: Rows left ungraded because grading raised (``"error"``) or overran its timeout (``"timeout"``),
+#: in this process since it started; the trainer logs the increase per step.
+FAILURES: collections.Counter = collections.Counter()
 
 _verifiers = threading.local()
 
@@ -189,12 +199,12 @@ def math_reward(completion: str, answer: str, *, timeout: float = 5.0) -> float 
     ...") on that text. Equivalent forms count as equal (``\\dfrac{1}{2}``, ``0.5``, ``1/2``;
     ``2\\sqrt{2}`` and ``\\sqrt{8}``; tuples with ``\\left(``).
 
-    Returns ``1.0`` or ``0.0``; ``None`` when the reference answer cannot be parsed (the row is then
-    left out of the reward statistics). Returns within ``timeout`` seconds of grading on any input,
-    from any thread or process: grading runs in a separate process that is killed when it overruns
-    (an overrun is graded ``0.0``, so a model cannot escape a wrong answer by being slow to parse).
-    The first call of a thread also waits for that process to start (about a second). Model text
-    is never evaluated as code.
+    Returns ``1.0`` or ``0.0``; ``None`` when the reference answer cannot be parsed, when grading
+    raised, or when it overran ``timeout`` (the row is then left out of the reward statistics and
+    of the advantages; overruns and errors are counted in :data:`FAILURES`). Returns within
+    ``timeout`` seconds of grading on any input, from any thread or process: grading runs in a
+    separate process that is killed when it overruns. The first call of a thread also waits for
+    that process to start (about a second). Model text is never evaluated as code.
     """
     if not isinstance(completion, str) or not isinstance(answer, str):
         raise TypeError(f"math_reward needs two strings; got {type(completion).__name__} and {type(answer).__name__}")
@@ -213,12 +223,17 @@ GRADERS: dict[str, Callable[[str, str], float | None]] = {"integer": integer_gra
 
 
 def grade(response: str, answer: str, grader: str = "integer") -> float | None:
-    """Grade one response with the named grader (see ``GRADERS``)."""
+    """Grade one response with the named grader (see ``GRADERS``); a grader that raises leaves the
+    row ungraded (``None``, counted in :data:`FAILURES`) instead of stopping training."""
     try:
         fn = GRADERS[grader]
     except KeyError:
         raise ValueError(f"unknown grader {grader!r}; choose from {', '.join(GRADERS)}") from None
-    return fn(response, answer)
+    try:
+        return fn(response, answer)
+    except Exception:  # noqa: BLE001 - a reward bug must not kill a days-long run; it is counted
+        FAILURES["error"] += 1
+        return None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from redrl import checkpoint
 from redrl.batch import Batch, collate
 from redrl.config import Config
 from redrl.data.offline import load_offline
@@ -37,6 +42,7 @@ from redrl.modeling import (TokenScorer, apply_lora, autocast, encode_prompt, en
 from redrl.objectives import aggregation_units, group_accuracy, group_advantages, red_loss, sft_loss, srft_loss
 from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
+from redrl import rewards as rewards_module
 from redrl.rewards import grade
 from redrl.rollout import HFGenerator, VLLMGenerator
 
@@ -96,6 +102,12 @@ class PromptSampler:
 
     def state_dict(self) -> dict:
         return {"size": self.size, "seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["size"], state["seed"]) != (self.size, self.seed):
+            raise ValueError(f"the checkpoint's prompt order ({state['size']} prompts, seed {state['seed']}) does not match "
+                             f"this run's ({self.size} prompts, seed {self.seed}): different data or train.seed")
+        self.position = int(state["position"])
 
 
 def assemble_batch(
@@ -256,6 +268,7 @@ def optimization_step(
     rl_sum, rl_count, sft_sum, sft_count, total_units = par.sum([*_entropy_sums(passes), sum(units)])
     h_rl = rl_sum / rl_count if rl_count else math.nan
     h_sft = sft_sum / sft_count if sft_count else math.nan
+    regulator_before = regulator.state_dict()  # restored if this step turns out not to be finite
     w = regulator.update(h_rl, h_sft) if method.regulator else 1.0
 
     loss_value = 0.0
@@ -284,6 +297,14 @@ def optimization_step(
         scaler.unscale_(optimizer)
     grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), cfg.optim.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
+    # A non-finite loss or gradient skips the update: weights, optimizer, schedule and regulator stay
+    # as they were (under fp16 the loss scaler already skips steps with overflowing gradients).
+    finite = math.isfinite(loss_value) and (scaler is not None or math.isfinite(grad_norm))
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        regulator.load_state_dict(regulator_before)
+        return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": math.nan, "delta_h_sft": math.nan,
+                "w": math.nan, "grad_norm": grad_norm, "lr": lr, "skipped": 1}
     if scaler:
         scaler.step(optimizer)  # skipped when the unscaled gradients are not finite
         scaler.update()
@@ -293,7 +314,7 @@ def optimization_step(
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
             "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan, "w": w,
-            "grad_norm": grad_norm, "lr": lr}
+            "grad_norm": grad_norm, "lr": lr, "skipped": 0}
 
 
 def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int, *, min_ratio: float = 0.0):
@@ -312,36 +333,52 @@ def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: in
 
 
 def save_checkpoint(path: Path, par: Parallel, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step: int,
-                    cfg: Config) -> None:
-    """The model in Hugging Face format (safetensors) and ``trainer_state.pt`` beside it; under
-    LoRA the adapter and the base model's config (which names the architecture and any overrides).
+                    cfg: Config, state: dict | None = None) -> None:
+    """Write a complete checkpoint to ``path`` or leave the previous ones untouched (:mod:`redrl.checkpoint`).
 
-    Call it on every process: sharded weights (FSDP, DeepSpeed) are gathered first, then the main
-    process writes. A sharded optimizer's state is not saved (resuming those runs: issue 6/7)."""
-    state = par.state_dict(scorer) if par.sharded else None  # a collective: every rank takes part
+    Call it on every process: sharded weights (FSDP, DeepSpeed) are gathered first and every process
+    writes its generator state; the main process writes the rest into a temporary directory, lists
+    it in the manifest and renames it into place. Under LoRA the model is the adapter and the base
+    model's config. A sharded optimizer's state is not saved (those runs resume without it).
+    ``state`` holds the loop's own state (ReLIFT buffer, loss scaler, skip counter)."""
+    weights = par.state_dict(scorer) if par.sharded else None  # a collective: every rank takes part
+    tmp = path.parent / f".tmp-{path.name}"
+    failed = None
     if par.is_main:
-        model = par.unwrap(scorer).model
-        path.mkdir(parents=True, exist_ok=True)
-        if state is not None:
-            model.save_pretrained(path, state_dict={key.removeprefix("model."): value for key, value in state.items()})
-        else:
-            model.save_pretrained(path)
-        if hasattr(model, "peft_config"):
-            model.get_base_model().config.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        torch.save(
-            {
-                "step": step,
-                "optimizer": None if par.sharded else optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "regulator": regulator.state_dict(),
-                "sampler": sampler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                "config": cfg.to_dict(),
-                "processes": par.world,
-            },
-            path / "trainer_state.pt",
-        )
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    par.wait()
+    try:
+        checkpoint.save_rng(tmp, par.rank)
+        if par.is_main:
+            model = par.unwrap(scorer).model
+            if weights is not None:
+                model.save_pretrained(tmp, state_dict={key.removeprefix("model."): value for key, value in weights.items()})
+            else:
+                model.save_pretrained(tmp)
+            if hasattr(model, "peft_config"):
+                model.get_base_model().config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            checkpoint.save_training_state(tmp, step=step, optimizer=optimizer, scheduler=scheduler, regulator=regulator,
+                                           sampler=sampler, state={**(state or {}), "processes": par.world},
+                                           config=cfg.to_dict(), save_optimizer=not par.sharded)
+            checkpoint.write_manifest(tmp)
+    except OSError as error:
+        failed = error
+    if par.distributed and par.max(1.0 if failed else 0.0) > 0 and failed is None:
+        failed = OSError("another process could not write its part")
+    if failed is not None:
+        if par.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = next((p.name for _, p in checkpoint.list_checkpoints(path.parent) if p != path), None)
+        kept = f"the previous checkpoint ({previous}) is intact" if previous else "there is no earlier checkpoint"
+        raise checkpoint.CheckpointError(f"could not write {path}: {getattr(failed, 'strerror', None) or failed}; {kept}") from failed
+    if par.is_main:
+        if path.exists():  # an older save under this name (a rerun's final, a step redone after resuming)
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        if path.name.startswith("checkpoint-"):
+            checkpoint.rotate(path.parent, cfg.train.keep_last)
     par.wait()  # nobody reads the checkpoint before it is complete
 
 
@@ -407,8 +444,6 @@ def _train_staged(cfg: Config, method: Method, progress: bool) -> Path:
     Stage ``k`` writes to ``OUT/stage-k-NAME``; ``OUT/metrics.jsonl`` holds every stage's steps,
     numbered on (with a ``stage`` field), and ``OUT/final`` is the last stage's model.
     """
-    import shutil
-
     out = Path(cfg.train.out)
     steps = cfg.train.steps
     if cfg.train.epochs is not None:  # epochs over every record (before data.max_prompt_tokens leaves any out)
@@ -547,8 +582,8 @@ def _step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded:
         "offline_length": (float(lengths[batch.is_offline].sum()), int(batch.is_offline.sum())),
         "truncated_fraction": (sum(1 for r in rollouts if not r or r[-1] != eos_id), len(rollouts)),
     }
-    counters = {key: extra[key] for key in ("bread_failed_groups", "bread_rescued") if key in extra}
-    prefix_sum = extra.get("bread_prefix", 0.0) * extra.get("bread_rescued", 0) if extra.get("bread_rescued") else 0.0
+    counters = {key: extra[key] for key in ("bread_failed_groups", "bread_rescued", "reward_failures") if key in extra}
+    prefix_sum = extra["bread_prefix"] * extra["bread_rescued"] if extra.get("bread_rescued") else 0.0
     flat = [v for pair in local.values() for v in pair] + list(counters.values()) + [
         prefix_sum, sum(map(len, rollouts)), float(batch.attention_mask.sum())]
     reduced = par.sum(flat)
@@ -563,31 +598,80 @@ def _step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded:
     return record
 
 
+class TrainingStopped(Exception):
+    """Training stopped at a step boundary on SIGINT / SIGTERM, after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; saved {path}")
+
+
+class NonFiniteTraining(ValueError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"train.out {out} is not writable ({error.strerror or error})") from None
+
+
+def _load_metrics(path: Path, until: int) -> list[str]:
+    """The lines of a metrics file up to and including step ``until`` (a resumed run redoes the rest)."""
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= until]
+
+
 def train(cfg: Config, *, progress: bool = True) -> Path:
     """Train ``cfg.train.method``; return the directory of the final checkpoint.
 
     Under ``accelerate launch`` / ``torchrun`` every process runs this function on its share of
-    each step's prompts (:mod:`redrl.parallel`); the main process writes logs and checkpoints."""
+    each step's prompts (:mod:`redrl.parallel`); the main process writes logs and checkpoints.
+    With ``train.resume`` the run continues from the newest complete checkpoint in ``train.out``
+    and repeats exactly what the uninterrupted run would have done. SIGINT / SIGTERM stop it at
+    the next step boundary with a checkpoint (:class:`TrainingStopped`)."""
+    import sys
+
     from tqdm.auto import tqdm
 
     method = METHODS[cfg.train.method]
     out = Path(cfg.train.out)
     if method.stages:
-        out.mkdir(parents=True, exist_ok=True)
+        if cfg.train.resume:
+            raise ValueError(f"--resume is not supported for the staged method {method.name} yet; rerun it from the start")
+        _writable(out)
         return _train_staged(cfg, method, progress)
     par = Parallel.create(cfg.model.device)
     if par.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _writable(out)
     if method.on_all_fail == "sft_buffer" and cfg.baselines.relift_buffer % par.world:
         raise ValueError(f"baselines.relift_buffer ({cfg.baselines.relift_buffer}) must be a multiple of the {par.world} processes")
     par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
+    resume_from = None
+    if cfg.train.resume:
+        resume_from = checkpoint.find_latest(out, warn=lambda line: print(line, file=sys.stderr) if par.is_main else None)
+        if par.is_main:
+            print(f"redrl: resuming from {resume_from}" if resume_from else f"redrl: no complete checkpoint in {out}; starting from step 0",
+                  file=sys.stderr)
+    if par.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # Model, data and teacher traces.
     model_path, train_path, _ = resolve_paths(cfg, need_test=False)
-    model, tokenizer = prepare_model(cfg, model_path, par.device)
+    full_weights = resume_from is not None and not cfg.model.use_peft
+    model, tokenizer = prepare_model(cfg, str(resume_from) if full_weights else model_path, par.device)
+    if resume_from is not None and cfg.model.use_peft:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(resume_from / "adapter_model.safetensors")))
     data = prepare_data(cfg, tokenizer, train_path)
     records, prompts, teacher = data.records, data.prompts, data.teacher
     steps = total_steps(cfg, len(records))
@@ -602,94 +686,157 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     regulator = EntropyRegulator(max_weight=cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
     G = cfg.rollout.group_size
 
+    start, skipped_in_a_row, skipped_total = 0, 0, 0
     relift_buffer: list[int] = []  # ReLIFT: prompts whose rollouts all failed (on any process), waiting for an SFT step
-    bar = tqdm(range(1, steps + 1), desc=f"train {method.name}", disable=not (progress and par.is_main), dynamic_ncols=True)
-    metrics_file = open(out / "metrics.jsonl", "w") if par.is_main else None
-    rank_file = open(out / f"metrics-rank{par.rank}.jsonl", "w") if cfg.train.log_every_rank else None
-    for step in bar:
-        started = time.perf_counter()
-        step_method, extra = method, {}
-        if method.on_all_fail == "sft_buffer" and len(relift_buffer) >= cfg.baselines.relift_buffer:
-            # ReLIFT: this step is one SFT step on the buffered prompts' teacher traces.
-            step_method = METHODS["sft"]
-            chosen, relift_buffer = relift_buffer[: cfg.baselines.relift_buffer], relift_buffer[cfg.baselines.relift_buffer :]
-        else:
-            chosen = sampler.next(cfg.train.prompts_per_step)
-        chosen = par.share(chosen)  # this process's groups
-        step_prompts = [prompts[i] for i in chosen]
-        answers = [records[i]["answer"] for i in chosen]
-
-        # 1. Rollouts: G samples of each prompt from the current policy (with the sampler's
-        # log-probs when the importance ratio uses them).
-        rollouts, logprobs = [], None
-        if step_method.rollouts and cfg.rollout.old_logp == "sampler":
-            rollouts, logprobs = generator.generate_with_logprobs(step_prompts, G, temperature=cfg.rollout.temperature,
-                                                                  max_new_tokens=cfg.rollout.max_new_tokens)
-        elif step_method.rollouts:
-            rollouts = generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
-                                          max_new_tokens=cfg.rollout.max_new_tokens)
-
-        # 2. Score them with the evaluation's grader.
-        texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
-        rewards = [grade(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
-        graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
-        if step_method.on_all_fail == "sft_buffer":
-            failed = par.gather([i for g, i in enumerate(chosen) if _all_failed(rewards, g, G)])
-            relift_buffer += [i for i in failed if i not in relift_buffer]
-            extra["relift_buffer"] = len(relift_buffer)
-        if step_method.on_all_fail == "teacher_prefix":
-            before = step_prompts
-            step_prompts, rollouts, rewards, extra = teacher_prefix_rollouts(
-                generator, tokenizer, step_prompts, rollouts, rewards, [teacher[i] for i in chosen], answers,
-                group_size=G, fractions=cfg.baselines.bread_fractions, temperature=cfg.rollout.temperature,
-                max_new_tokens=cfg.rollout.max_new_tokens, grader=cfg.data.grader,
-            )
-            if logprobs is not None:  # re-sampled groups have no sampler log-probs: recomputed
-                logprobs = [None if step_prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(logprobs)]
-        rollout_seconds = time.perf_counter() - started
-
-        # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
-        batch = assemble_batch(
-            step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [data.teacher_reward(i) for i in chosen],
-            group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
-            advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
-            rollout_logprobs=logprobs,
-        )
-
-        # 4. Loss and one optimizer step.
-        train_started = time.perf_counter()
-        entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
-        stats = optimization_step(scorer, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef,
-                                  scaler=scaler, par=par)
+    if resume_from is not None:
+        body = checkpoint.load_training_state(resume_from, optimizer=optimizer, scheduler=scheduler, regulator=regulator,
+                                              sampler=sampler)
+        loop = body["state"]
+        if loop.get("processes", 1) != par.world:
+            raise ValueError(f"{resume_from} was written by {loop.get('processes')} processes; resume it with as many (now {par.world})")
+        start, relift_buffer = int(body["step"]), list(loop.get("relift_buffer", []))
+        skipped_in_a_row, skipped_total = int(loop.get("skipped_in_a_row", 0)), int(loop.get("skipped_total", 0))
+        if scaler is not None and loop.get("scaler"):
+            scaler.load_state_dict(loop["scaler"])
+        checkpoint.load_rng(resume_from, par.rank)  # last: nothing above draws random numbers after this
         if hasattr(generator, "sync_weights"):
-            generator.sync_weights(model)  # the next rollouts come from the updated policy
-        train_seconds = time.perf_counter() - train_started
+            generator.sync_weights(model)
 
-        # 5. Log (numbers summed over processes; the main process writes them).
-        record = {"step": step, **_step_record(par, batch, rollouts, graded, tokenizer.eos_token_id, rollout_seconds,
-                                               train_seconds, extra), **stats}
-        record["step_time"] = time.perf_counter() - started
-        if "relift_buffer" in extra:
-            record["relift_buffer"] = extra["relift_buffer"]
-        if method.on_all_fail == "sft_buffer":
-            record["relift_sft_step"] = int(step_method is not method)
-        if rank_file:
-            rank_file.write(json.dumps({"step": step, "rank": par.rank, "w": stats["w"], "h_rl": stats["h_rl"],
-                                        "h_sft": stats["h_sft"], "prompts": chosen}) + "\n")
-            rank_file.flush()
-        if metrics_file:
-            metrics_file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
-            metrics_file.flush()
-        bar.set_postfix({key: f"{record[key]:.3g}" for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")
-                         if isinstance(record.get(key), float) and math.isfinite(record[key])})
+    def loop_state() -> dict:
+        return {"relift_buffer": relift_buffer, "skipped_in_a_row": skipped_in_a_row, "skipped_total": skipped_total,
+                "scaler": scaler.state_dict() if scaler is not None else None}
 
-        # 6. Checkpoint.
-        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < steps:
-            save_checkpoint(out / f"checkpoint-{step}", par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step, cfg)
-    for file in (metrics_file, rank_file):
-        if file:
-            file.close()
+    def save(path: Path, step: int) -> None:
+        save_checkpoint(path, par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step, cfg, loop_state())
+
+    # SIGINT / SIGTERM (cluster preemption): finish the step, save, stop. A second Ctrl-C stops at once.
+    requested: list[int] = []
+
+    def on_signal(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    metrics_path, rank_path = out / "metrics.jsonl", out / f"metrics-rank{par.rank}.jsonl"
+    metrics_file = rank_file = None
+    if par.is_main:  # a resumed run keeps the steps up to its checkpoint and redoes the rest
+        kept = _load_metrics(metrics_path, start)
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+        metrics_file = open(metrics_path, "a")
+    if cfg.train.log_every_rank:
+        kept = _load_metrics(rank_path, start)
+        rank_path.write_text("".join(line + "\n" for line in kept))
+        rank_file = open(rank_path, "a")
+    bar = tqdm(range(start + 1, steps + 1), desc=f"train {method.name}", disable=not (progress and par.is_main), dynamic_ncols=True,
+               initial=start, total=steps)
+    try:
+        for step in bar:
+            started = time.perf_counter()
+            failures_before = sum(rewards_module.FAILURES.values())
+            step_method, extra = method, {}
+            if method.on_all_fail == "sft_buffer" and len(relift_buffer) >= cfg.baselines.relift_buffer:
+                # ReLIFT: this step is one SFT step on the buffered prompts' teacher traces.
+                step_method = METHODS["sft"]
+                chosen, relift_buffer = relift_buffer[: cfg.baselines.relift_buffer], relift_buffer[cfg.baselines.relift_buffer :]
+            else:
+                chosen = sampler.next(cfg.train.prompts_per_step)
+            chosen = par.share(chosen)  # this process's groups
+            step_prompts = [prompts[i] for i in chosen]
+            answers = [records[i]["answer"] for i in chosen]
+
+            # 1. Rollouts: G samples of each prompt from the current policy (with the sampler's
+            # log-probs when the importance ratio uses them).
+            rollouts, logprobs = [], None
+            if step_method.rollouts and cfg.rollout.old_logp == "sampler":
+                rollouts, logprobs = generator.generate_with_logprobs(step_prompts, G, temperature=cfg.rollout.temperature,
+                                                                      max_new_tokens=cfg.rollout.max_new_tokens)
+            elif step_method.rollouts:
+                rollouts = generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
+                                              max_new_tokens=cfg.rollout.max_new_tokens)
+
+            # 2. Score them with the evaluation's grader (a grader error or timeout: ungraded, counted).
+            texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
+            rewards = [grade(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
+            graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
+            if step_method.on_all_fail == "sft_buffer":
+                failed = par.gather([i for g, i in enumerate(chosen) if _all_failed(rewards, g, G)])
+                relift_buffer += [i for i in failed if i not in relift_buffer]
+                extra["relift_buffer"] = len(relift_buffer)
+            if step_method.on_all_fail == "teacher_prefix":
+                before = step_prompts
+                step_prompts, rollouts, rewards, bread = teacher_prefix_rollouts(
+                    generator, tokenizer, step_prompts, rollouts, rewards, [teacher[i] for i in chosen], answers,
+                    group_size=G, fractions=cfg.baselines.bread_fractions, temperature=cfg.rollout.temperature,
+                    max_new_tokens=cfg.rollout.max_new_tokens, grader=cfg.data.grader,
+                )
+                extra.update(bread)
+                if logprobs is not None:  # re-sampled groups have no sampler log-probs: recomputed
+                    logprobs = [None if step_prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(logprobs)]
+            rollout_seconds = time.perf_counter() - started
+
+            # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
+            batch = assemble_batch(
+                step_prompts, rollouts, rewards, [teacher[i] for i in chosen], [data.teacher_reward(i) for i in chosen],
+                group_size=G, method=step_method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
+                advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
+                rollout_logprobs=logprobs,
+            )
+            extra["reward_failures"] = sum(rewards_module.FAILURES.values()) - failures_before
+
+            # 4. Loss and one optimizer step (skipped, and counted, when the loss or gradient is not finite).
+            train_started = time.perf_counter()
+            entropy_coef = cfg.baselines.relift_entropy_coef if step_method is not method else 0.0
+            stats = optimization_step(scorer, optimizer, scheduler, regulator, batch, step_method, cfg, sft_entropy_coef=entropy_coef,
+                                      scaler=scaler, par=par)
+            if hasattr(generator, "sync_weights") and not stats["skipped"]:
+                generator.sync_weights(model)  # the next rollouts come from the updated policy
+            train_seconds = time.perf_counter() - train_started
+            skipped_in_a_row = skipped_in_a_row + 1 if stats["skipped"] else 0
+            skipped_total += stats["skipped"]
+
+            # 5. Log (numbers summed over processes; the main process writes them).
+            record = {"step": step, **_step_record(par, batch, rollouts, graded, tokenizer.eos_token_id, rollout_seconds,
+                                                   train_seconds, extra), **stats, "skipped_total": skipped_total}
+            record["step_time"] = time.perf_counter() - started
+            if "relift_buffer" in extra:
+                record["relift_buffer"] = extra["relift_buffer"]
+            if method.on_all_fail == "sft_buffer":
+                record["relift_sft_step"] = int(step_method is not method)
+            if rank_file:
+                rank_file.write(json.dumps({"step": step, "rank": par.rank, "w": stats["w"], "h_rl": stats["h_rl"],
+                                            "h_sft": stats["h_sft"], "prompts": chosen}) + "\n")
+                rank_file.flush()
+            if metrics_file:
+                metrics_file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+                metrics_file.flush()
+            bar.set_postfix({key: f"{record[key]:.3g}" for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")
+                             if isinstance(record.get(key), float) and math.isfinite(record[key])})
+            if stats["skipped"] and par.is_main:
+                warnings.warn(f"step {step}: non-finite loss or gradient, update skipped ({skipped_in_a_row} in a row)", stacklevel=2)
+
+            # 6. Checkpoint; stop when asked to, or when the numbers keep failing.
+            path = out / f"checkpoint-{step}"
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < steps:
+                save(path, step)
+            if skipped_in_a_row >= cfg.train.max_consecutive_skips:
+                save(path, step)  # the weights are still those of the last good update
+                raise NonFiniteTraining(f"{skipped_in_a_row} steps in a row (up to step {step}) had a non-finite loss or gradient; "
+                                        f"training stopped with the last good weights in {path}")
+            if par.max(float(bool(requested))) > 0:
+                if not path.exists():
+                    save(path, step)
+                raise TrainingStopped(requested[0] if requested else signal.SIGTERM, step, path)
+    finally:
+        for file in (metrics_file, rank_file):
+            if file:
+                file.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
     final = out / "final"
-    save_checkpoint(final, par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, steps, cfg)
+    save(final, steps)
     return final
