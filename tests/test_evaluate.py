@@ -55,3 +55,28 @@ def test_table_shows_every_level_and_overall():
     assert lines[0] == "| model | L1 | L2 | overall | LEN |"
     assert lines[2] == "| base | 100.0 | 0.0 | 50.0 | 5 |"
     assert len(lines) == 4
+
+
+def test_an_answer_whose_grading_fails_counts_as_wrong_not_ungradable(tiny_assets, monkeypatch):
+    # A grader that overruns or raises for one answer must not take the problem out of the accuracy.
+    from redrl.evaluate import evaluate
+    from redrl.modeling import load_model_and_tokenizer
+    from redrl.rewards import FAILURES, GRADERS
+
+    calls = {"n": 0}
+
+    def flaky(response, answer):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            FAILURES["timeout"] += 1  # as math_reward does when it overruns
+            return None
+        return 1.0
+
+    monkeypatch.setitem(GRADERS, "flaky", flaky)
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
+    problems = [{"problem": "Compute 1 + 1.", "answer": "2"}, {"problem": "Compute 2 + 2.", "answer": "4"}]
+    samples = []
+    result = evaluate(model, tokenizer, problems, k=2, max_new_tokens=4, grader="flaky", samples=samples)
+    assert result["n"] == 2 and result["ungradable"] == 0 and result["grading_failures"] == 2
+    assert result["accuracy"] == 0.5  # each problem: one failed (wrong) and one right answer
+    assert [s["grading_failed"] for s in samples] == [True, False, True, False]

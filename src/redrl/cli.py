@@ -95,7 +95,8 @@ def _cmd_eval_benchmarks(args: argparse.Namespace) -> int:
     print(format_benchmark_table(Path(args.model).name or args.model, results))
     for name, result in results.items():
         print(f"{name}: avg@{result['k']} at temperature {result['temperature']}, {result['n']} problems"
-              + (f", {result['ungradable']} ungradable" if result["ungradable"] else ""))
+              + (f", {result['ungradable']} ungradable" if result["ungradable"] else "")
+              + (f", {result['grading_failures']} answers whose grading failed (counted wrong)" if result.get("grading_failures") else ""))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

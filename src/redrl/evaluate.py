@@ -9,7 +9,8 @@ avg@32), grade each with the same grader the training reward uses, and report
   ``1 - C(n - c, k) / C(n, k)`` for ``c`` correct of ``n`` samples;
 * ``length``: the mean number of response tokens over all samples (the paper's LEN).
 
-Ungradable problems (reference answer the grader cannot read) are left out and counted.
+Ungradable problems (reference answer the grader cannot read) are left out and counted. An
+answer whose grading raises or overruns its timeout counts as wrong (``grading_failures``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def evaluate(
     With a list as ``samples``, every sampled completion is appended to it as
     ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
     from redrl.modeling import encode_prompt
-    from redrl.rewards import grade
+    from redrl.rewards import FAILURES, grade
     from redrl.rollout import HFGenerator
 
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
@@ -101,12 +102,25 @@ def evaluate(
     for start in iterator:
         responses += generator.generate(prompts[start : start + step], k, temperature=temperature, max_new_tokens=max_new_tokens)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    rewards = [[grade(texts[i * k + j], p["answer"], grader) for j in range(k)] for i, p in enumerate(problems)]
+    rewards, failed = [], set()
+    for i, p in enumerate(problems):
+        row = []
+        for j in range(k):
+            before = sum(FAILURES.values())
+            reward = grade(texts[i * k + j], p["answer"], grader)
+            if reward is None and sum(FAILURES.values()) > before:
+                # grading this answer raised or overran its timeout: wrong here (counted), so a slow or
+                # malformed answer never removes its problem from the accuracy
+                reward = 0.0
+                failed.add((i, j))
+            row.append(reward)
+        rewards.append(row)
     lengths = [[len(responses[i * k + j]) for j in range(k)] for i in range(len(problems))]
     if samples is not None:
         samples += [{"index": i, "problem": p["problem"], "answer": p["answer"], "sample": j, "completion": texts[i * k + j],
-                     "reward": rewards[i][j], "length": lengths[i][j]} for i, p in enumerate(problems) for j in range(k)]
-    return summarize(problems, rewards, lengths, k)
+                     "reward": rewards[i][j], "grading_failed": (i, j) in failed, "length": lengths[i][j]}
+                    for i, p in enumerate(problems) for j in range(k)]
+    return {**summarize(problems, rewards, lengths, k), "grading_failures": len(failed)}
 
 
 def evaluate_benchmarks(

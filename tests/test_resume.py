@@ -1,0 +1,244 @@
+"""Reliability: exact resume after SIGKILL (also during a checkpoint write) and SIGTERM, corrupted
+and partial checkpoints, rotation, a full disk, non-finite steps, bad input, no pickle on load."""
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from redrl import checkpoint
+from redrl.config import load_config
+from redrl.trainer import NonFiniteTraining, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(tiny_assets, out, *extra):
+    return ["train", "--config", "configs/tiny.yaml", "--method", "red", "--steps", "12", "--save-every", "4", "--out", str(out),
+            "--no-progress", "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}",
+            "--set", "train.prompts_per_step=4", "--set", "rollout.group_size=3", "--set", "rollout.max_new_tokens=48", *extra]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _run(args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "redrl", *args], capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT,
+                          **kwargs)
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_losses(run, reference):
+    assert [m["step"] for m in run] == list(range(1, 13))  # every step exactly once
+    for a, b in zip(run, reference):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, a["step"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = _run(_args(tiny_assets, out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def _kill_after(process, out: Path, lines: int, sig=signal.SIGKILL):
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= lines:
+            process.send_signal(sig)
+            break
+        time.sleep(0.05)
+    return process.wait(timeout=120)
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(tiny_assets, reference, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "redrl", *_args(tiny_assets, out)], env=_env(), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _kill_after(process, out, 6) == -signal.SIGKILL
+    assert not (out / "final").exists()
+    result = _run(_args(tiny_assets, out, "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from" in result.stderr and "checkpoint-4" in result.stderr
+    _same_losses(_metrics(out), _metrics(reference))
+
+
+def test_killed_while_writing_a_checkpoint(tiny_assets, reference, tmp_path):
+    # The process dies between writing checkpoint-8's files and renaming the directory into place.
+    out = tmp_path / "run"
+    script = ("import os, signal, sys; from redrl import checkpoint; real = checkpoint.write_manifest\n"
+              "def dying(folder):\n    real(folder)\n    if folder.name.endswith('checkpoint-8'): os.kill(os.getpid(), signal.SIGKILL)\n"
+              "checkpoint.write_manifest = dying\nfrom redrl.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", script, *_args(tiny_assets, out)], capture_output=True, text=True, timeout=300,
+                            env=_env(), cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL
+    assert (out / ".tmp-checkpoint-8").is_dir() and not (out / "checkpoint-8").exists()
+    result = _run(_args(tiny_assets, out, "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from" in result.stderr and "checkpoint-4" in result.stderr
+    assert not (out / ".tmp-checkpoint-8").exists()  # the next save of that step replaced it
+    _same_losses(_metrics(out), _metrics(reference))
+
+
+def test_sigterm_saves_at_the_step_boundary_and_says_how_to_resume(tiny_assets, reference, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "redrl", *_args(tiny_assets, out)], env=_env(), cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = _kill_after(process, out, 2, signal.SIGTERM)
+    message = process.stderr.read()
+    assert code == 128 + signal.SIGTERM, message[-2000:]
+    stopped = len(_metrics(out))
+    assert f"stopped by SIGTERM after step {stopped}" in message and "--resume" in message
+    assert checkpoint.verify(out / f"checkpoint-{stopped}") is None
+    result = _run(_args(tiny_assets, out, "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _same_losses(_metrics(out), _metrics(reference))
+
+
+def test_a_corrupted_newest_checkpoint_is_reported_and_skipped(tiny_assets, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "final")
+    target = out / "checkpoint-8" / "optimizer.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    result = _run(_args(tiny_assets, out, "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping checkpoint-8: optimizer.safetensors does not match its hash" in result.stderr
+    assert "resuming from" in result.stderr and "checkpoint-4" in result.stderr
+    _same_losses(_metrics(out), _metrics(reference))
+
+
+# ------------------------------------------------------------------------------------------------
+# In one process
+
+
+def _cfg(tiny_assets, out, **train_values):
+    return load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)},
+                       rollout={"group_size": 3, "max_new_tokens": 32},
+                       train={"method": "red", "steps": 4, "prompts_per_step": 2, "out": str(out), **train_values})
+
+
+def test_rotation_keeps_the_newest_and_never_the_only_good_one(tiny_assets, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_assets, out, steps=6, save_every=1, keep_last=2), progress=False)
+    assert sorted(p.name for _, p in checkpoint.list_checkpoints(out)) == ["checkpoint-4", "checkpoint-5"]
+    # a broken newest checkpoint does not count: the only complete one survives any rotation
+    (out / "checkpoint-9").mkdir()
+    checkpoint.rotate(out, 1)
+    assert sorted(p.name for _, p in checkpoint.list_checkpoints(out)) == ["checkpoint-5", "checkpoint-9"]
+    assert checkpoint.find_latest(out, warn=lambda line: None) == out / "checkpoint-5"
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_assets, tmp_path, monkeypatch, capsys):
+    from redrl.cli import main
+
+    real = checkpoint.save_training_state
+
+    def full(folder, **kwargs):
+        if kwargs["step"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_training_state", full)
+    out = tmp_path / "run"
+    code = main(["train", "--steps", "6", "--save-every", "2", "--out", str(out), "--no-progress", "--set", f"model.path={tiny_assets.base}",
+                 "--set", f"data.train={tiny_assets.train}", "--set", "train.prompts_per_step=2", "--set", "rollout.max_new_tokens=32"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err == (f"redrl train: error: could not write {out / 'checkpoint-4'}: No space left on device; "
+                   "the previous checkpoint (checkpoint-2) is intact")
+    assert checkpoint.verify(out / "checkpoint-2") is None
+    assert not (out / "checkpoint-4").exists() and not (out / ".tmp-checkpoint-4").exists()
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_assets, tmp_path, monkeypatch):
+    import redrl.trainer as trainer
+
+    real, calls = trainer._loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):  # the loss of the second optimizer step is NaN
+        calls["n"] += 1
+        loss, metrics = real(*args, **kwargs)
+        return (loss * float("nan"), metrics) if calls["n"] == 2 else (loss, metrics)
+
+    monkeypatch.setattr(trainer, "_loss", poisoned)
+    out = tmp_path / "once"
+    with pytest.warns(UserWarning, match="step 2: non-finite loss or gradient, update skipped"):
+        train(_cfg(tiny_assets, out), progress=False)
+    metrics = _metrics(out)
+    assert [m["skipped"] for m in metrics] == [0, 1, 0, 0] and metrics[-1]["skipped_total"] == 1
+    assert metrics[1]["w"] is None and metrics[2]["w"] is not None  # the regulator ignored the skipped step
+
+    monkeypatch.setattr(trainer, "_loss", lambda *args, **kwargs: (real(*args, **kwargs)[0] * float("nan"), {}))
+    out = tmp_path / "always"
+    with pytest.warns(UserWarning), pytest.raises(NonFiniteTraining, match="2 steps in a row .* last good weights in .*checkpoint-2"):
+        train(_cfg(tiny_assets, out, max_consecutive_skips=2), progress=False)
+    assert checkpoint.verify(out / "checkpoint-2") is None
+    from safetensors.torch import load_file
+
+    saved, base = load_file(str(out / "checkpoint-2" / "model.safetensors")), load_file(str(tiny_assets.base / "model.safetensors"))
+    assert all(torch.equal(saved[name], base[name]) for name in base)  # no update was ever applied
+
+
+def test_resume_loads_nothing_with_pickle(tiny_assets, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(_cfg(tiny_assets, out, save_every=2), progress=False)
+    assert not [p for p in out.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    train(_cfg(tiny_assets, out, save_every=2, steps=6, resume=True), progress=False)
+    assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("case", ["unwritable", "no rows", "no model", "cuda"])
+def test_bad_input_is_one_line_with_exit_code_2(tiny_assets, tmp_path, capsys, case):
+    from redrl.cli import main
+
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out, model, data, extra = tmp_path / "out", str(tiny_assets.base), str(tiny_assets.train), []
+    expected = {"unwritable": "is not writable", "no rows": "holds no records", "no model": "model.path not found",
+                "cuda": "no CUDA device"}[case]
+    if case == "unwritable":
+        out = blocker / "out"
+    elif case == "no rows":
+        data = str(empty)
+    elif case == "no model":
+        model = str(tmp_path / "missing" / "model")
+    else:
+        extra = ["--set", "model.device=cuda"]
+    args = ["train", "--steps", "1", "--out", str(out), "--no-progress", "--set", f"model.path={model}", "--set", f"data.train={data}", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("redrl train: error: ") and expected in err[-1] and "Traceback" not in "\n".join(err)
+    with pytest.raises(Exception, match=expected):
+        main(["--debug", *args])  # --debug lets the exception (and its traceback) through
