@@ -134,3 +134,17 @@ def test_paper_baseline_presets_differ_from_red_only_in_method_settings():
         allowed = {"train.method", "train.out", "loss.luffy_gamma"} | (paper_sft if name in ("sft", "sft_grpo") else set())
         assert {key for key in changed if not key.startswith("baselines.")} <= allowed, (name, changed)
         assert other["train.method"] == name and other["train.out"].endswith(name)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.betas=[0.9, 1.5]", "optim.betas"), ("optim.weight_decay=-1", "optim.weight_decay"),
+    ("loss.luffy_gamma=0", "loss.luffy_gamma"), ("loss.regulator_ema=1.5", "loss.regulator_ema"),
+    ("loss.norm_constant=0", "loss.norm_constant"), ("train.chunk_size=0", "train.chunk_size"),
+    ("train.keep_last=-1", "train.keep_last"), ("train.max_consecutive_skips=0", "train.max_consecutive_skips"),
+    ("baselines.relift_entropy_coef=-0.1", "baselines.relift_entropy_coef"), ("rollout.old_logp=cache", "rollout.old_logp"),
+    ("train.resume=maybe", "train.resume"), ("train.steps=many", "train.steps"),
+])
+def test_out_of_range_or_ill_typed_values_name_their_key(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as error:
+        load_config("tiny", [override])
+    assert "\n" not in str(error.value)

@@ -134,6 +134,8 @@ class OptimConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         _require(self.lr > 0, f"optim.lr must be > 0; got {self.lr}")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas must be two numbers in [0, 1); got {self.betas}")
+        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {self.weight_decay}")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}")
         _require(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
@@ -163,6 +165,11 @@ class LossConfig:
         _require(self.offline_ratio is None or self.offline_ratio in OFFLINE_RATIOS,
                  f"loss.offline_ratio must be one of {', '.join(OFFLINE_RATIOS)}; got {self.offline_ratio!r}")
         _require(self.eps_low >= 0 and self.eps_high >= 0, f"loss.eps_low/eps_high must be >= 0; got {self.eps_low}, {self.eps_high}")
+        _require(self.norm_constant is None or self.norm_constant > 0, f"loss.norm_constant must be > 0; got {self.norm_constant}")
+        _require(self.advantage_eps >= 0, f"loss.advantage_eps must be >= 0; got {self.advantage_eps}")
+        _require(self.luffy_gamma > 0, f"loss.luffy_gamma must be > 0; got {self.luffy_gamma}")
+        _require(self.regulator_ema is None or 0 <= self.regulator_ema < 1,
+                 f"loss.regulator_ema must be in [0, 1) or null; got {self.regulator_ema}")
 
 
 @dataclass
@@ -191,6 +198,7 @@ class TrainConfig:
         _require(self.epochs is None or self.epochs > 0, f"train.epochs must be > 0; got {self.epochs}")
         _require(self.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1; got {self.prompts_per_step}")
         _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
+        _require(self.chunk_size >= 1, f"train.chunk_size must be >= 1; got {self.chunk_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
         _require(self.keep_last >= 0, f"train.keep_last must be >= 0; got {self.keep_last}")
         _require(self.max_consecutive_skips >= 1, f"train.max_consecutive_skips must be >= 1; got {self.max_consecutive_skips}")
@@ -231,6 +239,9 @@ class BaselinesConfig:
         _require(len(self.bread_fractions) >= 1 and all(0 < f < 1 for f in self.bread_fractions),
                  f"baselines.bread_fractions must be fractions in (0, 1); got {self.bread_fractions}")
         self.bread_fractions = tuple(sorted(self.bread_fractions))
+        _require(self.relift_entropy_coef >= 0, f"baselines.relift_entropy_coef must be >= 0; got {self.relift_entropy_coef}")
+        _require(self.srft_sft_coef >= 0 and self.srft_rl_coef >= 0,
+                 f"baselines.srft_sft_coef/srft_rl_coef must be >= 0; got {self.srft_sft_coef}, {self.srft_rl_coef}")
 
 
 @dataclass
