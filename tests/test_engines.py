@@ -19,10 +19,10 @@ from redrl.trainer import assemble_batch, build_scheduler, optimization_step, tr
 
 
 def test_engine_settings_are_checked_on_load():
-    with pytest.raises(ValueError, match="rollout.engine must be hf or vllm"):
+    with pytest.raises(ValueError, match="rollout.engine must be hf, fast or vllm"):
         load_config("tiny", ["rollout.engine=sglang"])
     with pytest.raises(ValueError, match="old_logp=sampler needs an engine that reports log-probs"):
-        load_config("tiny", ["rollout.old_logp=sampler"])
+        load_config("tiny", ["rollout.engine=hf", "rollout.old_logp=sampler"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -176,3 +176,150 @@ def test_training_with_the_vllm_engine_syncs_weights_every_step(tiny_assets, tmp
     merged, _ = load_model_and_tokenizer(str(final), device="cpu")
     for name, value in merged.state_dict().items():
         assert torch.allclose(llm.hf.state_dict()[name], value, atol=1e-6), name
+
+
+# ------------------------------------------------------------------------------------------------
+# The fast engine
+
+
+def _tiny_prompts(tiny_assets, tokenizer, count):
+    from redrl.data.offline import load_offline
+    from redrl.modeling import encode_prompt
+
+    return [encode_prompt(tokenizer, r["problem"]) for r in load_offline(str(tiny_assets.train))[:count]]
+
+
+def _random_llama(vocab=64, kv_heads=1):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=kv_heads,
+                         intermediate_size=64, max_position_embeddings=128, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_fast_engine_greedy_equals_generate_and_reports_exact_logprobs(tiny_assets):
+    from redrl.rollout import FastGenerator
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
+    prompts = _tiny_prompts(tiny_assets, tokenizer, 24)
+    reference = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0, max_new_tokens=40)
+    assert FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0,
+                                                                                          max_new_tokens=40) == reference
+
+    # A random model (grouped-query attention) whose greedy answers differ by prompt, prompts of
+    # different lengths (left padding), a stop token met at different steps (the batch is compacted),
+    # batches of 5 rows.
+    model = _random_llama()
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(2, 64, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()
+               for _ in range(24)]
+    reference = HFGenerator(model, eos_id=1, pad_id=0).generate(prompts, 1, temperature=0, max_new_tokens=30)
+    first = {}  # token -> the steps at which it first appears, over the rows
+    for r in reference:
+        for token in set(r):
+            first.setdefault(token, set()).add(r.index(token))
+    stop = max(first, key=lambda token: len(first[token]))
+    fast = FastGenerator(model, eos_id=1, pad_id=0, batch_size=5, stop_ids=(stop,))
+    responses = fast.generate(prompts, 1, temperature=0, max_new_tokens=30)
+    assert responses == [r[: r.index(stop) + 1] if stop in r else r for r in reference]
+    assert len({len(r) for r in responses}) > 3  # rows really stopped at different steps
+
+    torch.manual_seed(0)
+    sampled, sampled_logprobs = fast.generate_with_logprobs(prompts[:6], 3, temperature=1.0, max_new_tokens=30)
+    assert len({len(r) for r in sampled}) > 1
+    for k, (response, values) in enumerate(zip(sampled, sampled_logprobs)):
+        assert len(response) == len(values) and 1 <= len(response) <= 30
+        assert 1 not in response[:-1] and stop not in response[:-1]  # nothing after a stop token
+        ids, attention, mask = collate([prompts[k // 3]], [response], 0)
+        with torch.no_grad():
+            exact, _ = response_logprobs(model, ids, attention, mask[:, 1:])
+        assert values == pytest.approx(exact[mask[:, 1:]].tolist(), abs=1e-4)
+
+
+def _wilson_hilferty_z(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Chi-square goodness of fit of ``counts`` to ``probs`` as a standard-normal score (large: reject)."""
+    keep = probs > 0
+    if (counts[~keep] > 0).any():
+        return math.inf  # a token the distribution excludes was drawn
+    expected = probs[keep] * counts.sum()
+    statistic = float(((counts[keep] - expected) ** 2 / expected).sum())
+    k = int(keep.sum()) - 1
+    return ((statistic / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+
+
+def test_fast_engine_samples_the_same_distribution_as_generate():
+    # A random model (a spread-out next-token distribution), temperature 0.7 and top-p 0.9: both
+    # engines' first tokens fit the exact distribution; a wrong temperature is rejected (the test has power).
+    from redrl.rollout import FastGenerator
+
+    model = _random_llama()
+    prompt = [5, 9, 2, 17]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1] * 3  # sharpen: top-p then cuts a real tail
+        model.lm_head.weight.mul_(3)
+
+    def exact(temperature, top_p):
+        probs = torch.softmax(logits / temperature, -1)
+        ordered, order = probs.sort(descending=True)
+        ordered[(ordered.cumsum(0) - ordered) >= top_p] = 0
+        return torch.zeros_like(probs).scatter(0, order, ordered) / ordered.sum()
+
+    target = exact(0.7, 0.9)
+    assert (target == 0).sum() > 5  # top-p removed part of the vocabulary
+    draws = 6000
+    torch.manual_seed(1)
+    fast = FastGenerator(model, eos_id=1, pad_id=0, batch_size=draws, top_p=0.9).generate([prompt], draws, temperature=0.7, max_new_tokens=1)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt] * draws), do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=1,
+                             pad_token_id=0, eos_token_id=1)
+    counts = {"fast": torch.bincount(torch.tensor([r[0] for r in fast]), minlength=64).double(),
+              "generate": torch.bincount(out[:, -1], minlength=64).double()}
+    for name, observed in counts.items():
+        assert _wilson_hilferty_z(observed, target) < 4, name
+        assert _wilson_hilferty_z(observed, exact(1.0, 0.9)) > 4, name  # the wrong temperature is rejected
+
+
+def test_fast_engine_refuses_what_it_does_not_implement_and_eval_falls_back(tiny_assets):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from redrl.rollout import FastGenerator, local_generator
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    with pytest.raises(ValueError, match="rollout.engine=fast: model type 'gpt2' is not one of llama, qwen2, mistral; use rollout.engine=hf"):
+        FastGenerator(model, eos_id=1, pad_id=0)
+    assert isinstance(local_generator("fast", model, 1, 0), HFGenerator)
+
+
+def test_fast_engine_follows_lora_adapters(tiny_assets):
+    pytest.importorskip("peft")
+    from redrl.modeling import apply_lora
+    from redrl.rollout import FastGenerator
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
+    model = apply_lora(model, r=4, dropout=0.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # adapters that change the answers
+    prompts = _tiny_prompts(tiny_assets, tokenizer, 12)
+    reference = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0, max_new_tokens=30)
+    base = HFGenerator(model.get_base_model(), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with model.disable_adapter():
+        plain = base.generate(prompts, 1, temperature=0, max_new_tokens=30)
+    assert reference != plain  # the adapters matter here
+    fast = FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0, max_new_tokens=30)
+    assert fast == reference
+
+
+def test_training_with_the_fast_engine_and_its_logprobs(tiny_assets, tmp_path):
+    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)},
+                      rollout={"group_size": 3, "max_new_tokens": 48, "engine": "fast", "old_logp": "sampler"},
+                      train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "fast")})
+    train(cfg, progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    # the sampler's log-probs are the trainer's up to float rounding: the first ratio is 1
+    assert metrics[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert all(m["rollout_tokens_per_s"] > 0 for m in metrics)

@@ -102,16 +102,17 @@ class RolloutConfig:
     temperature: float = _help("sampling temperature of rollouts", 1.0)
     max_new_tokens: int = _help("generation budget per rollout; longer teacher traces are truncated to it", 160)
     batch_size: int = _help("rows generated at once", 256)
-    engine: str = _help("sampling engine: hf (transformers generate) or vllm (colocated, CUDA, `pip install redrl[vllm]`)", "hf")
-    old_logp: str = _help("log-probs of the importance ratio's denominator: recompute (by the trainer) or sampler (the engine's own; vllm only)",
-                          "recompute")
+    engine: str = _help("sampling engine: hf (transformers generate), fast (redrl's KV-cache sampler for Llama/Qwen2-style "
+                        "models) or vllm (colocated, CUDA, `pip install redrl[vllm]`)", "hf")
+    old_logp: str = _help("log-probs of the importance ratio's denominator: recompute (by the trainer) or sampler (the engine's own; "
+                          "fast or vllm)", "recompute")
     vllm_gpu_memory_utilization: float = _help("vllm: share of GPU memory vLLM may take (the rest is for training)", 0.3)
 
     def __post_init__(self):
-        _require(self.engine in ("hf", "vllm"), f"rollout.engine must be hf or vllm; got {self.engine!r}")
+        _require(self.engine in ("hf", "fast", "vllm"), f"rollout.engine must be hf, fast or vllm; got {self.engine!r}")
         _require(self.old_logp in ("recompute", "sampler"), f"rollout.old_logp must be recompute or sampler; got {self.old_logp!r}")
-        _require(self.old_logp == "recompute" or self.engine == "vllm",
-                 "rollout.old_logp=sampler needs an engine that reports log-probs: rollout.engine=vllm")
+        _require(self.old_logp == "recompute" or self.engine in ("fast", "vllm"),
+                 "rollout.old_logp=sampler needs an engine that reports log-probs: rollout.engine=fast or vllm")
         _require(0 < self.vllm_gpu_memory_utilization < 1,
                  f"rollout.vllm_gpu_memory_utilization must be in (0, 1); got {self.vllm_gpu_memory_utilization}")
         _require(self.group_size >= 1, f"rollout.group_size must be >= 1; got {self.group_size}")

@@ -77,21 +77,23 @@ def evaluate(
     prompt_format: dict | None = None,
     batch_size: int = 256,
     mixed_precision: str = "no",
+    engine: str = "hf",
     progress: bool = False,
     samples: list | None = None,
 ) -> dict:
     """Sample ``k`` answers to each problem, grade them, and :func:`summarize`.
 
-    ``prompt_format`` holds :func:`redrl.modeling.encode_prompt`'s formatting arguments
+    ``engine`` is ``hf`` or ``fast`` (:func:`redrl.rollout.local_generator`). ``prompt_format``
+    holds :func:`redrl.modeling.encode_prompt`'s formatting arguments
     (:meth:`redrl.config.DataConfig.prompt_kwargs`), so problems are asked as in training.
     With a list as ``samples``, every sampled completion is appended to it as
     ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
     from redrl.modeling import encode_prompt
     from redrl.rewards import FAILURES, grade
-    from redrl.rollout import HFGenerator
+    from redrl.rollout import local_generator
 
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
-    generator = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size, mixed_precision)
+    generator = local_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size, mixed_precision)
     responses = []
     step = max(1, batch_size // k)
     iterator = range(0, len(prompts), step)
@@ -164,7 +166,8 @@ def evaluate_benchmarks(
 def eval_settings(cfg) -> dict:
     """:func:`evaluate`'s prompt and hardware arguments from a config (as training asks them)."""
     return {"system_prompt": cfg.data.system_prompt or None, "prompt_format": cfg.data.prompt_kwargs(),
-            "batch_size": cfg.eval.batch_size, "mixed_precision": cfg.train.mixed_precision}
+            "batch_size": cfg.eval.batch_size, "mixed_precision": cfg.train.mixed_precision,
+            "engine": "fast" if cfg.rollout.engine == "fast" else "hf"}
 
 
 def format_benchmark_table(model: str, results: dict[str, dict]) -> str:

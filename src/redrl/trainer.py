@@ -44,7 +44,7 @@ from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
 from redrl import rewards as rewards_module
 from redrl.rewards import grade
-from redrl.rollout import HFGenerator, VLLMGenerator
+from redrl.rollout import FastGenerator, HFGenerator, VLLMGenerator
 
 __all__ = ["PromptSampler", "assemble_batch", "resolve_model", "resolve_paths", "teacher_prefix_rollouts", "train"]
 
@@ -566,6 +566,10 @@ def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Paralle
         )
         generator.sync_weights(model)
         return generator
+    if cfg.rollout.engine == "fast":
+        if par.sharded:
+            raise ValueError("rollout.engine=fast needs every weight on every process; with FSDP or DeepSpeed use rollout.engine=hf")
+        return FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision)
     return HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision,
                        parameters=(lambda: par.full_parameters(scorer)) if scorer is not None else None)
 
