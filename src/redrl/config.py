@@ -180,7 +180,7 @@ class TrainConfig:
     epochs: float | None = _help("passes over the training prompts; replaces steps when set (steps = ceil(epochs * prompts / prompts_per_step))", None)
     prompts_per_step: int = _help("prompts per step; each brings G rollouts and one teacher row", 8)
     micro_batch_size: int = _help("rows per forward/backward pass (gradients are accumulated)", 64)
-    chunk_size: int = _help("response positions per chunk of the vocabulary projection", 1024)
+    chunk_size: int = _help("response positions per chunk of the vocabulary projection (memory: ~3 x chunk x vocabulary floats)", 512)
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
     out: str = _help("output directory (metrics.jsonl, checkpoints)", "runs/red")
     save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)

@@ -1,0 +1,101 @@
+"""Rollout speed: redrl's fast engine against ``transformers``' ``generate`` on the same model,
+prompts, batch and lengths, and against the FLOP limit from a matrix product timed in this run.
+
+The model has the embedded default's shape (``TinySpec``: 4 layers, width 128, vocabulary 208)
+with random weights, so that rows run to the full budget as RED's long rollouts do; the batch is
+one rollout step of the embedded default (8 prompts x 7 rollouts, 160 new tokens, temperature 1).
+Both engines alternate, ``--repeats`` times each; the ratio is of the medians.
+
+    python benchmarks/rollout.py [--repeats 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size`` x ``size`` float32 matrix product on this machine."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def flops_per_token(config) -> float:
+    """Multiply-adds x 2 of one decoded token through the weights (attention over the cache excluded)."""
+    d, layers, inner, vocab = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * inner  # q, o; k, v; gate, up, down
+    return 2 * (layers * per_layer + d * vocab)
+
+
+def main() -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from redrl.rollout import FastGenerator, HFGenerator
+    from redrl.tiny import TinySpec
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=7)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+
+    spec = TinySpec()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=208, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+                         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+                         intermediate_size=spec.intermediate_size, max_position_embeddings=512, tie_word_embeddings=True,
+                         eos_token_id=5, pad_token_id=5, bos_token_id=None)
+    model = LlamaForCausalLM(config).eval()
+    prompts = [[7 + (i * 13 + j * 7) % 190 for j in range(20 + i % 8)] for i in range(args.prompts)]  # 20-27 tokens, as the task's
+    engines = {"generate": HFGenerator(model, 5, 5, batch_size=256), "fast": FastGenerator(model, 5, 5, batch_size=256)}
+    rates: dict[str, list[float]] = {name: [] for name in engines}
+    for name, engine in engines.items():  # warm-up
+        engine.generate(prompts[:2], 2, temperature=1.0, max_new_tokens=8)
+    for repeat in range(args.repeats):
+        for name, engine in engines.items():
+            torch.manual_seed(repeat)
+            started = time.perf_counter()
+            out = engine.generate(prompts, args.group_size, temperature=1.0, max_new_tokens=args.max_new_tokens)
+            rates[name].append(sum(map(len, out)) / (time.perf_counter() - started))
+    gflops = matmul_gflops()
+    limit = gflops * 1e9 / flops_per_token(config)
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    figures = {
+        "rollout_speedup_vs_hf": median["fast"] / median["generate"],
+        "rollout_fraction_of_flop_limit": median["fast"] / limit,
+        "rollout_tokens_per_s": {name: {"min": min(v), "median": statistics.median(v), "max": max(v)} for name, v in rates.items()},
+        "flop_limit_tokens_per_s": limit,
+        "matmul_gflops": gflops,
+        "rows": args.prompts * args.group_size,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    print(f"rollouts, {figures['rows']} rows x {args.max_new_tokens} new tokens, {config.num_hidden_layers} layers x "
+          f"{config.hidden_size}, {torch.get_num_threads()} threads:")
+    for name, values in rates.items():
+        print(f"  {name:9s} tokens/s min {min(values):7.0f}  median {statistics.median(values):7.0f}  max {max(values):7.0f}")
+    print(f"  fast / generate = {figures['rollout_speedup_vs_hf']:.2f}x;  matmul {gflops:.0f} GFLOP/s -> FLOP limit "
+          f"{limit:.0f} tokens/s; fast reaches {figures['rollout_fraction_of_flop_limit']:.2f} of it")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
