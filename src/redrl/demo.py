@@ -36,7 +36,7 @@ def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[st
     cfg = load_config("tiny", list(overrides), train={"out": str(out / "red"), "seed": seed, "method": "red"})
     if progress:
         print("redrl demo: building (or reusing) the tiny base and the teacher data ...", flush=True)
-    base_path, _, test_path = resolve_paths(cfg)
+    base_path, _, test_path = resolve_paths(cfg, progress=progress)
     problems = load_problems(test_path)
     if progress:
         print(f"evaluating the base on {len(problems)} test problems (avg@{cfg.eval.k}, temperature {cfg.eval.temperature}) ...", flush=True)

@@ -62,9 +62,10 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = True) -> tuple[str, str, str]:
+def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = True,
+                  progress: bool = True) -> tuple[str, str, str]:
     """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
-    (data that is not needed is returned as ``""``)."""
+    (data that is not needed is returned as ``""``; ``progress``: the build's progress bar)."""
     if need_test and not cfg.data.test:
         raise ValueError("data.test is not set: give test problems (--data FILE) or evaluate on --benchmarks")
     model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test if need_test else ""
@@ -77,7 +78,7 @@ def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = Tru
     if "tiny" in (model, train_data, test_data):
         from redrl.tiny import ensure_tiny
 
-        assets = ensure_tiny()
+        assets = ensure_tiny(progress=progress)
         model = str(assets.base) if model == "tiny" else model
         train_data = str(assets.train) if train_data == "tiny" else train_data
         test_data = str(assets.test) if test_data == "tiny" else test_data
@@ -247,6 +248,10 @@ def optimization_step(
             return _forward(scorer, rows)
 
     size = cfg.train.micro_batch_size
+    if len(batch) > size:
+        # Rows of similar length share a micro-batch, so little of it is padding; the loss is a
+        # weighted sum over micro-batches, so the order does not change the update.
+        batch = batch.rows(torch.argsort(batch.attention_mask.sum(-1), stable=True))
     micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
     aggregation = "token-mean" if method.objective == "sft" else cfg.loss.aggregation
 
@@ -668,7 +673,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # Model, data and teacher traces.
-    model_path, train_path, _ = resolve_paths(cfg, need_test=False)
+    model_path, train_path, _ = resolve_paths(cfg, need_test=False, progress=progress and par.is_main)
     full_weights = resume_from is not None and not cfg.model.use_peft
     model, tokenizer = prepare_model(cfg, str(resume_from) if full_weights else model_path, par.device)
     if resume_from is not None and cfg.model.use_peft:
