@@ -52,14 +52,17 @@ def main() -> dict:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=7)
     parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--hidden", type=int, help="model width (default: the embedded default's); the MLP is 4x as wide")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
     spec = TinySpec()
+    hidden = args.hidden or spec.hidden_size
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=208, hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+    config = LlamaConfig(vocab_size=208, hidden_size=hidden, num_hidden_layers=spec.num_layers,
                          num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-                         intermediate_size=spec.intermediate_size, max_position_embeddings=512, tie_word_embeddings=True,
+                         intermediate_size=spec.intermediate_size * hidden // spec.hidden_size, max_position_embeddings=512,
+                         tie_word_embeddings=True,
                          eos_token_id=5, pad_token_id=5, bos_token_id=None)
     model = LlamaForCausalLM(config).eval()
     prompts = [[7 + (i * 13 + j * 7) % 190 for j in range(20 + i % 8)] for i in range(args.prompts)]  # 20-27 tokens, as the task's
