@@ -2,6 +2,7 @@
 and partial checkpoints, rotation, a full disk, non-finite steps, bad input, no pickle on load."""
 
 import errno
+import math
 import json
 import os
 import pickle
@@ -242,3 +243,51 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_assets, tmp_path, capsys, c
     assert err[-1].startswith("redrl train: error: ") and expected in err[-1] and "Traceback" not in "\n".join(err)
     with pytest.raises(Exception, match=expected):
         main(["--debug", *args])  # --debug lets the exception (and its traceback) through
+
+
+@pytest.mark.parametrize("rule, accuracy", [("ungraded", 1.0), ("wrong", 0.5)])
+def test_failed_grading_is_ungraded_or_wrong_as_configured(tiny_assets, tmp_path, monkeypatch, rule, accuracy):
+    from redrl.rewards import FAILURES, GRADERS
+
+    calls = {"n": 0}
+
+    def flaky(response, answer):  # every other answer overruns (as math_reward reports a timeout)
+        calls["n"] += 1
+        if calls["n"] % 2:
+            FAILURES["timeout"] += 1
+            return None
+        return 1.0
+
+    monkeypatch.setitem(GRADERS, "flaky", flaky)
+    out = tmp_path / rule
+    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train), "grader": "flaky",
+                                                                           "failed_grading": rule},
+                      rollout={"group_size": 2, "max_new_tokens": 16},
+                      train={"method": "grpo", "steps": 1, "prompts_per_step": 2, "out": str(out)})
+    train(cfg, progress=False)
+    record = _metrics(out)[0]
+    # 4 rollouts graded (2 fail), then the 2 teacher traces (1 fails): all counted
+    assert record["reward_failures"] == 3 and record["online_accuracy"] == accuracy
+
+
+def test_a_non_finite_step_under_a_loss_scaler_does_not_break_the_next(tiny_assets, monkeypatch):
+    # fp16's scaler (here its CPU flavour): a skipped step must close the scaler's bookkeeping.
+    import redrl.trainer as trainer
+    from redrl.methods import METHODS
+    from redrl.modeling import TokenScorer, load_model_and_tokenizer
+    from redrl.regulator import EntropyRegulator
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
+    cfg = load_config("tiny", ["rollout.group_size=2"])
+    batch = trainer.assemble_batch([[3, 4, 5]], [[10, 11], [12]], [1.0, 0.0], [[20, 21]], [1.0], group_size=2,
+                                   method=METHODS["red"], pad_id=tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = trainer.build_scheduler(optimizer, "constant", 0, 3)
+    scaler, regulator, real = torch.amp.GradScaler("cpu"), EntropyRegulator(max_weight=2), trainer._loss
+    step = lambda: trainer.optimization_step(TokenScorer(model), optimizer, scheduler, regulator, batch, METHODS["red"], cfg,
+                                             scaler=scaler)
+    monkeypatch.setattr(trainer, "_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    assert step()["skipped"] == 1
+    monkeypatch.setattr(trainer, "_loss", real)
+    stats = step()
+    assert stats["skipped"] == 0 and math.isfinite(stats["loss"])

@@ -45,7 +45,8 @@ class ModelConfig:
     use_peft: bool = _help("train LoRA adapters (peft, `pip install redrl[peft]`) instead of every weight", False)
     lora_r: int = _help("LoRA rank", 16)
     lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", 32)
-    lora_dropout: float = _help("dropout on the LoRA input", 0.05)
+    lora_dropout: float = _help("dropout on the LoRA input (0: dropout would make the importance ratio noisy; "
+                                "TRL's GRPO disables dropout too)", 0.0)
     lora_target_modules: str = _help("modules that get adapters: 'all-linear' or comma-separated names (q_proj,v_proj)", "all-linear")
 
     def load_kwargs(self) -> dict:
@@ -74,6 +75,8 @@ class DataConfig:
         default_factory=dict, metadata={"help": "extra arguments of apply_chat_template, e.g. {enable_thinking: false}"})
     response_prefix: str | None = _help("text that starts every response, put after the generation prompt (e.g. '<think>\\n'); "
                                         "teacher traces that begin with it lose it, so both continue the same prompt", None)
+    failed_grading: str = _help("a rollout whose grading raised or overran its timeout: ungraded (left out of its group's "
+                                "advantages, counted) or wrong (reward 0: a slow or malformed answer is penalised)", "ungraded")
     max_prompt_tokens: int | None = _help("training prompts longer than this many tokens are left out and counted (None: keep all)", None)
 
     def prompt_kwargs(self) -> dict:
@@ -89,6 +92,7 @@ class DataConfig:
         from redrl.rewards import GRADERS
 
         _require(self.grader in GRADERS, f"data.grader must be one of {', '.join(GRADERS)}; got {self.grader!r}")
+        _require(self.failed_grading in ("ungraded", "wrong"), f"data.failed_grading must be ungraded or wrong; got {self.failed_grading!r}")
         _require(isinstance(self.chat_template_kwargs, dict),
                  f"data.chat_template_kwargs must be a mapping; got {self.chat_template_kwargs!r}")
         _require("{problem}" in self.problem_template, f"data.problem_template must contain {{problem}}; got {self.problem_template!r}")

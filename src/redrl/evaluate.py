@@ -89,7 +89,7 @@ def evaluate(
     With a list as ``samples``, every sampled completion is appended to it as
     ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
     from redrl.modeling import encode_prompt
-    from redrl.rewards import FAILURES, grade
+    from redrl.rewards import grade_checked
     from redrl.rollout import local_generator
 
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
@@ -108,9 +108,8 @@ def evaluate(
     for i, p in enumerate(problems):
         row = []
         for j in range(k):
-            before = sum(FAILURES.values())
-            reward = grade(texts[i * k + j], p["answer"], grader)
-            if reward is None and sum(FAILURES.values()) > before:
+            reward, grading_failed = grade_checked(texts[i * k + j], p["answer"], grader)
+            if grading_failed:
                 # grading this answer raised or overran its timeout: wrong here (counted), so a slow or
                 # malformed answer never removes its problem from the accuracy
                 reward = 0.0

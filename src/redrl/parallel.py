@@ -85,10 +85,14 @@ class Parallel:
 
         return list(gather_object(list(items)))
 
-    def prepare(self, module: torch.nn.Module, optimizer):
-        """Wrap for DDP / FSDP / DeepSpeed as the launch configured; untouched in one process."""
+    def prepare(self, module: torch.nn.Module, optimizer, micro_batch_size: int = 1):
+        """Wrap for DDP / FSDP / DeepSpeed as the launch configured; untouched in one process.
+        (DeepSpeed needs a micro-batch size and gets no data loader to read it from.)"""
         if not self.distributed:
             return module, optimizer
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") in (None, "auto"):
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
         return self.accelerator.prepare(module, optimizer)
 
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -120,6 +124,10 @@ class Parallel:
         """The global gradient norm after clipping (``max_norm = 0``: measured, not clipped)."""
         limit = max_norm if max_norm > 0 else float("inf")
         if self.distributed:
+            from accelerate.utils import DistributedType
+
+            if self.accelerator.distributed_type == DistributedType.FSDP:
+                parameters = list(module.parameters())  # FSDP clips over all ranks' shards only for the whole list
             norm = self.accelerator.clip_grad_norm_(parameters, limit)
         else:
             norm = torch.nn.utils.clip_grad_norm_(parameters, limit)

@@ -137,6 +137,7 @@ class _Verifier:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "redrl.rewards"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True, bufsize=1,
+            start_new_session=True,  # a Ctrl-C at the terminal stops training at a step boundary, not the grader
         )
         self.ready = False
 
@@ -234,6 +235,14 @@ def grade(response: str, answer: str, grader: str = "integer") -> float | None:
     except Exception:  # noqa: BLE001 - a reward bug must not kill a days-long run; it is counted
         FAILURES["error"] += 1
         return None
+
+
+def grade_checked(response: str, answer: str, grader: str = "integer") -> tuple[float | None, bool]:
+    """:func:`grade`, and whether grading itself failed (raised or overran its timeout) as opposed
+    to the reference answer being unreadable; both give ``None``."""
+    before = sum(FAILURES.values())
+    reward = grade(response, answer, grader)
+    return reward, reward is None and sum(FAILURES.values()) > before
 
 
 if __name__ == "__main__":

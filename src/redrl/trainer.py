@@ -43,7 +43,7 @@ from redrl.objectives import aggregation_units, group_accuracy, group_advantages
 from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
 from redrl import rewards as rewards_module
-from redrl.rewards import grade
+from redrl.rewards import grade, grade_checked
 from redrl.rollout import FastGenerator, HFGenerator, VLLMGenerator
 
 __all__ = ["PromptSampler", "assemble_batch", "resolve_model", "resolve_paths", "teacher_prefix_rollouts", "train"]
@@ -303,23 +303,30 @@ def optimization_step(
     grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), cfg.optim.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     # A non-finite loss or gradient skips the update: weights, optimizer, schedule and regulator stay
-    # as they were (under fp16 the loss scaler already skips steps with overflowing gradients).
+    # as they were. Under fp16 the loss scaler skips overflowing steps itself (reported as
+    # scaler_skipped, not counted: it happens while the scale calibrates); the schedule and the
+    # regulator then stay too. (Under DeepSpeed its engine steps inside the last backward pass.)
     finite = math.isfinite(loss_value) and (scaler is not None or math.isfinite(grad_norm))
-    if not finite:
+    scaler_skipped = 0
+    if finite and scaler:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skipped when the unscaled gradients are not finite
+        scaler.update()
+        scaler_skipped = int(scaler.get_scale() < scale)  # an overflow lowers the scale: fp16's own skip, not counted
+    elif finite:
+        optimizer.step()
+    elif scaler:
+        scaler.update()  # closes this step for the scaler (it was unscaled above)
+    if not finite or scaler_skipped:
         optimizer.zero_grad(set_to_none=True)
         regulator.load_state_dict(regulator_before)
         return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": math.nan, "delta_h_sft": math.nan,
-                "w": math.nan, "grad_norm": grad_norm, "lr": lr, "skipped": 1}
-    if scaler:
-        scaler.step(optimizer)  # skipped when the unscaled gradients are not finite
-        scaler.update()
-    else:
-        optimizer.step()
+                "w": math.nan, "grad_norm": grad_norm, "lr": lr, "skipped": int(not finite), "scaler_skipped": scaler_skipped}
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
             "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan, "w": w,
-            "grad_norm": grad_norm, "lr": lr, "skipped": 0}
+            "grad_norm": grad_norm, "lr": lr, "skipped": 0, "scaler_skipped": 0}
 
 
 def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int, *, min_ratio: float = 0.0):
@@ -355,7 +362,11 @@ def save_checkpoint(path: Path, par: Parallel, scorer, tokenizer, optimizer, sch
     par.wait()
     try:
         checkpoint.save_rng(tmp, par.rank)
-        if par.is_main:
+    except Exception as error:  # noqa: BLE001 - OSError, or safetensors' own error on a full disk
+        failed = error
+    par.wait()  # every process's part is in place before the manifest lists it
+    try:
+        if par.is_main and failed is None:
             model = par.unwrap(scorer).model
             if weights is not None:
                 model.save_pretrained(tmp, state_dict={key.removeprefix("model."): value for key, value in weights.items()})
@@ -368,7 +379,7 @@ def save_checkpoint(path: Path, par: Parallel, scorer, tokenizer, optimizer, sch
                                            sampler=sampler, state={**(state or {}), "processes": par.world},
                                            config=cfg.to_dict(), save_optimizer=not par.sharded)
             checkpoint.write_manifest(tmp)
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - as above
         failed = error
     if par.distributed and par.max(1.0 if failed else 0.0) > 0 and failed is None:
         failed = OSError("another process could not write its part")
@@ -661,6 +672,9 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     if method.on_all_fail == "sft_buffer" and cfg.baselines.relift_buffer % par.world:
         raise ValueError(f"baselines.relift_buffer ({cfg.baselines.relift_buffer}) must be a multiple of the {par.world} processes")
     par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
+    if method.on_all_fail == "teacher_prefix" and par.sharded:
+        raise ValueError("bread re-samples only where groups failed, but gathering sharded weights for generation needs "
+                         "every process; run it with DDP (configs/accelerate/ddp.yaml)")
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     resume_from = None
@@ -687,7 +701,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 
     sampler = PromptSampler(len(records), cfg.train.seed)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    scorer, optimizer = par.prepare(TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3), optimizer)
+    scorer, optimizer = par.prepare(TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3), optimizer,
+                                    micro_batch_size=cfg.train.micro_batch_size)
     generator = build_generator(cfg, model, tokenizer, model_path, par, max(map(len, prompts)), scorer)
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
@@ -704,6 +719,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
         if loop.get("processes", 1) != par.world:
             raise ValueError(f"{resume_from} was written by {loop.get('processes')} processes; resume it with as many (now {par.world})")
         start, relift_buffer = int(body["step"]), list(loop.get("relift_buffer", []))
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr  # also where no optimizer state was saved (sharded runs)
         skipped_in_a_row, skipped_total = int(loop.get("skipped_in_a_row", 0)), int(loop.get("skipped_total", 0))
         if scaler is not None and loop.get("scaler"):
             scaler.load_state_dict(loop["scaler"])
@@ -769,7 +786,9 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 
             # 2. Score them with the evaluation's grader (a grader error or timeout: ungraded, counted).
             texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
-            rewards = [grade(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
+            checked = [grade_checked(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
+            wrong_if_failed = cfg.data.failed_grading == "wrong"
+            rewards = [0.0 if failed and wrong_if_failed else reward for reward, failed in checked]
             graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
             if step_method.on_all_fail == "sft_buffer":
                 failed = par.gather([i for g, i in enumerate(chosen) if _all_failed(rewards, g, G)])
