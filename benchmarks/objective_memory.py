@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 
+from common import write_figures
+
 VOCAB = 151_936
 
 
@@ -74,10 +76,7 @@ def main() -> dict:
           f"naive {peaks['naive']:.0f} MB, chunked {peaks['chunked']:.0f} MB -> ratio {figures['objective_memory_ratio']:.3f}; "
           f"max |grad difference| {difference:.1e}")
     assert torch.allclose(grads["naive"], grads["chunked"], atol=1e-5), "the two paths disagree"
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
-    return figures
+    return write_figures(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ Both engines alternate, ``--repeats`` times each; the ratio is of the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+
+from common import write_figures
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
@@ -94,10 +95,7 @@ def main() -> dict:
         print(f"  {name:9s} tokens/s min {min(values):7.0f}  median {statistics.median(values):7.0f}  max {max(values):7.0f}")
     print(f"  fast / generate = {figures['rollout_speedup_vs_hf']:.2f}x;  matmul {gflops:.0f} GFLOP/s -> FLOP limit "
           f"{limit:.0f} tokens/s; fast reaches {figures['rollout_fraction_of_flop_limit']:.2f} of it")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
-    return figures
+    return write_figures(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_figures
+
 
 def redrl_step_seconds(engine: str, steps: int, out: Path) -> list[float]:
     from redrl.config import load_config
@@ -95,10 +97,7 @@ def main() -> dict:
     if "train_step_speedup_vs_trl" in figures:
         print(f"  TRL / redrl = {figures['train_step_speedup_vs_trl']:.2f}x (fast engine), "
               f"{figures['train_step_speedup_vs_trl_same_engine']:.2f}x (both with generate)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
-    return figures
+    return write_figures(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -132,24 +132,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _json_ready(value):
-    if isinstance(value, float) and value != value:
-        return {"nan": True}
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def _from_json(value):
-    if isinstance(value, dict):
-        return float("nan") if value == {"nan": True} else {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
-
-
 def save_rng(folder: Path, rank: int) -> None:
     """This process's torch generators (CPU and every CUDA device) into ``rng-rankR.safetensors``."""
     tensors = {"torch": torch.get_rng_state()}
@@ -191,12 +173,12 @@ def save_training_state(folder: Path, *, step: int, optimizer, scheduler, regula
         "state": state,
         "config": config,
     }
-    (folder / STATE).write_text(json.dumps(_json_ready(body), indent=1, default=str))
+    (folder / STATE).write_text(json.dumps(body, indent=1))  # NaN (an unset regulator entropy) round-trips in Python's JSON
 
 
 def load_training_state(folder: Path, *, optimizer, scheduler, regulator, sampler) -> dict:
     """Restore what :func:`save_training_state` wrote; returns the JSON body (``step``, ``state``, ...)."""
-    body = _from_json(json.loads((folder / STATE).read_text()))
+    body = json.loads((folder / STATE).read_text())
     if body["optimizer"] is not None:
         optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), body["optimizer"]))
     scheduler.load_state_dict(body["scheduler"])
