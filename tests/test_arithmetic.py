@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from redrl.data.arithmetic import direct_answer, generate_problems, make_problem, teacher_trace, write_jsonl
+from redrl.data.arithmetic import direct_answer, generate_problems, make_problem, reduction_page, step_solution, teacher_trace, write_jsonl
 from redrl.data.offline import load_offline, load_problems
 from redrl.rewards import grade
 
@@ -53,10 +53,26 @@ def test_teacher_traces_are_correct_stepwise_and_redundant():
     assert sum("Wait, let me check:" in t for t in traces) > 10  # R1-like re-checks make traces longer
 
 
-def test_a_level_one_trace_is_the_base_answer_plus_redundancy():
+def test_step_solutions_share_the_teachers_lines():
     rng = random.Random(1)
     problem = make_problem(rng, 1)
-    assert teacher_trace(problem["steps"], rng, recheck_prob=0.0) == direct_answer(problem["steps"])
+    a, op, b, result = problem["steps"][0]
+    assert step_solution(problem["steps"], rng, recheck_prob=0.0).splitlines() == [
+        f"{a} {op} {b} = {result}", str(result), f"So the answer is \\boxed{{{result}}}."]
+    problem = make_problem(rng, 3)
+    plain = step_solution(problem["steps"], random.Random(2), recheck_prob=0.0)
+    trace = teacher_trace(problem["steps"], random.Random(2), recheck_prob=1.0)
+    # the teacher writes the same lines and re-checks every operation
+    assert [line for line in trace.splitlines() if not line.startswith("Wait")] == plain.splitlines()
+    assert trace.count("Wait, let me check:") == 3
+
+
+def test_reduction_page_rewrites_the_expression_down_to_its_value():
+    problem = make_problem(random.Random(3), 4)
+    lines = reduction_page(problem["steps"]).splitlines()
+    assert lines[0] == problem["problem"].removeprefix("Compute ").removesuffix(".")
+    assert lines[-1] == problem["answer"] and len(lines) == 5
+    assert all(evaluate_left_to_right(line) == int(problem["answer"]) for line in lines)
 
 
 def test_splits_are_disjoint_and_deterministic():

@@ -11,7 +11,7 @@ import pytest
     [
         (["train", "--steps", "-3"], "train.steps must be >= 1; got -3"),
         (["train", "--config", "missing.yaml"], "config not found: missing.yaml"),
-        (["train", "--set", "optim.lr=fast"], "optim.lr must be float; got 'fast'"),
+        (["train", "--set", "optim.lr=fast"], "optim.lr must be float | None; got 'fast'"),
         (["eval", "--model", "./no/such/model"], "model.path not found: ./no/such/model"),
     ],
 )

@@ -10,7 +10,7 @@ from redrl.methods import COMPARED
 
 
 def overrides(tiny_assets):
-    return [f"model.path={tiny_assets.base}", f"data.train={tiny_assets.train}", f"data.test={tiny_assets.test}",
+    return ["optim.lr=2e-4", f"model.path={tiny_assets.base}", f"data.train={tiny_assets.train}", f"data.test={tiny_assets.test}",
             "rollout.group_size=2", "rollout.max_new_tokens=64", "train.prompts_per_step=2",
             "eval.max_new_tokens=16", "compare.eval_k=1", "compare.entropy_prompts=3"]
 
@@ -50,14 +50,14 @@ def test_compare_writes_results_table_plots_report_and_resumes(tiny_assets, tmp_
 
     # Run again: every run is finished, nothing is trained or evaluated again.
     import redrl.compare as compare
-    import redrl.demo as demo
+    import redrl.evaluate as evaluate
     import redrl.trainer as trainer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished run was repeated")
 
     monkeypatch.setattr(trainer, "train", forbidden)
-    monkeypatch.setattr(demo, "evaluate_model", forbidden)
+    monkeypatch.setattr(evaluate, "evaluate_model", forbidden)
     monkeypatch.setattr(compare, "measure_entropies", forbidden)
     again = run_compare("tiny", overrides(tiny_assets), methods=["sft", "grpo"], seeds=2, steps=2, out=out, jobs=1, progress=False)
     assert again["methods"] == json.loads(json.dumps(results["methods"]))

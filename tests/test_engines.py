@@ -29,7 +29,7 @@ def test_engine_settings_are_checked_on_load():
 def test_vllm_without_a_gpu_is_refused_in_one_line(tiny_assets, tmp_path, capsys):
     from redrl.cli import main
 
-    code = main(["train", "--steps", "1", "--out", str(tmp_path / "v"), "--no-progress", "--set", f"model.path={tiny_assets.base}",
+    code = main(["train", "--steps", "1", "--out", str(tmp_path / "v"), "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}",
                  "--set", f"data.train={tiny_assets.train}", "--set", "rollout.engine=vllm"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "redrl train: error: rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf"
@@ -315,7 +315,7 @@ def test_fast_engine_follows_lora_adapters(tiny_assets):
 
 
 def test_training_with_the_fast_engine_and_its_logprobs(tiny_assets, tmp_path):
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)},
+    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)}, optim={"lr": 2e-4},
                       rollout={"group_size": 3, "max_new_tokens": 48, "engine": "fast", "old_logp": "sampler"},
                       train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "fast")})
     train(cfg, progress=False)

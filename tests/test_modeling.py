@@ -168,7 +168,7 @@ def test_staged_method_chains_lora_checkpoints(tiny_assets, tmp_path):
     pytest.importorskip("peft")
     cfg = load_config("tiny", model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
                       data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
-                      rollout={"group_size": 3, "max_new_tokens": 32}, baselines={"staged_sft_lr": 1e-3},
+                      rollout={"group_size": 3, "max_new_tokens": 32}, baselines={"staged_sft_lr": 1e-3}, optim={"lr": 2e-4},
                       train={"method": "sft_grpo", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "staged")})
     final = train(cfg, progress=False)
     # the GRPO stage's adapter sits on the SFT stage's adapter, which sits on the base
@@ -234,7 +234,7 @@ def test_paper_preset_runs_end_to_end_with_only_model_data_and_sizes_changed(tin
 
     monkeypatch.setenv("REDRL_DEBUG", "1")  # a failure shows its traceback
     preset = "configs/paper/qwen2.5-math-1.5b-red.yaml"
-    sizes = [f"model.path={tiny_assets.base}", "rollout.max_new_tokens=48", "rollout.group_size=3", "train.prompts_per_step=2",
+    sizes = ["optim.lr=2e-4", f"model.path={tiny_assets.base}", "rollout.max_new_tokens=48", "rollout.group_size=3", "train.prompts_per_step=2",
              "train.micro_batch_size=4", "eval.max_new_tokens=16", "eval.batch_size=8"]
     out = tmp_path / "red"
     with warnings.catch_warnings():

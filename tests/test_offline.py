@@ -70,7 +70,7 @@ def test_training_reads_luffy_data_and_truncates_long_traces(tiny_assets, tmp_pa
     rows = [json.loads(line) for line in tiny_assets.train.read_text().splitlines()][:8]
     data = write_parquet([luffy(r) for r in rows], tmp_path / "train.parquet")
     cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(data), "test": str(tiny_assets.test)},
-                      rollout={"group_size": 2, "max_new_tokens": 16},
+                      rollout={"group_size": 2, "max_new_tokens": 16}, optim={"lr": 2e-4},
                       train={"method": "sft", "steps": 1, "prompts_per_step": 2, "out": str(tmp_path / "run")})
     with pytest.warns(UserWarning, match=r"8 of 8 teacher traces exceed rollout.max_new_tokens=16 and are truncated"):
         final = train(cfg, progress=False)

@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 def _train(tiny_assets, out, *, processes: int, method: str, extra=(), launcher="accelerate"):
     args = ["train", "--config", "configs/tiny.yaml", "--method", method, "--steps", "2", "--out", str(out), "--no-progress",
-            "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}",
+            "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}",
             "--set", "train.prompts_per_step=4", "--set", "rollout.group_size=3", "--set", "rollout.max_new_tokens=48", *extra]
     if processes == 1:
         command = [sys.executable, "-m", "redrl", *args]
@@ -75,7 +75,7 @@ def test_the_readme_accelerate_command_runs(tiny_assets, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "redrl", "train", "--config", "configs/tiny.yaml",
                "--method", "sft", "--steps", "2", "--out", str(out), "--no-progress",
-               "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}"]
+               "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "REDRL_DEBUG": "1"},
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr[-3000:]

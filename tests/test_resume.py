@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _args(tiny_assets, out, *extra):
     return ["train", "--config", "configs/tiny.yaml", "--method", "red", "--steps", "12", "--save-every", "4", "--out", str(out),
-            "--no-progress", "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}",
+            "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}",
             "--set", "train.prompts_per_step=4", "--set", "rollout.group_size=3", "--set", "rollout.max_new_tokens=48", *extra]
 
 
@@ -135,7 +135,7 @@ def test_a_corrupted_newest_checkpoint_is_reported_and_skipped(tiny_assets, refe
 
 def _cfg(tiny_assets, out, **train_values):
     return load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)},
-                       rollout={"group_size": 3, "max_new_tokens": 32},
+                       rollout={"group_size": 3, "max_new_tokens": 32}, optim={"lr": 2e-4},
                        train={"method": "red", "steps": 4, "prompts_per_step": 2, "out": str(out), **train_values})
 
 
@@ -162,7 +162,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_assets, tmp_
 
     monkeypatch.setattr(checkpoint, "save_training_state", full)
     out = tmp_path / "run"
-    code = main(["train", "--steps", "6", "--save-every", "2", "--out", str(out), "--no-progress", "--set", f"model.path={tiny_assets.base}",
+    code = main(["train", "--steps", "6", "--save-every", "2", "--out", str(out), "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}",
                  "--set", f"data.train={tiny_assets.train}", "--set", "train.prompts_per_step=2", "--set", "rollout.max_new_tokens=32"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
@@ -237,7 +237,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_assets, tmp_path, capsys, c
         model = str(tmp_path / "missing" / "model")
     else:
         extra = ["--set", "model.device=cuda"]
-    args = ["train", "--steps", "1", "--out", str(out), "--no-progress", "--set", f"model.path={model}", "--set", f"data.train={data}", *extra]
+    args = ["train", "--steps", "1", "--out", str(out), "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={model}", "--set", f"data.train={data}", *extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("redrl train: error: ") and expected in err[-1] and "Traceback" not in "\n".join(err)
@@ -262,7 +262,7 @@ def test_failed_grading_is_ungraded_or_wrong_as_configured(tiny_assets, tmp_path
     out = tmp_path / rule
     cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train), "grader": "flaky",
                                                                            "failed_grading": rule},
-                      rollout={"group_size": 2, "max_new_tokens": 16},
+                      rollout={"group_size": 2, "max_new_tokens": 16}, optim={"lr": 2e-4},
                       train={"method": "grpo", "steps": 1, "prompts_per_step": 2, "out": str(out)})
     train(cfg, progress=False)
     record = _metrics(out)[0]

@@ -1,4 +1,4 @@
-"""The tiny base's tokenizer and pretraining corpus: lossless, one token per number, no reasoning."""
+"""The tiny base's tokenizer, pretraining corpus and shipped weights."""
 
 import json
 import re
@@ -35,16 +35,45 @@ def test_a_number_is_one_token_wherever_it_stands(tokenizer):
     assert tokenizer.unk_token_id not in ids("Compute 99 - 0 + 100.")
 
 
-def test_pretraining_corpus_has_direct_answers_and_true_facts_only(tiny_assets):
+def test_pretraining_corpus_answers_directly_or_step_by_step_with_true_facts(tiny_assets):
+    from redrl.rewards import grade
+
+    spec = json.loads((tiny_assets.root / "spec.json").read_text())
     rows = [json.loads(line) for line in (tiny_assets.root / "pretrain.jsonl").read_text().splitlines()]
     chat = [r for r in rows if "problem" in r]
     pages = [r["text"] for r in rows if "text" in r]
     assert chat and pages
-    for row in chat:  # the expression, its value, the boxed answer: no intermediate step
+    kinds = {"direct": 0, "steps": 0, "prompted": 0}
+    for row in chat:
+        assert grade(row["response"], row["answer"]) == 1.0
         expression = row["problem"].removeprefix("Compute ").removesuffix(".")
-        assert row["response"] == f"{expression} = {row['answer']}\nSo the answer is \\boxed{{{row['answer']}}}."
+        if row["response"] == f"{expression} = {row['answer']}\nSo the answer is \\boxed{{{row['answer']}}}.":
+            assert "system" not in row  # asked to think step by step, the corpus always does
+            kinds["direct"] += 1
+            continue
+        kinds["prompted" if row.get("system") == spec["prompted_system"] else "steps"] += 1
+        for a, op, b, c in FACT.findall(row["response"]):  # every step is a true fact
+            assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        assert row["response"].splitlines()[-2] == row["answer"]  # the rest of the expression, down to its value
+    assert all(kinds.values()), kinds
     for page in pages:
         for line in page.splitlines():
             a, op, b, c = FACT.fullmatch(line).groups()
             assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b))
-    assert not any("Wait" in r.get("response", r.get("text")) for r in rows)
+
+
+def test_the_default_base_ships_and_is_copied_not_pretrained(tmp_path, monkeypatch):
+    from redrl import tiny
+
+    key, shipped = tiny.shipped_base()
+    assert key == tiny.TinySpec().key(), "TinySpec changed: rebuild the shipped base with `redrl build-base --install`"
+    assert sum(f.stat().st_size for f in shipped.iterdir()) < 5 * 2**20
+    monkeypatch.setenv("REDRL_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny, "_pretrain", lambda *args: pytest.fail("the shipped base was pretrained again"))
+    assets = tiny.ensure_tiny(progress=False)
+    assert (assets.base / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    assert "copied the shipped base" in (assets.root / "DONE").read_text()
+    splits = {name: {json.loads(line)["problem"] for line in getattr(assets, name).read_text().splitlines()}
+              for name in ("train", "val", "test")}
+    assert len(splits["val"]) == len(splits["test"]) == 300
+    assert not splits["val"] & splits["test"] and not splits["train"] & (splits["val"] | splits["test"])

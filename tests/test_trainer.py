@@ -58,6 +58,7 @@ def tiny_config(tiny_assets, tmp_path, method, **train):
     return load_config(
         "tiny",
         model={"path": str(tiny_assets.base)},
+        optim={"lr": 2e-4},
         data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
         rollout={"group_size": 3, "max_new_tokens": 64},
         train={"method": method, "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / method), **train},

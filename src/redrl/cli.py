@@ -39,6 +39,26 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_base(args: argparse.Namespace) -> int:
+    from redrl.tiny import build_base
+
+    _quiet_transformers()
+    summary = build_base(seed=args.seed, install=args.install, progress=not args.no_progress)
+    print(f"built {summary['key']} in {summary['build_seconds']:.0f} s: {summary['base']}")
+    levels = list(next(iter(summary["validation"].values()))["by_level"])
+    print("| base | " + " | ".join(f"L{level}" for level in levels) + " | all |")
+    print("|---|" + "---|" * (len(levels) + 1))
+    for name, result in summary["validation"].items():
+        cells = " | ".join(f"{100 * result['by_level'][level]:.1f}" for level in levels)
+        print(f"| {name} | {cells} | {100 * result['accuracy']:.1f} |")
+    if "shipped" in summary["validation"]:
+        gap = 100 * (summary["validation"]["rebuilt"]["accuracy"] - summary["validation"]["shipped"]["accuracy"])
+        print(f"rebuilt - shipped: {gap:+.1f} points on validation (avg@4)")
+    if "installed" in summary:
+        print(f"installed as the shipped base: {summary['installed']}")
+    return 0
+
+
 def _quiet_transformers() -> None:
     # The per-file "Loading weights" bars of transformers drown our own progress bars.
     from transformers.utils import logging as hf_logging
@@ -119,8 +139,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from redrl.config import load_config
     from redrl.data.offline import load_problems
-    from redrl.demo import evaluate_model
-    from redrl.evaluate import format_table
+    from redrl.evaluate import evaluate_model, format_table
     from redrl.trainer import resolve_paths
 
     values = {"k": args.k} if args.k is not None else {}
@@ -156,6 +175,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _quiet_transformers()
     run_compare(args.config, args.set, methods=parse_methods(args.methods), seeds=args.seeds, steps=args.steps,
                 out=args.out, jobs=args.jobs, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from redrl.compare import parse_methods
+    from redrl.sweep import DEFAULT_GRID, run_sweep
+
+    grid = DEFAULT_GRID
+    if args.grid:
+        try:
+            grid = tuple(float(value) for value in args.grid.split(","))
+        except ValueError:
+            raise ValueError(f"--grid expects comma-separated learning rates, e.g. 3e-5,1e-4,3e-4,1e-3; got {args.grid!r}") from None
+    _quiet_transformers()
+    command = " ".join(["redrl", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("redrl", "__main__.py")) else ""
+    run_sweep(args.config, args.set, methods=parse_methods(args.methods), grid=grid, steps=args.steps, seed=args.seed,
+              max_extensions=args.max_extensions, out=args.out, save=args.save, jobs=args.jobs, command=command,
+              progress=not args.no_progress)
     return 0
 
 
@@ -251,6 +288,27 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=int, help="runs at once, each in its own process (default: one per core, at most 4)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_cmd_compare)
+
+    sweep = commands.add_parser("sweep", help="choose each method's learning rate on the validation split: the same grid for every method")
+    sweep.add_argument("--methods", default="all", help="'all' (the compared methods; sft_grpo takes SFT's and GRPO's values) or a list")
+    sweep.add_argument("--grid", help="comma-separated learning rates every method starts from (default: 3e-5,1e-4,3e-4,1e-3)")
+    sweep.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's compare.steps)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of every run")
+    sweep.add_argument("--max-extensions", type=int, default=2, help="how often a grid may grow past an edge that wins (default: 2)")
+    sweep.add_argument("--config", default="tiny", help="YAML config or preset shared by every method (default: configs/tiny.yaml)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field for every run")
+    sweep.add_argument("--out", default="runs/sweep", help="output directory (default: runs/sweep)")
+    sweep.add_argument("--save", help="also write the chosen values here: the file a config's optim.lr_sweep names")
+    sweep.add_argument("--jobs", type=int, help="runs at once, each in its own process (default: one per core, at most 4)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sweep.set_defaults(func=_cmd_sweep)
+
+    build = commands.add_parser("build-base", help="pretrain the embedded default's base from scratch (about 15 minutes on 2 cores) "
+                                "and compare it with the shipped one on the validation split")
+    build.add_argument("--seed", type=int, help="a fresh task instead: new problems, teacher traces and base from this seed")
+    build.add_argument("--install", action="store_true", help="copy the rebuilt base into redrl/assets/tiny-base (maintainers)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
+    build.set_defaults(func=_cmd_build_base)
 
     report = commands.add_parser("report", help="rebuild table.md, plots/ and report.md from a compare results.json")
     report.add_argument("results", help="path to results.json")

@@ -1,8 +1,9 @@
 """``redrl compare``: every method × seed under one config, the paper's Table 2 in miniature.
 
 Each run trains one method for the same number of optimizer steps on the same prompts, teacher
-data and shared hyperparameters (the fairness rule, :mod:`redrl.methods`), then is evaluated on the
-test split. Finished runs are recognised by their ``eval.json`` (written last, with the run's
+data and shared hyperparameters (the fairness rule, :mod:`redrl.methods`), at the learning rate
+chosen for that method on the validation split (``optim.lr_sweep``, :mod:`redrl.sweep`) unless the
+config sets one, then is evaluated on the test split. Finished runs are recognised by their ``eval.json`` (written last, with the run's
 config) and reused, so an interrupted comparison resumes where it stopped; a run whose config
 changed is run again. The entropy-across-phases table (the paper's Table 1) measures ``H_rl`` and
 ``H_sft`` of the base, the GRPO and SFT checkpoints, and of GRPO continued from SFT and SFT
@@ -171,33 +172,34 @@ def _trained(run: Path, cfg_dict: dict) -> bool:
     return _jsonable(yaml.safe_load(config.read_text())) == cfg_dict
 
 
-def _run_config(config: str, overrides: list[str], name: str, seed: int, steps: int, eval_k: int, out: Path) -> Config:
-    """The config of one run: method ``name`` (or ``"base"``, evaluated untrained) with ``seed``."""
+def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path) -> dict:
+    """The config values of one comparison run: method ``name`` (or ``"base"``, evaluated untrained) with ``seed``."""
     run = out / "runs" / name / f"seed{seed}"
     train = {"seed": seed, "out": str(run)} | ({} if name == "base" else {"method": name, "steps": steps})
-    return _with_compare_settings(config, overrides, train=train, eval={"k": eval_k})
+    return {"train": train, "eval": {"k": eval_k}}
 
 
 def _with_compare_settings(config: str, overrides: list[str], **values) -> Config:
     """The shared config with the comparison's own settings applied (``compare.group_size``)."""
-    group_size = load_config(config, list(overrides)).compare.group_size
-    if group_size is not None:
-        values["rollout"] = {"group_size": group_size}
-    return load_config(config, list(overrides), **values)
+    cfg = load_config(config, list(overrides), **values)
+    if cfg.compare.group_size is None or cfg.compare.group_size == cfg.rollout.group_size:
+        return cfg
+    return load_config(config, list(overrides), **values, rollout={"group_size": cfg.compare.group_size})
 
 
-def _execute(config: str, overrides: list[str], name: str, seed: int, steps: int, eval_k: int, out: Path,
-             progress: bool) -> tuple[dict, str]:
-    """Train (unless ``name`` is ``"base"`` or the run was trained before) and evaluate one run;
-    write its ``eval.json``. Returns the record and a line for the log. Runs in a worker process
-    when ``redrl compare`` runs several jobs at once."""
+def _execute(config: str, overrides: list[str], name: str, values: dict, split: str = "test",
+             progress: bool = False) -> tuple[dict, str]:
+    """Train (unless ``name`` is ``"base"`` or the run was trained before) and evaluate one run on
+    ``split`` (``test`` or ``val``); write its ``eval.json``. Returns the record and a line for the
+    log. Runs in a worker process when several jobs run at once (``redrl compare``, ``redrl sweep``)."""
     from redrl.data.offline import load_problems
-    from redrl.demo import evaluate_model
-    from redrl.trainer import resolve_paths, train
+    from redrl.evaluate import evaluate_model
+    from redrl.trainer import resolve_paths, resolve_split, train
 
-    cfg = _run_config(config, overrides, name, seed, steps, eval_k, out)
+    cfg = _with_compare_settings(config, overrides, **values)
     run, cfg_dict = Path(cfg.train.out), _jsonable(cfg.to_dict())
-    base_path, _, test_path = resolve_paths(cfg, need_train=name != "base")
+    base_path, _, _ = resolve_paths(cfg, need_train=name != "base", need_test=False)
+    eval_path = resolve_split(cfg, split)
     started = time.perf_counter()
     if name == "base":
         final, note = base_path, ""
@@ -206,13 +208,42 @@ def _execute(config: str, overrides: list[str], name: str, seed: int, steps: int
     else:
         final, note = train(cfg, progress=progress), ""
     trained = time.perf_counter()
-    result = evaluate_model(str(final), load_problems(test_path), cfg, seed=seed, progress=progress)
-    extra = {} if name == "base" else {"dynamics": dynamics_summary(_read_metrics(run)), "train_seconds": trained - started}
-    record = _eval_record(result, seed, eval_k, run, cfg_dict, **extra, eval_seconds=time.perf_counter() - trained)
+    result = evaluate_model(str(final), load_problems(eval_path), cfg, seed=cfg.train.seed, progress=progress)
+    extra = {} if name == "base" else {"dynamics": dynamics_summary(_read_metrics(run)), "train_seconds": trained - started,
+                                       "lr": cfg.optim.lr}
+    record = _eval_record(result, cfg.train.seed, cfg.eval.k, run, cfg_dict, **extra, split=split,
+                          eval_seconds=time.perf_counter() - trained)
     _write_json(run / "eval.json", record)
-    timing = "" if name == "base" else f"{trained - started:.0f} s training{note}, "
-    return record, (f"  {name} seed {seed}: accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
+    timing = "" if name == "base" else f"lr {cfg.optim.lr:.3g}, {trained - started:.0f} s training{note}, "
+    return record, (f"  {name} seed {cfg.train.seed}: {split} accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
                     f"({timing}{time.perf_counter() - trained:.0f} s evaluation)")
+
+
+def execute_all(tasks: list[tuple], function, *, jobs: int | None = None, progress: bool = True, log=print):
+    """Run ``function(*args)`` for each ``(key, args)`` of ``tasks``, ``jobs`` at once (each in its own
+    single-threaded process; 1: here, one after the other); log each returned line and yield
+    ``(key, result)`` as runs finish."""
+    jobs = max(1, min(jobs or default_jobs(), len(tasks) or 1))
+    if not tasks:
+        return
+    log(f"running {len(tasks)} runs, {jobs} at a time" + (f" ({max(1, torch.get_num_threads() // jobs)} threads each)" if jobs > 1 else ""))
+    if jobs == 1:
+        for key, args in tasks:
+            result = function(*args, progress)
+            log(result[1])
+            yield key, result
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(function, *args, False): key for key, args in tasks}
+        for future in as_completed(futures):
+            result = future.result()
+            log(result[1])
+            yield futures[future], result
 
 
 def _init_worker(threads: int) -> None:
@@ -351,36 +382,20 @@ def run_compare(
 
     names = ["base"] + methods
     records: dict[tuple[str, int], dict] = {}
-    pending = []
+    tasks = []
     for seed in range(seeds):
         for name in names:
-            cfg = _run_config(config, overrides, name, seed, steps, eval_k, out)
+            values = _run_values(name, seed, steps, eval_k, out)
+            cfg = _with_compare_settings(config, list(overrides), **values)
             cached = _cached(Path(cfg.train.out) / "eval.json", _jsonable(cfg.to_dict()))
             if cached is None:
-                pending.append((name, seed))
+                tasks.append(((name, seed), (config, list(overrides), name, values, "test")))
             else:
                 records[name, seed] = cached
     if records:
         log(f"{len(records)} of {len(names) * seeds} runs finished before: reused")
-    jobs = max(1, min(jobs or default_jobs(), len(pending) or 1))
-    if pending:
-        log(f"running {len(pending)} runs, {jobs} at a time" + (f" ({max(1, torch.get_num_threads() // jobs)} threads each)" if jobs > 1 else ""))
-    if jobs == 1:
-        for name, seed in pending:
-            records[name, seed], line = _execute(config, list(overrides), name, seed, steps, eval_k, out, progress)
-            log(line)
-    elif pending:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, torch.get_num_threads() // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
-            futures = {pool.submit(_execute, config, list(overrides), name, seed, steps, eval_k, out, False): (name, seed)
-                       for name, seed in pending}
-            for future in as_completed(futures):
-                records[futures[future]], line = future.result()
-                log(line)
+    for key, (record, _) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
+        records[key] = record
     per_method = {name: [records[name, seed] for seed in range(seeds)] for name in methods}
     base_seeds = [records["base", seed] for seed in range(seeds)]
 
@@ -396,7 +411,8 @@ def run_compare(
         "settings": {"config": config, "overrides": list(overrides), "steps": steps, "seeds": seeds, "eval_k": eval_k,
                      "eval_temperature": shared.eval.temperature, "test_problems": len(problems),
                      "group_size": shared.rollout.group_size, "prompts_per_step": shared.train.prompts_per_step,
-                     "lr": shared.optim.lr},
+                     "lr": {name: per_method[name][0].get("lr") for name in methods},
+                     "lr_sweep": shared.optim.lr_sweep},
         "seconds": time.perf_counter() - started,
     }
     _write_json(out / "results.json", results)

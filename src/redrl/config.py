@@ -67,6 +67,8 @@ class ModelConfig:
 class DataConfig:
     train: str = _help("offline data with teacher traces (JSONL, parquet, a directory or a Hub dataset; flat or LUFFY schema), or 'tiny'", "tiny")
     test: str | None = _help("evaluation problems (JSONL with problem, answer), 'tiny', or none (evaluate on --benchmarks)", "tiny")
+    val: str | None = _help("validation problems, disjoint from train and test: what `redrl sweep` chooses learning rates on "
+                            "('tiny': the embedded default's)", None)
     grader: str = _help("answer grader, used by the training reward and evaluation alike", "integer")
     system_prompt: str | None = _help("system message put before every problem (unset: the record's own, if any; '': none)", None)
     problem_template: str = _help("the user message, with {problem} standing for the problem text", "{problem}")
@@ -127,7 +129,9 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _help("AdamW learning rate (shared by every method)", 2e-4)
+    lr: float | None = _help("AdamW learning rate (null: the method's value in optim.lr_sweep)", 2e-4)
+    lr_sweep: str | None = _help("a `redrl sweep` file (path, or a file shipped in configs/ such as tiny-lr.json): with optim.lr "
+                                 "null, each method takes the learning rate chosen for it on the validation split", None)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
     warmup_steps: int = _help("linear warm-up steps", 5)
@@ -138,7 +142,7 @@ class OptimConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        _require(self.lr > 0, f"optim.lr must be > 0; got {self.lr}")
+        _require(self.lr is None or self.lr > 0, f"optim.lr must be > 0; got {self.lr}")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas must be two numbers in [0, 1); got {self.betas}")
         _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {self.weight_decay}")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}")
@@ -383,4 +387,15 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
         if unknown:
             raise ValueError(f"unknown config key {section}.{sorted(unknown)[0]}; {section} has {', '.join(sorted(known))}")
         sections[section] = cls(**_coerce(section, cls, body))
-    return Config(**sections)
+    cfg = Config(**sections)
+    if cfg.optim.lr is None and cfg.optim.lr_sweep:
+        from redrl.sweep import swept_learning_rates
+
+        try:
+            cfg.optim.lr, staged_sft = swept_learning_rates(cfg)
+        except (ValueError, OSError):
+            pass  # evaluation needs no learning rate; training refuses the config and says why (require_learning_rate)
+        else:
+            if cfg.baselines.staged_sft_lr is None:
+                cfg.baselines.staged_sft_lr = staged_sft
+    return cfg

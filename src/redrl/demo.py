@@ -9,26 +9,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["evaluate_model", "run_demo"]
-
-
-def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress: bool = True) -> dict:
-    """Evaluate the model at ``path`` with ``cfg.eval`` settings; sampling seeded by ``seed``."""
-    from redrl.evaluate import eval_settings, evaluate
-    from redrl.modeling import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(path, **cfg.model.load_kwargs())
-    torch.manual_seed(seed)
-    return evaluate(
-        model, tokenizer, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
-        max_new_tokens=cfg.eval.max_new_tokens, grader=cfg.data.grader, progress=progress, **eval_settings(cfg),
-    )
+__all__ = ["run_demo"]
 
 
 def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[str] = (), progress: bool = True) -> dict:
     from redrl.config import load_config
     from redrl.data.offline import load_problems
-    from redrl.evaluate import format_table
+    from redrl.evaluate import evaluate_model, format_table
     from redrl.trainer import resolve_paths, train
 
     started = time.perf_counter()

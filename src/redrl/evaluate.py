@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-__all__ = ["eval_settings", "evaluate", "evaluate_benchmarks", "format_benchmark_table", "format_table", "pass_at_k", "summarize"]
+__all__ = ["eval_settings", "evaluate", "evaluate_benchmarks", "evaluate_model", "format_benchmark_table", "format_table", "pass_at_k", "summarize"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -122,6 +122,20 @@ def evaluate(
                      "reward": rewards[i][j], "grading_failed": (i, j) in failed, "length": lengths[i][j]}
                     for i, p in enumerate(problems) for j in range(k)]
     return {**summarize(problems, rewards, lengths, k), "grading_failures": len(failed)}
+
+
+def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress: bool = True) -> dict:
+    """Evaluate the model at ``path`` with ``cfg.eval`` settings; sampling seeded by ``seed``."""
+    import torch
+
+    from redrl.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(path, **cfg.model.load_kwargs())
+    torch.manual_seed(seed)
+    return evaluate(
+        model, tokenizer, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
+        max_new_tokens=cfg.eval.max_new_tokens, grader=cfg.data.grader, progress=progress, **eval_settings(cfg),
+    )
 
 
 def evaluate_benchmarks(

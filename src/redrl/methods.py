@@ -2,7 +2,8 @@
 
 Fairness rule: every method sees the same prompts in the same order, the same teacher data, the
 same number of optimizer steps and rollouts per prompt, and the shared hyperparameters of the
-config; only the fields below differ. Each method names its source.
+config; only the fields below differ, and the learning rate, which each method takes from the same
+grid chosen on the validation split (``redrl sweep``, :mod:`redrl.sweep`). Each method names its source.
 """
 
 from __future__ import annotations

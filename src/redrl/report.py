@@ -246,7 +246,7 @@ CURVES = {"h_rl": ("h_rl", "H_rl (mean token entropy of rollouts)"), "h_sft": ("
           "online_length": ("length", "rollout length (tokens)")}
 
 
-def plot_curves(results: dict, out: Path) -> list[Path]:
+def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, float] = (7.5, 4.2)) -> list[Path]:
     """One PNG per curve: the mean over seeds of each method per step, min–max over seeds shaded;
     methods without the quantity (e.g. SFT has no rollouts) are left out of that plot."""
     import json
@@ -267,7 +267,7 @@ def plot_curves(results: dict, out: Path) -> list[Path]:
     written = []
     colors = plt.get_cmap("tab20")
     for key, (stem, label) in CURVES.items():
-        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        fig, ax = plt.subplots(figsize=size)
         drawn = 0
         for index, (name, seed_runs) in enumerate(runs.items()):
             if key == "w" and not getattr(METHODS.get(name), "regulator", True):
@@ -295,10 +295,18 @@ def plot_curves(results: dict, out: Path) -> list[Path]:
             ax.legend(fontsize=7, ncol=2, loc="best")
         fig.tight_layout()
         path = out / f"{stem}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=dpi)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _learning_rates(settings: dict) -> str:
+    lr = settings.get("lr")
+    if not isinstance(lr, dict):
+        return f"lr {lr}"
+    source = f" (chosen on validation: `{settings['lr_sweep']}`)" if settings.get("lr_sweep") else ""
+    return "learning rates " + ", ".join(f"{name} {value:.3g}" for name, value in lr.items() if value is not None) + source
 
 
 def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> str:
@@ -307,7 +315,7 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
         "# redrl compare: report",
         "",
         f"{len(results['methods'])} methods × {settings.get('seeds')} seeds, {settings.get('steps')} optimizer steps each "
-        f"(G = {settings.get('group_size')}, {settings.get('prompts_per_step')} prompts per step, lr {settings.get('lr')}); "
+        f"(G = {settings.get('group_size')}, {settings.get('prompts_per_step')} prompts per step; {_learning_rates(settings)}); "
         f"config `{settings.get('config')}`{''.join(f' `{o}`' for o in settings.get('overrides') or [])}. "
         f"Test: {settings.get('test_problems')} problems, avg@{settings.get('eval_k')} at temperature "
         f"{settings.get('eval_temperature')}. Wall time of the last invocation: {results.get('seconds', 0):.0f} s.",

@@ -1,20 +1,28 @@
-"""The embedded default's student: a tiny Llama-style causal LM that answers arithmetic directly.
+"""The embedded default's student: a tiny Llama-style causal LM that already reasons a little.
 
 Built deterministically from a seed and cached under ``$REDRL_CACHE`` (default
-``~/.cache/redrl``): the arithmetic task (train with teacher traces, test, pretraining corpus)
-and a base model in Hugging Face format (``AutoModelForCausalLM.from_pretrained`` loads it), with
-a word-level tokenizer that carries a chat template.
+``~/.cache/redrl``): the arithmetic task (train with teacher traces, validation, test, pretraining
+corpus) and a base model in Hugging Face format (``AutoModelForCausalLM.from_pretrained`` loads
+it), with a word-level tokenizer that carries a chat template. The base of the default spec ships
+with redrl (``redrl/assets/tiny-base``); ``redrl build-base`` pretrains it again from scratch.
 
-The base's pretraining corpus has two kinds of rows, and no reasoning line in either:
+The base's pretraining corpus mirrors what a math base model such as Qwen2.5-Math has seen before
+RL, in three kinds of rows:
 
-- chat rows: a problem and its *direct answer* (``13 + 5 - 9 + 4 = 13`` / ``\\boxed{13}``), with
-  deep problems rarer than shallow ones (``pretrain_per_level``), as in a real corpus;
+- chat rows, a problem and its answer, deep problems rarer than shallow ones
+  (``pretrain_per_level``). Most answer *directly* (``13 + 5 - 9 + 4 = 13`` /
+  ``\\boxed{13}``); on levels 2-3 half are short step-by-step solutions in the teacher's line
+  format, some with a re-check (``base_step_share``, ``base_recheck_prob``). Sampled, the base
+  writes steps on those levels only part of the time: it is unreliable where it can succeed, which
+  is what RL's "Recall" sharpens;
+- chat rows whose system message asks "Think step by step." (``prompted_per_level``), answered
+  step by step on levels 2-6. The base *can* solve deep problems that way, but unprompted it
+  answers them directly and almost never samples a step line: the skill lies outside its
+  exploration space. The teacher's traces, unprompted and step by step on every level, are what
+  brings it there ("Extend"), as R1 traces bring out reasoning a math base produces only when
+  asked;
 - raw-text "fact sheets": pages of single arithmetic facts, one per line (``13 + 5 = 18``), the
-  addition table any corpus holds. They make the facts known *in any context*, not only right
-  after a question, which is what lets the teacher's one-fact-per-line steps build on them.
-
-So the base knows every fact (level 1) and answers deeper levels rarely: a narrow exploration
-space that RL can sharpen but not widen.
+  addition table any corpus holds.
 """
 
 from __future__ import annotations
@@ -31,12 +39,13 @@ from pathlib import Path
 
 import torch
 
-from redrl.data.arithmetic import direct_answer, fact_line, generate_problems, teacher_trace, write_jsonl
+from redrl.data.arithmetic import (direct_answer, fact_line, generate_problems, reduction_page, step_solution, teacher_trace,
+                                   write_jsonl)
 
-__all__ = ["TinySpec", "build_tokenizer", "cache_dir", "ensure_tiny"]
+__all__ = ["TinySpec", "build_tokenizer", "cache_dir", "ensure_tiny", "shipped_base"]
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-WORDS = ["Compute", "Wait", "let", "me", "check", "So", "the", "answer", "is"]
+WORDS = ["Compute", "Wait", "let", "me", "check", "So", "the", "answer", "is", "Think", "step", "by"]
 SYMBOLS = list("+-*/=.,:;!?(){}") + ["\\boxed{"]
 NUMBERS = [str(n) for n in range(100)]  # whole numbers below 100 are words; longer ones split
 CHAT_TEMPLATE = (
@@ -83,20 +92,29 @@ def build_tokenizer():
 class TinySpec:
     """Everything the embedded default is built from; its hash names the cache entry."""
 
-    format_version: int = 7  # bump when the task's text format changes, so caches are rebuilt
+    format_version: int = 8  # bump when the task's text format changes, so caches are rebuilt
     seed: int = 0
     levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    max_value: int = 19  # every number and intermediate value lies in [0, max_value]
     train_per_level: tuple[int, ...] = (150, 400, 400, 400, 400, 400)  # level 1 has 270 problems in all
+    val_per_level: int = 50
     test_per_level: int = 50
     pretrain_per_level: tuple[int, ...] = (6000, 3000, 1500, 800, 400, 200)  # deep problems are rarer
+    base_step_share: tuple[float, ...] = (0.0, 0.5, 0.5, 0.0, 0.0, 0.0)  # pretraining answers written step by step
+    base_recheck_prob: float = 0.3
+    teacher_recheck_prob: float = 0.3
     fact_sheets: int = 3000  # raw-text pages of level-1 facts, one per line
     facts_per_sheet: int = 8
-    recheck_prob: float = 0.5
+    reduction_pages: int = 0  # raw-text pages that rewrite an expression down to its value, one operation per line
+    reduction_levels: tuple[int, ...] = (2, 3, 4, 5, 6)
+    worked_pages: int = 0  # raw-text pages: a problem's expression, then its step-by-step solution
+    prompted_per_level: tuple[int, ...] = (0, 300, 300, 600, 600, 600)  # chat rows asked to think step by step, answered so
+    prompted_system: str = "Think step by step."
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    pretrain_steps: int = 600
+    pretrain_steps: int = 1000
     pretrain_batch: int = 64
     pretrain_lr: float = 2e-3
 
@@ -109,41 +127,67 @@ class TinySpec:
 class TinyAssets:
     root: Path
     train: Path = field(init=False)
+    val: Path = field(init=False)
     test: Path = field(init=False)
     base: Path = field(init=False)
 
     def __post_init__(self):
-        self.train, self.test, self.base = self.root / "train.jsonl", self.root / "test.jsonl", self.root / "base"
+        self.train, self.val, self.test = self.root / "train.jsonl", self.root / "val.jsonl", self.root / "test.jsonl"
+        self.base = self.root / "base"
 
 
 def _write_task(spec: TinySpec, root: Path) -> None:
-    if not len(spec.levels) == len(spec.train_per_level) == len(spec.pretrain_per_level):
-        raise ValueError("TinySpec.train_per_level and pretrain_per_level need one count per level")
-    test = generate_problems(spec.seed * 3 + 1, spec.test_per_level, spec.levels)
-    held_out = {p["problem"] for p in test}
-    # Train and test are disjoint. Pretraining (direct answers) avoids the test problems of levels
+    per_level = (spec.train_per_level, spec.pretrain_per_level, spec.base_step_share, spec.prompted_per_level)
+    if not all(len(counts) == len(spec.levels) for counts in per_level):
+        raise ValueError("TinySpec.train_per_level, pretrain_per_level, base_step_share and prompted_per_level need one value per level")
+    test = generate_problems(spec.seed * 3 + 1, spec.test_per_level, spec.levels, max_value=spec.max_value)
+    val = generate_problems(spec.seed * 3 + 2, spec.val_per_level, spec.levels, exclude={p["problem"] for p in test},
+                            max_value=spec.max_value)
+    held_out = {p["problem"] for p in test + val}
+    # Train, validation and test are disjoint. Pretraining avoids the held-out problems of levels
     # >= 2 and may share problems with the train split, as a real pretraining corpus would. Level-1
     # problems are single arithmetic facts (270 in all): the base learns all of them, as a small
     # model knows its addition table, so level 1 measures that the base has its facts.
     train, pretrain = [], []
     for level, n_train, n_pretrain in zip(spec.levels, spec.train_per_level, spec.pretrain_per_level):
-        train += generate_problems(spec.seed * 100 + level, n_train, [level], exclude=held_out)
+        train += generate_problems(spec.seed * 100 + level, n_train, [level], exclude=held_out, max_value=spec.max_value)
         pretrain += generate_problems(spec.seed * 100 + 50 + level, n_pretrain, [level],
-                                      exclude=held_out if level > 1 else set(), distinct=False)
+                                      exclude=held_out if level > 1 else set(), distinct=False,
+                                      max_value=spec.max_value)
     random.Random(spec.seed).shuffle(train)
     rng = random.Random(spec.seed)
     write_jsonl(
-        ({"problem": p["problem"], "answer": p["answer"], "distill": teacher_trace(p["steps"], rng, spec.recheck_prob),
-          "level": p["level"]} for p in train),
+        ({"problem": p["problem"], "answer": p["answer"], "level": p["level"],
+          "distill": teacher_trace(p["steps"], rng, spec.teacher_recheck_prob)} for p in train),
         root / "train.jsonl",
     )
-    write_jsonl(({"problem": p["problem"], "answer": p["answer"], "level": p["level"]} for p in test), root / "test.jsonl")
-    rows = [{"problem": p["problem"], "answer": p["answer"], "response": direct_answer(p["steps"]), "level": p["level"]}
-            for p in pretrain]
-    sheets = generate_problems(spec.seed * 100 + 99, spec.fact_sheets * spec.facts_per_sheet, [1], distinct=False)
+    for name, split in (("val", val), ("test", test)):
+        write_jsonl(({"problem": p["problem"], "answer": p["answer"], "level": p["level"]} for p in split), root / f"{name}.jsonl")
+    share = dict(zip(spec.levels, spec.base_step_share))
+    rows = []
+    for p in pretrain:
+        stepwise = rng.random() < share[p["level"]]
+        response = step_solution(p["steps"], rng, spec.base_recheck_prob) if stepwise else direct_answer(p["steps"])
+        rows.append({"problem": p["problem"], "answer": p["answer"], "response": response, "level": p["level"]})
+    for level, count in zip(spec.levels, spec.prompted_per_level):
+        for p in generate_problems(spec.seed * 100 + 70 + level, count, [level], exclude=held_out, distinct=False,
+                                   max_value=spec.max_value):
+            rows.append({"problem": p["problem"], "answer": p["answer"], "system": spec.prompted_system,
+                         "response": step_solution(p["steps"], rng, spec.base_recheck_prob), "level": p["level"]})
+    sheets = generate_problems(spec.seed * 100 + 99, spec.fact_sheets * spec.facts_per_sheet, [1], distinct=False,
+                               max_value=spec.max_value)
     for i in range(spec.fact_sheets):
         facts = sheets[i * spec.facts_per_sheet : (i + 1) * spec.facts_per_sheet]
         rows.append({"text": "\n".join(fact_line(p["steps"][0]) for p in facts)})
+    chains = generate_problems(spec.seed * 100 + 98, -(-spec.reduction_pages // len(spec.reduction_levels)), spec.reduction_levels,
+                               exclude=held_out, distinct=False, max_value=spec.max_value)[: spec.reduction_pages]
+    for p in chains:
+        rows.append({"text": reduction_page(p["steps"])})
+    worked = generate_problems(spec.seed * 100 + 97, -(-spec.worked_pages // len(spec.reduction_levels)), spec.reduction_levels,
+                               exclude=held_out, distinct=False, max_value=spec.max_value)[: spec.worked_pages]
+    for p in worked:
+        expression = p["problem"].removeprefix("Compute ").removesuffix(".")
+        rows.append({"text": expression + "\n" + step_solution(p["steps"], rng, spec.base_recheck_prob)})
     random.Random(spec.seed + 1).shuffle(rows)
     write_jsonl(rows, root / "pretrain.jsonl")
 
@@ -175,7 +219,7 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     model = LlamaForCausalLM(config)
     records = read_records(root / "pretrain.jsonl")
     # Chat rows (problem -> direct answer) learn the answer; raw text pages learn every token.
-    prompts = [encode_prompt(tokenizer, r["problem"]) if "problem" in r else [] for r in records]
+    prompts = [encode_prompt(tokenizer, r["problem"], r.get("system")) if "problem" in r else [] for r in records]
     responses = [encode_response(tokenizer, r["response"] if "problem" in r else r["text"]) for r in records]
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01)
     warmup = max(1, spec.pretrain_steps // 20)
@@ -204,10 +248,29 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     tokenizer.save_pretrained(out)
 
 
-def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True) -> TinyAssets:
-    """Build (or reuse from the cache) the arithmetic task and the tiny base student."""
+def shipped_base() -> tuple[str | None, Path]:
+    """``(key, directory)`` of the base shipped with redrl: the :meth:`TinySpec.key` it was built
+    from (``None`` when no base ships) and the directory ``from_pretrained`` reads."""
+    from importlib import resources
+
+    root = Path(str(resources.files("redrl") / "assets" / "tiny-base"))
+    manifest = root / "spec.json"
+    if not manifest.is_file():
+        return None, root
+    return json.loads(manifest.read_text())["key"], root
+
+
+def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True, rebuild: bool = False) -> TinyAssets:
+    """Build (or reuse from the cache) the arithmetic task and the tiny base student.
+
+    The task's files are written from the spec's seed in seconds. The base for the default spec
+    ships with redrl (``redrl/assets/tiny-base``, built by ``redrl build-base``) and is copied;
+    any other spec, or ``rebuild``, pretrains it here (about 15 minutes on 2 CPU cores). A rebuilt
+    base goes to its own cache entry (``<key>-rebuilt``), so it never replaces the shipped one."""
     spec = spec or TinySpec()
-    assets = TinyAssets(cache_dir() / spec.key())
+    key, shipped = shipped_base()
+    use_shipped = key == spec.key() and not rebuild
+    assets = TinyAssets(cache_dir() / (spec.key() + ("-rebuilt" if rebuild else "")))
     if (assets.root / "DONE").exists():
         return assets
     staging = assets.root.with_name(assets.root.name + f".building-{os.getpid()}")
@@ -216,14 +279,54 @@ def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True) -> TinyA
     started = time.perf_counter()
     try:
         _write_task(spec, staging)
-        _pretrain(spec, staging, staging / "base", progress)
+        if use_shipped:
+            shutil.copytree(shipped, staging / "base", ignore=shutil.ignore_patterns("spec.json"))
+        else:
+            _pretrain(spec, staging, staging / "base", progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    (staging / "DONE").write_text(f"built in {time.perf_counter() - started:.0f} s\n")
+    (staging / "spec.json").write_text(json.dumps(asdict(spec) | {"key": spec.key()}, indent=2))
+    how = "copied the shipped base" if use_shipped else "pretrained the base"
+    (staging / "DONE").write_text(f"{how}; {time.perf_counter() - started:.0f} s\n")
     try:
         staging.rename(assets.root)
     except OSError:  # another process finished first: use its copy
         shutil.rmtree(staging, ignore_errors=True)
     return assets
+
+
+def build_base(*, seed: int | None = None, install: bool = False, progress: bool = True) -> dict:
+    """``redrl build-base``: pretrain the embedded default's base from scratch and check it against
+    the shipped one on the validation split (avg@4 at temperature 0.6, the demo's evaluation).
+
+    ``seed`` builds a fresh task instead (new problems, new teacher traces, a new base): the same
+    task family drawn again. ``install`` copies the rebuilt base into ``redrl/assets/tiny-base``
+    (what a maintainer commits after changing :class:`TinySpec`)."""
+    from dataclasses import replace
+
+    from redrl.config import load_config
+    from redrl.data.offline import load_problems
+    from redrl.evaluate import evaluate_model
+
+    spec = TinySpec() if seed is None else replace(TinySpec(), seed=seed)
+    started = time.perf_counter()
+    assets = ensure_tiny(spec, progress=progress, rebuild=True)
+    built_seconds = time.perf_counter() - started
+    cfg = load_config("tiny", ["optim.lr=1e-4"])
+    problems = load_problems(assets.val)
+    candidates = {"rebuilt": assets.base}
+    key, shipped = shipped_base()
+    if key == spec.key():
+        candidates = {"shipped": shipped} | candidates
+    results = {name: evaluate_model(str(path), problems, cfg, seed=0, progress=progress) for name, path in candidates.items()}
+    summary = {"key": spec.key(), "base": str(assets.base), "build_seconds": built_seconds,
+               "validation": {name: {"accuracy": r["accuracy"], "by_level": {lv: v["accuracy"] for lv, v in r["by_level"].items()}}
+                              for name, r in results.items()}}
+    if install:
+        target = Path(str(shipped))
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(assets.base, target)
+        (target / "spec.json").write_text(json.dumps(asdict(spec) | {"key": spec.key()}, indent=2) + "\n")
+        summary["installed"] = str(target)
+    return summary

@@ -46,7 +46,7 @@ from redrl import rewards as rewards_module
 from redrl.rewards import grade, grade_checked
 from redrl.rollout import FastGenerator, HFGenerator, VLLMGenerator
 
-__all__ = ["PromptSampler", "assemble_batch", "resolve_model", "resolve_paths", "teacher_prefix_rollouts", "train"]
+__all__ = ["PromptSampler", "assemble_batch", "resolve_model", "resolve_paths", "resolve_split", "teacher_prefix_rollouts", "train"]
 
 
 def resolve_model(model: str) -> str:
@@ -83,6 +83,22 @@ def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = Tru
         train_data = str(assets.train) if train_data == "tiny" else train_data
         test_data = str(assets.test) if test_data == "tiny" else test_data
     return model, train_data, test_data
+
+
+def resolve_split(cfg: Config, split: str = "test", *, progress: bool = True) -> str:
+    """The evaluation problems of ``split``: ``data.test`` or ``data.val`` (``tiny``: the embedded default's)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be test or val; got {split!r}")
+    value = cfg.data.test if split == "test" else cfg.data.val
+    if not value:
+        raise ValueError(f"data.{split} is not set")
+    if value == "tiny":
+        from redrl.tiny import ensure_tiny
+
+        return str(getattr(ensure_tiny(progress=progress), split))
+    if not Path(value).expanduser().exists():
+        raise FileNotFoundError(f"data.{split} not found: {value}")
+    return value
 
 
 class PromptSampler:
@@ -659,6 +675,9 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
 
     from tqdm.auto import tqdm
 
+    from redrl.sweep import require_learning_rate
+
+    require_learning_rate(cfg)
     method = METHODS[cfg.train.method]
     out = Path(cfg.train.out)
     if method.stages:

@@ -4,17 +4,17 @@ A level-``k`` problem has ``k`` additions or subtractions of one-digit numbers, 
 ``Compute 13 + 5 - 9 + 4.`` (answer 13), with every intermediate value in ``[0, 19]``. Each step
 of a solution is one small lookup, the same skill as a level-1 problem; answering directly means
 composing ``k`` of them in a single forward pass, which a small network of fixed depth does for
-small ``k`` only. So a model that has learned to *write the steps* can solve any level, one that
-answers directly cannot. This is the paper's setting in miniature: the small student, pretrained
-on direct answers, has a narrow exploration space that RL alone can only sharpen ("Recall"); the
-teacher's step-by-step traces bring a new pattern ("Extend").
+small ``k`` only. So a model that *writes the steps* can solve any level, one that answers
+directly cannot. This is the paper's setting in miniature: a student that answers deep problems
+directly has a narrow exploration space that RL alone can only sharpen ("Recall"); the teacher's
+step-by-step traces on every level widen it ("Extend"). :mod:`redrl.tiny` says what the base saw.
 
-Teacher traces are correct, one operation per line, with R1-like redundancy: after a step the
-teacher sometimes re-checks it ("Wait, let me check: 13 + 5 = 18."), so traces are longer than
-needed.
-Answers are written ``\\boxed{N}``, the benchmarks' format, so one grader serves both.
+Teacher traces (:func:`teacher_trace`) are correct, one operation per line, each followed by what
+is left of the expression, with R1-like redundancy: after a step the teacher sometimes re-checks
+it ("Wait, let me check: 13 + 5 = 18."), so traces are longer than needed. Answers are written
+``\\boxed{N}``, the benchmarks' format, so one grader serves both.
 
-Everything is a pure function of a seed; train, test and pretraining problems are disjoint.
+Everything is a pure function of a seed; train, validation and test problems are disjoint.
 """
 
 from __future__ import annotations
@@ -24,28 +24,27 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["direct_answer", "fact_line", "generate_problems", "make_problem", "teacher_trace", "write_jsonl"]
+__all__ = ["direct_answer", "fact_line", "generate_problems", "make_problem", "reduction_page", "step_solution", "teacher_trace", "write_jsonl"]
 
-_START = (0, 19)  # first number
-_OPERAND = (1, 9)  # every later number, one digit
-_RANGE = (0, 19)  # intermediate values stay here
+_OPERAND = (1, 9)  # every number after the first, one digit
+MAX_VALUE = 19  # the first number and every intermediate value lie in [0, max_value]
 
 
-def make_problem(rng: random.Random, level: int) -> dict:
+def make_problem(rng: random.Random, level: int, max_value: int = MAX_VALUE) -> dict:
     """One problem with ``level`` operations: ``{"problem", "answer", "level", "steps"}``.
 
     ``steps`` is the list of ``(a, op, b, result)`` the teacher writes out.
     """
     if level < 1:
         raise ValueError(f"level must be >= 1; got {level}")
-    value = rng.randint(*_START)
+    value = rng.randint(0, max_value)
     expression = [str(value)]
     steps = []
     for _ in range(level):
         operand = rng.randint(*_OPERAND)
         op = rng.choice("+-")
         result = value + operand if op == "+" else value - operand
-        if not _RANGE[0] <= result <= _RANGE[1]:  # flip the operation to stay in range
+        if not 0 <= result <= max_value:  # flip the operation to stay in range
             op = "-" if op == "+" else "+"
             result = value + operand if op == "+" else value - operand
         steps.append((value, op, operand, result))
@@ -64,13 +63,15 @@ def fact_line(step: tuple[int, str, int, int]) -> str:
     return f"{a} {op} {b} = {result}"
 
 
-def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.5) -> str:
-    """The teacher's solution: one operation per line, the rest rewritten, re-checks, the answer.
+def step_solution(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.0) -> str:
+    """A step-by-step solution: each operation on its line, then what is left of the expression.
 
     ``13 + 5 - 9 + 4`` becomes ``13 + 5 = 18`` / ``18 - 9 + 4`` / ``18 - 9 = 9`` / ``9 + 4`` /
-    ``9 + 4 = 13`` ... : every operation line is a level-1 fact in the very form the base writes it,
-    and every rewritten line copies the rest of the line above. After an operation the teacher
-    re-checks it with probability ``recheck_prob`` ("Wait, let me check: 13 + 5 = 18.").
+    ``9 + 4 = 13`` / ``13`` / ``So the answer is \\boxed{13}.``. Every operation line is a level-1
+    fact, and the line after it says what is left, down to the single value before the answer: the
+    decision "another operation, or the answer?" is read off the line above, never by counting
+    operations back in the prompt. After an operation the solution re-checks it with probability
+    ``recheck_prob`` ("Wait, let me check: 13 + 5 = 18."), R1-like redundancy.
     """
     rest = _expression(steps)
     lines = []
@@ -79,10 +80,25 @@ def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, re
         if rng.random() < recheck_prob:
             lines.append(f"Wait, let me check: {fact_line(step)}.")
         rest = [str(step[3])] + rest[3:]
-        if len(rest) > 3:  # more than one operation left: rewrite the line
-            lines.append(" ".join(rest))
+        lines.append(" ".join(rest))
     lines.append(f"So the answer is \\boxed{{{steps[-1][3]}}}.")
     return "\n".join(lines)
+
+
+def reduction_page(steps: list[tuple[int, str, int, int]]) -> str:
+    """An expression rewritten down to its value, one operation at a time: ``13 + 5 - 9 + 4`` /
+    ``18 - 9 + 4`` / ``9 + 4`` / ``13`` (raw text, as a worked simplification in a textbook)."""
+    rest = _expression(steps)
+    lines = [" ".join(rest)]
+    for step in steps:
+        rest = [str(step[3])] + rest[3:]
+        lines.append(" ".join(rest))
+    return "\n".join(lines)
+
+
+def teacher_trace(steps: list[tuple[int, str, int, int]], rng: random.Random, recheck_prob: float = 0.3) -> str:
+    """The teacher's solution of any level: :func:`step_solution` with its re-checks."""
+    return step_solution(steps, rng, recheck_prob)
 
 
 def direct_answer(steps: list[tuple[int, str, int, int]]) -> str:
@@ -96,7 +112,8 @@ def direct_answer(steps: list[tuple[int, str, int, int]]) -> str:
 
 
 def generate_problems(
-    seed: int, per_level: int, levels: Iterable[int], exclude: set[str] = frozenset(), *, distinct: bool = True
+    seed: int, per_level: int, levels: Iterable[int], exclude: set[str] = frozenset(), *, distinct: bool = True,
+    max_value: int = MAX_VALUE,
 ) -> list[dict]:
     """``per_level`` problems of each level, none of whose text is in ``exclude``.
 
@@ -112,7 +129,7 @@ def generate_problems(
             attempts += 1
             if attempts > 100 * per_level:
                 raise ValueError(f"cannot draw {per_level} distinct level-{level} problems")
-            problem = make_problem(rng, level)
+            problem = make_problem(rng, level, max_value)
             if problem["problem"] in seen:
                 continue
             if distinct:

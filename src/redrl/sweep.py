@@ -1,0 +1,228 @@
+"""``redrl sweep``: one learning-rate grid for every method, chosen on the validation split.
+
+The fair protocol of ``redrl compare``: every method gets the same grid of learning rates and
+nothing else, at the same number of optimizer steps, and the value whose *final* checkpoint is most
+accurate on the validation split (never the test split) is chosen. When a method's best value lies
+on an edge of its grid, its grid grows by the next value of the 1-3-10 ladder on that side, and
+again while the best stays on the edge (at most ``max_extensions`` times): the same rule for every
+method. The staged ``sft_grpo`` has no value of its own: its SFT stage takes SFT's and its GRPO
+stage GRPO's.
+
+The chosen values go to a JSON file keyed to the task (:func:`task_key`), with the command and the
+validation accuracy of every run. A config that sets ``optim.lr_sweep`` to that file and leaves
+``optim.lr`` unset takes its method's value from it (:func:`swept_learning_rates`); a file written
+for another task is refused. The embedded default ships ``configs/tiny-lr.json``.
+
+Layout of ``OUT``::
+
+    runs/METHOD/lr-VALUE/    metrics.jsonl, final/, eval.json     (one per method and value)
+    sweep.json                the chosen values and every validation accuracy
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["DEFAULT_GRID", "ladder_neighbour", "read_sweep", "require_learning_rate", "run_sweep", "select", "swept_learning_rates", "task_key"]
+
+#: Log-spaced over a factor of 33 (the 1-3-10 ladder): the grid every method starts from.
+DEFAULT_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
+
+
+def ladder_neighbour(lr: float, direction: int) -> float:
+    """The next value of the 1-3-10 ladder (…, 1e-4, 3e-4, 1e-3, …) below (``-1``) or above (``+1``) ``lr``."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    ladder = [m * 10.0**e for e in range(exponent - 1, exponent + 2) for m in (1, 3)]
+    if direction < 0:
+        return float(f"{max(v for v in ladder if v < lr * (1 - 1e-6)):.3g}")
+    return float(f"{min(v for v in ladder if v > lr * (1 + 1e-6)):.3g}")
+
+
+def select(accuracy: dict[float, float]) -> tuple[float, int]:
+    """The most accurate learning rate (ties: the smaller) and where it lies: ``-1`` on the lower edge of
+    the values tried, ``+1`` on the upper edge, ``0`` inside."""
+    values = sorted(accuracy)
+    best = max(values, key=lambda lr: (accuracy[lr], -lr))
+    if len(values) > 1 and best == values[0]:
+        return best, -1
+    if len(values) > 1 and best == values[-1]:
+        return best, 1
+    return best, 0
+
+
+def task_key(cfg) -> str:
+    """What the chosen values belong to: the embedded default's build hash (task, base and teacher
+    data), or for any other setup a hash of the model and the training data it names."""
+    if cfg.model.path == "tiny" and cfg.data.train == "tiny":
+        from redrl.tiny import TinySpec
+
+        return TinySpec().key()
+    text = json.dumps({"model": cfg.model.path, "train": cfg.data.train}, sort_keys=True)
+    return "data-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def sweep_path(name: str) -> Path:
+    """A sweep file: an existing path, or one shipped with redrl (``tiny-lr.json``)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = resources.files("redrl") / "configs" / Path(name).name
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise FileNotFoundError(f"optim.lr_sweep not found: {name} (run `redrl sweep --save {name}` to make it)")
+
+
+def read_sweep(name: str) -> dict:
+    path = sweep_path(name)
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(body, dict) or not isinstance(body.get("chosen"), dict) or "task" not in body:
+        raise ValueError(f"{path} is not a sweep file: it needs 'task' and 'chosen'")
+    return body
+
+
+def swept_learning_rates(cfg) -> tuple[float, float | None]:
+    """``(optim.lr, baselines.staged_sft_lr)`` of ``cfg.train.method`` from the sweep file
+    ``cfg.optim.lr_sweep``; the staged ``sft_grpo`` takes GRPO's value and SFT's for its SFT stage."""
+    from redrl.methods import METHODS
+
+    body = read_sweep(cfg.optim.lr_sweep)
+    key = task_key(cfg)
+    if body["task"] != key:
+        raise ValueError(f"optim.lr_sweep {cfg.optim.lr_sweep} was chosen for task {body['task']}, not this one ({key}): "
+                         "run `redrl sweep` for this task or set optim.lr")
+    method = METHODS[cfg.train.method]
+    wanted = list(method.stages[::-1]) if method.stages else [method.name]
+    missing = [name for name in wanted if name not in body["chosen"]]
+    if missing:
+        raise ValueError(f"optim.lr_sweep {cfg.optim.lr_sweep} has no learning rate for {missing[0]}; set optim.lr")
+    lr = float(body["chosen"][wanted[0]])
+    staged_sft = float(body["chosen"]["sft"]) if method.stages and "sft" in method.stages else None
+    return lr, staged_sft
+
+
+def require_learning_rate(cfg) -> None:
+    """Raise, in one line, why ``cfg`` has no learning rate (a training run cannot start without one)."""
+    if cfg.optim.lr is not None:
+        return
+    if not cfg.optim.lr_sweep:
+        raise ValueError("optim.lr is null: set it, or name a `redrl sweep` file in optim.lr_sweep")
+    swept_learning_rates(cfg)  # raises: the file is missing, stale, or lacks the method
+    raise ValueError(f"optim.lr is null and {cfg.optim.lr_sweep} was not read")
+
+
+def _lr_name(lr: float) -> str:
+    return f"{lr:.3g}"
+
+
+def run_sweep(
+    config: str = "tiny",
+    overrides: list[str] = (),
+    *,
+    methods: list[str] | None = None,
+    grid: tuple[float, ...] = DEFAULT_GRID,
+    steps: int | None = None,
+    seed: int = 0,
+    max_extensions: int = 2,
+    out: str | Path = "runs/sweep",
+    save: str | Path | None = None,
+    jobs: int | None = None,
+    command: str = "",
+    progress: bool = True,
+) -> dict:
+    """Train every method at every grid value (``compare.steps`` steps, ``seed``), evaluate each
+    final checkpoint on the validation split (avg@``compare.eval_k``), grow the grid at the edges,
+    choose, and write ``OUT/sweep.json`` (and ``save``, the file a config's ``optim.lr_sweep`` names)."""
+    from redrl.compare import _execute, _with_compare_settings, execute_all
+    from redrl.methods import COMPARED, METHODS
+
+    started = time.perf_counter()
+    out = Path(out)
+    methods = [m for m in (methods or list(COMPARED)) if not METHODS[m].stages]
+    if not methods:
+        raise ValueError("redrl sweep: no method to sweep (a staged method takes the values of its stages)")
+    grid = tuple(sorted(float(lr) for lr in grid))
+    if len(grid) < 2 or any(lr <= 0 for lr in grid):
+        raise ValueError(f"redrl sweep: the grid needs at least two positive learning rates; got {grid}")
+    shared = _with_compare_settings(config, list(overrides), optim={"lr": grid[0]})  # every run sets its own value
+    if not shared.data.val:
+        raise ValueError("data.val is not set: the sweep chooses on a validation split, never on the test split")
+    steps = steps or shared.compare.steps
+    eval_k = shared.compare.eval_k
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    log(f"redrl sweep: {len(methods)} methods x learning rates {', '.join(map(_lr_name, grid))}, {steps} steps each, seed {seed}; "
+        f"chosen on the validation split (avg@{eval_k})")
+    tried: dict[str, dict[float, float]] = {m: {} for m in methods}
+    records: dict[tuple[str, float], dict] = {}
+    todo = {m: list(grid) for m in methods}
+    extensions = {m: 0 for m in methods}
+    while any(todo.values()):
+        tasks = []
+        for method, values in todo.items():
+            for lr in values:
+                values_set = {"train": {"method": method, "steps": steps, "seed": seed,
+                                        "out": str(out / "runs" / method / f"lr-{_lr_name(lr)}")},
+                              "optim": {"lr": lr}, "eval": {"k": eval_k}}
+                tasks.append(((method, lr), (config, list(overrides), method, values_set, "val")))
+        for (method, lr), (record, line) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
+            records[method, lr] = record
+            tried[method][lr] = record["accuracy"]
+        todo = {m: [] for m in methods}
+        for method in methods:
+            best, edge = select(tried[method])
+            if edge and extensions[method] < max_extensions:
+                new = ladder_neighbour(min(tried[method]) if edge < 0 else max(tried[method]), edge)
+                if new not in tried[method]:
+                    todo[method].append(new)
+                    extensions[method] += 1
+                    log(f"  {method}: best value {_lr_name(best)} on the grid's {'lower' if edge < 0 else 'upper'} edge; "
+                        f"trying {_lr_name(new)}")
+    chosen = {m: select(tried[m])[0] for m in methods}
+    body = {
+        "task": task_key(shared),
+        "command": command or "redrl sweep",
+        "date": time.strftime("%Y-%m-%d"),
+        "rule": "same grid for every method, final checkpoint, avg@k on the validation split; an edge winner "
+                "extends its grid by the next 1-3-10 value (at most max_extensions times)",
+        "settings": {"steps": steps, "seed": seed, "eval_k": eval_k, "group_size": shared.rollout.group_size,
+                     "prompts_per_step": shared.train.prompts_per_step, "grid": list(grid), "max_extensions": max_extensions,
+                     "config": config, "overrides": list(overrides)},
+        "chosen": chosen,
+        "validation": {m: {_lr_name(lr): acc for lr, acc in sorted(tried[m].items())} for m in methods},
+        "by_level": {m: {_lr_name(lr): {level: r["accuracy"] for level, r in records[m, lr]["by_level"].items()}
+                         for lr in sorted(tried[m])} for m in methods},
+        "seconds": time.perf_counter() - started,
+    }
+    text = json.dumps(body, indent=2) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(text)
+    if save:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        Path(save).write_text(text)
+    log(format_sweep(body))
+    log(f"{body['seconds']:.0f} s. Wrote {out / 'sweep.json'}" + (f" and {save}" if save else ""))
+    return body
+
+
+def format_sweep(body: dict) -> str:
+    """Markdown: validation accuracy (%) of every method at every learning rate, the chosen one in bold."""
+    values = sorted({float(lr) for accuracies in body["validation"].values() for lr in accuracies})
+    lines = ["| method | " + " | ".join(_lr_name(v) for v in values) + " | chosen |", "|---|" + "---|" * (len(values) + 1)]
+    for method, accuracies in body["validation"].items():
+        cells = []
+        for v in values:
+            acc = accuracies.get(_lr_name(v))
+            text = "" if acc is None else f"{100 * acc:.1f}"
+            cells.append(f"**{text}**" if acc is not None and float(_lr_name(v)) == body["chosen"][method] else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {_lr_name(body['chosen'][method])} |")
+    return "\n".join(lines)
