@@ -90,3 +90,20 @@ def test_diff_probs_command_writes_one_span_per_token(tiny_assets, tmp_path):
     assert html.count("<span ") == n_tokens
     assert html.count(",0.000)") == n_tokens  # the same model twice: no token moved
     assert main(["diff-probs", "--a", "tiny", "--b", "tiny", "--text", str(tmp_path / "missing.txt"), "--out", str(page)]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
+def test_compare_with_swept_learning_rates_continues_checkpoints_at_the_tasks_values(tiny_assets, tmp_path):
+    from redrl.config import load_config
+    from redrl.sweep import task_key
+
+    base = [o for o in overrides(tiny_assets) if not o.startswith("optim.lr=")]
+    sweep = tmp_path / "lr.json"
+    sweep.write_text(json.dumps({"task": task_key(load_config("tiny", base)), "chosen": {"sft": 1e-3, "grpo": 3e-5}}))
+    out = tmp_path / "cmp"
+    results = run_compare("tiny", [*base, "optim.lr=null", f"optim.lr_sweep={sweep}"], methods=["sft", "grpo"], seeds=1, steps=2,
+                          out=out, jobs=1, progress=False)
+    assert results["settings"]["lr"] == {"sft": 1e-3, "grpo": 3e-5}
+    # GRPO continued from the SFT checkpoint (another model path) still takes GRPO's value for this task.
+    continued = __import__("yaml").safe_load((out / "phases/rl_after_sft/seed0/config.yaml").read_text())
+    assert continued["optim"]["lr"] == 3e-5 and continued["model"]["path"] == str(out / "runs/sft/seed0/final")

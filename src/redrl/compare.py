@@ -320,8 +320,11 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
                 models[phase] = str(out / "runs" / method / f"seed{seed}" / "final")
                 continue
             run = out / "phases" / phase / f"seed{seed}"
+            # The continuation keeps the task's learning rate for its method (a swept value belongs to the task, not the checkpoint).
+            lr = _with_compare_settings(config, overrides, train={"method": method}).optim.lr
             cfg = _with_compare_settings(config, overrides, train={"method": method, "steps": steps, "seed": seed, "out": str(run)},
-                                         model={"path": str(out / "runs" / start / f"seed{seed}" / "final")}, eval={"k": eval_k})
+                                         model={"path": str(out / "runs" / start / f"seed{seed}" / "final")}, eval={"k": eval_k},
+                                         optim={"lr": lr})
             if not _trained(run, _jsonable(cfg.to_dict())):
                 log(f"  phase {phase} seed {seed}: {method} from the {start} checkpoint")
                 train(cfg, progress=progress)
