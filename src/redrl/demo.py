@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 __all__ = ["run_demo"]
 
