@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-
 __all__ = ["run_demo"]
 
 
