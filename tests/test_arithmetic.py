@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from redrl.data.arithmetic import direct_answer, generate_problems, make_problem, reduction_page, step_solution, teacher_trace, write_jsonl
+from redrl.data.arithmetic import direct_answer, generate_problems, make_problem, step_solution, teacher_trace, write_jsonl
 from redrl.data.offline import load_offline, load_problems
 from redrl.rewards import grade
 
@@ -65,14 +65,6 @@ def test_step_solutions_share_the_teachers_lines():
     # the teacher writes the same lines and re-checks every operation
     assert [line for line in trace.splitlines() if not line.startswith("Wait")] == plain.splitlines()
     assert trace.count("Wait, let me check:") == 3
-
-
-def test_reduction_page_rewrites_the_expression_down_to_its_value():
-    problem = make_problem(random.Random(3), 4)
-    lines = reduction_page(problem["steps"]).splitlines()
-    assert lines[0] == problem["problem"].removeprefix("Compute ").removesuffix(".")
-    assert lines[-1] == problem["answer"] and len(lines) == 5
-    assert all(evaluate_left_to_right(line) == int(problem["answer"]) for line in lines)
 
 
 def test_splits_are_disjoint_and_deterministic():

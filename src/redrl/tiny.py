@@ -39,8 +39,7 @@ from pathlib import Path
 
 import torch
 
-from redrl.data.arithmetic import (direct_answer, fact_line, generate_problems, reduction_page, step_solution, teacher_trace,
-                                   write_jsonl)
+from redrl.data.arithmetic import direct_answer, fact_line, generate_problems, step_solution, teacher_trace, write_jsonl
 
 __all__ = ["TinySpec", "build_tokenizer", "cache_dir", "ensure_tiny", "shipped_base"]
 
@@ -105,9 +104,6 @@ class TinySpec:
     teacher_recheck_prob: float = 0.3
     fact_sheets: int = 3000  # raw-text pages of level-1 facts, one per line
     facts_per_sheet: int = 8
-    reduction_pages: int = 0  # raw-text pages that rewrite an expression down to its value, one operation per line
-    reduction_levels: tuple[int, ...] = (2, 3, 4, 5, 6)
-    worked_pages: int = 0  # raw-text pages: a problem's expression, then its step-by-step solution
     prompted_per_level: tuple[int, ...] = (0, 300, 300, 600, 600, 600)  # chat rows asked to think step by step, answered so
     prompted_system: str = "Think step by step."
     hidden_size: int = 128
@@ -179,15 +175,6 @@ def _write_task(spec: TinySpec, root: Path) -> None:
     for i in range(spec.fact_sheets):
         facts = sheets[i * spec.facts_per_sheet : (i + 1) * spec.facts_per_sheet]
         rows.append({"text": "\n".join(fact_line(p["steps"][0]) for p in facts)})
-    chains = generate_problems(spec.seed * 100 + 98, -(-spec.reduction_pages // len(spec.reduction_levels)), spec.reduction_levels,
-                               exclude=held_out, distinct=False, max_value=spec.max_value)[: spec.reduction_pages]
-    for p in chains:
-        rows.append({"text": reduction_page(p["steps"])})
-    worked = generate_problems(spec.seed * 100 + 97, -(-spec.worked_pages // len(spec.reduction_levels)), spec.reduction_levels,
-                               exclude=held_out, distinct=False, max_value=spec.max_value)[: spec.worked_pages]
-    for p in worked:
-        expression = p["problem"].removeprefix("Compute ").removesuffix(".")
-        rows.append({"text": expression + "\n" + step_solution(p["steps"], rng, spec.base_recheck_prob)})
     random.Random(spec.seed + 1).shuffle(rows)
     write_jsonl(rows, root / "pretrain.jsonl")
 

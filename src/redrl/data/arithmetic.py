@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["direct_answer", "fact_line", "generate_problems", "make_problem", "reduction_page", "step_solution", "teacher_trace", "write_jsonl"]
+__all__ = ["direct_answer", "fact_line", "generate_problems", "make_problem", "step_solution", "teacher_trace", "write_jsonl"]
 
 _OPERAND = (1, 9)  # every number after the first, one digit
 MAX_VALUE = 19  # the first number and every intermediate value lie in [0, max_value]
@@ -82,17 +82,6 @@ def step_solution(steps: list[tuple[int, str, int, int]], rng: random.Random, re
         rest = [str(step[3])] + rest[3:]
         lines.append(" ".join(rest))
     lines.append(f"So the answer is \\boxed{{{steps[-1][3]}}}.")
-    return "\n".join(lines)
-
-
-def reduction_page(steps: list[tuple[int, str, int, int]]) -> str:
-    """An expression rewritten down to its value, one operation at a time: ``13 + 5 - 9 + 4`` /
-    ``18 - 9 + 4`` / ``9 + 4`` / ``13`` (raw text, as a worked simplification in a textbook)."""
-    rest = _expression(steps)
-    lines = [" ".join(rest)]
-    for step in steps:
-        rest = [str(step[3])] + rest[3:]
-        lines.append(" ".join(rest))
     return "\n".join(lines)
 
 
