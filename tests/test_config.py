@@ -44,7 +44,7 @@ def test_every_method_is_accepted():
 
 
 def test_missing_paths_are_named(tmp_path):
-    from redrl.trainer import resolve_paths
+    from redrl.paths import resolve_paths
 
     cfg = load_config("tiny", [f"data.train={tmp_path}/none.jsonl", f"data.test={tmp_path}/none.jsonl",
                                "model.path=Qwen/Qwen2.5-Math-1.5B"])

@@ -15,7 +15,9 @@ from redrl.methods import METHODS
 from redrl.modeling import TokenScorer, load_model_and_tokenizer, response_logprobs
 from redrl.regulator import EntropyRegulator
 from redrl.rollout import HFGenerator, VLLMGenerator
-from redrl.trainer import assemble_batch, build_scheduler, optimization_step, train
+from redrl.batch import assemble_batch
+from redrl.step import build_scheduler, optimization_step
+from redrl.trainer import train
 
 
 def test_engine_settings_are_checked_on_load():

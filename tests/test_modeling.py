@@ -10,7 +10,10 @@ import torch
 
 from redrl.config import load_config
 from redrl.modeling import autocast, encode_prompt, encode_response, load_model_and_tokenizer, resolve_device
-from redrl.trainer import build_scheduler, prepare_data, prepare_model, train
+from redrl.data.training import prepare_data
+from redrl.modeling import prepare_model
+from redrl.step import build_scheduler
+from redrl.trainer import train
 
 from test_trainer import tiny_config
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from redrl.parallel import Parallel
-from redrl.trainer import PromptSampler
+from redrl.data.training import PromptSampler
 
 pytestmark = pytest.mark.slow  # each case starts processes: seconds, not milliseconds
 

@@ -173,16 +173,16 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_assets, tmp_
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_assets, tmp_path, monkeypatch):
-    import redrl.trainer as trainer
+    import redrl.step as step_module
 
-    real, calls = trainer._loss, {"n": 0}
+    real, calls = step_module._loss, {"n": 0}
 
     def poisoned(*args, **kwargs):  # the loss of the second optimizer step is NaN
         calls["n"] += 1
         loss, metrics = real(*args, **kwargs)
         return (loss * float("nan"), metrics) if calls["n"] == 2 else (loss, metrics)
 
-    monkeypatch.setattr(trainer, "_loss", poisoned)
+    monkeypatch.setattr(step_module, "_loss", poisoned)
     out = tmp_path / "once"
     with pytest.warns(UserWarning, match="step 2: non-finite loss or gradient, update skipped"):
         train(_cfg(tiny_assets, out), progress=False)
@@ -190,7 +190,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_assets, tmp_
     assert [m["skipped"] for m in metrics] == [0, 1, 0, 0] and metrics[-1]["skipped_total"] == 1
     assert metrics[1]["w"] is None and metrics[2]["w"] is not None  # the regulator ignored the skipped step
 
-    monkeypatch.setattr(trainer, "_loss", lambda *args, **kwargs: (real(*args, **kwargs)[0] * float("nan"), {}))
+    monkeypatch.setattr(step_module, "_loss", lambda *args, **kwargs: (real(*args, **kwargs)[0] * float("nan"), {}))
     out = tmp_path / "always"
     with pytest.warns(UserWarning), pytest.raises(NonFiniteTraining, match="2 steps in a row .* last good weights in .*checkpoint-2"):
         train(_cfg(tiny_assets, out, max_consecutive_skips=2), progress=False)
@@ -272,22 +272,23 @@ def test_failed_grading_is_ungraded_or_wrong_as_configured(tiny_assets, tmp_path
 
 def test_a_non_finite_step_under_a_loss_scaler_does_not_break_the_next(tiny_assets, monkeypatch):
     # fp16's scaler (here its CPU flavour): a skipped step must close the scaler's bookkeeping.
-    import redrl.trainer as trainer
+    import redrl.step as step_module
+    from redrl.batch import assemble_batch
     from redrl.methods import METHODS
     from redrl.modeling import TokenScorer, load_model_and_tokenizer
     from redrl.regulator import EntropyRegulator
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     cfg = load_config("tiny", ["rollout.group_size=2"])
-    batch = trainer.assemble_batch([[3, 4, 5]], [[10, 11], [12]], [1.0, 0.0], [[20, 21]], [1.0], group_size=2,
+    batch = assemble_batch([[3, 4, 5]], [[10, 11], [12]], [1.0, 0.0], [[20, 21]], [1.0], group_size=2,
                                    method=METHODS["red"], pad_id=tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = trainer.build_scheduler(optimizer, "constant", 0, 3)
-    scaler, regulator, real = torch.amp.GradScaler("cpu"), EntropyRegulator(max_weight=2), trainer._loss
-    step = lambda: trainer.optimization_step(TokenScorer(model), optimizer, scheduler, regulator, batch, METHODS["red"], cfg,
+    scheduler = step_module.build_scheduler(optimizer, "constant", 0, 3)
+    scaler, regulator, real = torch.amp.GradScaler("cpu"), EntropyRegulator(max_weight=2), step_module._loss
+    step = lambda: step_module.optimization_step(TokenScorer(model), optimizer, scheduler, regulator, batch, METHODS["red"], cfg,
                                              scaler=scaler)
-    monkeypatch.setattr(trainer, "_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    monkeypatch.setattr(step_module, "_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
     assert step()["skipped"] == 1
-    monkeypatch.setattr(trainer, "_loss", real)
+    monkeypatch.setattr(step_module, "_loss", real)
     stats = step()
     assert stats["skipped"] == 0 and math.isfinite(stats["loss"])

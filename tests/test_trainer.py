@@ -8,7 +8,10 @@ import torch
 
 from redrl.config import load_config
 from redrl.methods import COMPARED, METHODS
-from redrl.trainer import PromptSampler, assemble_batch, teacher_prefix_rollouts, train
+from redrl.batch import assemble_batch
+from redrl.data.training import PromptSampler
+from redrl.strategies import teacher_prefix_rollouts
+from redrl.trainer import train
 
 
 def test_assemble_batch_puts_the_teacher_row_last_in_every_group():
@@ -145,12 +148,13 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny_assets, tmp_path):
 
 
 def test_staged_method_starts_rl_from_the_sft_checkpoint(tiny_assets, tmp_path, monkeypatch):
-    import redrl.trainer as trainer
     from safetensors.torch import load_file
 
+    import redrl.modeling as modeling
+
     loaded = []
-    real_load = trainer.load_model_and_tokenizer
-    monkeypatch.setattr(trainer, "load_model_and_tokenizer", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
+    real_load = modeling.load_model_and_tokenizer
+    monkeypatch.setattr(modeling, "load_model_and_tokenizer", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
     final = train(tiny_config(tiny_assets, tmp_path, "sft_grpo", steps=4), progress=False)
     out = tmp_path / "sft_grpo"
     sft_final = out / "stage-1-sft" / "final"
@@ -166,9 +170,9 @@ def test_staged_method_starts_rl_from_the_sft_checkpoint(tiny_assets, tmp_path, 
 
 
 def test_relift_takes_an_sft_step_when_its_buffer_is_full(tiny_assets, tmp_path, monkeypatch):
-    import redrl.trainer as trainer
+    from redrl.rewards import GRADERS
 
-    monkeypatch.setattr(trainer, "grade", lambda text, answer, grader: 0.0)  # every rollout fails
+    monkeypatch.setitem(GRADERS, "integer", lambda text, answer: 0.0)  # every rollout fails
     cfg = tiny_config(tiny_assets, tmp_path, "relift", steps=3)
     cfg.baselines.relift_buffer = 2
     records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
@@ -200,10 +204,10 @@ class _Generator:
 
 
 def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch):
-    import redrl.trainer as trainer
+    import redrl.strategies as strategies
 
     # A sample is correct when the teacher's token 52 precedes it (the prefix reached it).
-    monkeypatch.setattr(trainer, "grade", lambda text, answer, grader: float("52" in text.split()))
+    monkeypatch.setattr(strategies, "grade", lambda text, answer, grader: float("52" in text.split()))
     prompts = [[1], [2], [3]]
     rollouts = [[9, 0], [9, 0], [9, 0], [9, 0], [9, 0], [9, 0]]  # G = 2
     rewards = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # group 0 has a success; groups 1 and 2 all fail

@@ -8,11 +8,18 @@ gives the matching response mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["Batch", "collate"]
+from redrl.objectives import group_accuracy, group_advantages
+
+if TYPE_CHECKING:
+    from redrl.methods import Method
+
+__all__ = ["Batch", "assemble_batch", "collate"]
 
 
 def collate(
@@ -76,3 +83,67 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def assemble_batch(
+    prompts: list[list[int]],
+    rollouts: list[list[int]],
+    rollout_rewards: list[float | None],
+    teacher: list[list[int]],
+    teacher_rewards: list[float | None],
+    *,
+    group_size: int,
+    method: Method,
+    pad_id: int,
+    advantage_scale: str = "std",
+    advantage_eps: float = 1e-6,
+    accuracy_includes_offline: bool = False,
+    rollout_logprobs: list[list[float] | None] | None = None,
+) -> Batch:
+    """Groups of ``G`` rollouts (if the method samples) + the teacher row (if it uses one), per prompt.
+
+    ``rollouts`` is prompt-major (rows ``i*G .. i*G+G-1`` answer prompt ``i``). Advantages are
+    group-relative over every row of the group; the group accuracy ``r̄`` over its rollouts.
+    ``rollout_logprobs`` (one per rollout token, from the sampler) become ``Batch.sampler_logp``.
+    """
+    g = group_size if method.rollouts else 0
+    rows_prompt, rows_response, rewards, offline, group_ids = [], [], [], [], []
+    for i, prompt in enumerate(prompts):
+        members = [(rollouts[i * g + j], rollout_rewards[i * g + j], False) for j in range(g)]
+        if method.offline:
+            members.append((teacher[i], teacher_rewards[i], True))
+        for response, reward, is_teacher in members:
+            rows_prompt.append(prompt)
+            rows_response.append(response)
+            rewards.append(math.nan if reward is None else float(reward))
+            offline.append(is_teacher)
+            group_ids.append(i)
+    rows_per_group = g + int(method.offline)
+    input_ids, attention_mask, response_mask = collate(rows_prompt, rows_response, pad_id)
+    sampler_logp = None
+    if rollout_logprobs is not None and g:
+        # target grid: position t scores input_ids[t + 1], so a response starting at column p is at p - 1
+        sampler_logp = torch.full((len(rows_prompt), input_ids.shape[1] - 1), math.nan)
+        row = 0
+        for i, prompt in enumerate(prompts):
+            for j in range(g):
+                values = rollout_logprobs[i * g + j]
+                if values is None:  # the sampler reported none for this rollout: recomputed
+                    continue
+                if len(values) != len(rollouts[i * g + j]):
+                    raise ValueError(f"rollout {i * g + j}: {len(values)} log-probs for {len(rollouts[i * g + j])} tokens")
+                sampler_logp[row + j, len(prompt) - 1 : len(prompt) - 1 + len(values)] = torch.tensor(values)
+            row += rows_per_group
+    rewards_t = torch.tensor(rewards, dtype=torch.float32)
+    is_offline = torch.tensor(offline, dtype=torch.bool)
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        rewards=rewards_t,
+        advantages=group_advantages(rewards_t, rows_per_group, scale=advantage_scale, eps=advantage_eps),
+        is_offline=is_offline,
+        group_id=torch.tensor(group_ids, dtype=torch.long),
+        group_accuracy=group_accuracy(rewards_t, is_offline, rows_per_group, include_offline=accuracy_includes_offline),
+        sampler_logp=sampler_logp,
+    )

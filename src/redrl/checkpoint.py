@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "find_latest", "list_checkpoints", "load_rng", "load_training_state", "rotate", "save_rng",
+__all__ = ["CheckpointError", "find_latest", "list_checkpoints", "load_rng", "load_training_state", "rotate", "save_checkpoint", "save_rng",
            "save_training_state", "verify", "write_manifest"]
 
 MANIFEST = "manifest.json"
@@ -189,3 +189,58 @@ def load_training_state(folder: Path, *, optimizer, scheduler, regulator, sample
     kind, keys, position, has_gauss, cached = body["rng"]["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     return body
+
+
+def save_checkpoint(path: Path, par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step: int, *,
+                    config: dict, keep_last: int = 0, state: dict | None = None) -> None:
+    """Write a complete checkpoint to ``path`` or leave the previous ones untouched (see above).
+
+    Call it on every process: sharded weights (FSDP, DeepSpeed) are gathered first and every process
+    writes its generator state; the main process writes the rest into a temporary directory, lists
+    it in the manifest and renames it into place. Under LoRA the model is the adapter and the base
+    model's config. A sharded optimizer's state is not saved (those runs resume without it).
+    ``config`` is the run's config as a dict; ``keep_last`` rotates ``checkpoint-N`` folders (0: keep
+    all); ``state`` holds the loop's own state (strategy, loss scaler, skip counters)."""
+    weights = par.state_dict(scorer) if par.sharded else None  # a collective: every rank takes part
+    tmp = path.parent / f".tmp-{path.name}"
+    failed = None
+    if par.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    par.wait()
+    try:
+        save_rng(tmp, par.rank)
+    except Exception as error:  # noqa: BLE001 - OSError, or safetensors' own error on a full disk
+        failed = error
+    par.wait()  # every process's part is in place before the manifest lists it
+    try:
+        if par.is_main and failed is None:
+            model = par.unwrap(scorer).model
+            if weights is not None:
+                model.save_pretrained(tmp, state_dict={key.removeprefix("model."): value for key, value in weights.items()})
+            else:
+                model.save_pretrained(tmp)
+            if hasattr(model, "peft_config"):
+                model.get_base_model().config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            save_training_state(tmp, step=step, optimizer=optimizer, scheduler=scheduler, regulator=regulator,
+                                           sampler=sampler, state={**(state or {}), "processes": par.world},
+                                           config=config, save_optimizer=not par.sharded)
+            write_manifest(tmp)
+    except Exception as error:  # noqa: BLE001 - as above
+        failed = error
+    if par.distributed and par.max(1.0 if failed else 0.0) > 0 and failed is None:
+        failed = OSError("another process could not write its part")
+    if failed is not None:
+        if par.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = next((p.name for _, p in list_checkpoints(path.parent) if p != path), None)
+        kept = f"the previous checkpoint ({previous}) is intact" if previous else "there is no earlier checkpoint"
+        raise CheckpointError(f"could not write {path}: {getattr(failed, 'strerror', None) or failed}; {kept}") from failed
+    if par.is_main:
+        if path.exists():  # an older save under this name (a rerun's final, a step redone after resuming)
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        if path.name.startswith("checkpoint-"):
+            rotate(path.parent, keep_last)
+    par.wait()  # nobody reads the checkpoint before it is complete

@@ -101,7 +101,7 @@ def _cmd_eval_benchmarks(args: argparse.Namespace) -> int:
     from redrl.config import load_config
     from redrl.data.benchmarks import resolve_benchmarks
     from redrl.evaluate import evaluate_benchmarks, format_benchmark_table
-    from redrl.trainer import resolve_model
+    from redrl.paths import resolve_model
 
     values = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     cfg = load_config(args.config, args.set, eval=values, model={"path": args.model})
@@ -140,7 +140,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from redrl.config import load_config
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model, format_table
-    from redrl.trainer import resolve_paths
+    from redrl.paths import resolve_paths
 
     values = {"k": args.k} if args.k is not None else {}
     if args.temperature is not None:
@@ -214,7 +214,7 @@ def _cmd_diff_probs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from redrl.report import diff_probs
-    from redrl.trainer import resolve_model
+    from redrl.paths import resolve_model
 
     text_path = Path(args.text)
     if not text_path.is_file():

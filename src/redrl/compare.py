@@ -194,7 +194,8 @@ def _execute(config: str, overrides: list[str], name: str, values: dict, split: 
     log. Runs in a worker process when several jobs run at once (``redrl compare``, ``redrl sweep``)."""
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model
-    from redrl.trainer import resolve_paths, resolve_split, train
+    from redrl.paths import resolve_paths, resolve_split
+    from redrl.trainer import train
 
     cfg = _with_compare_settings(config, overrides, **values)
     run, cfg_dict = Path(cfg.train.out), _jsonable(cfg.to_dict())
@@ -303,7 +304,9 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
     """Table 1 of the paper: ``H_rl`` / ``H_sft`` of the base and of each phase's final checkpoint, per seed."""
     from transformers import AutoTokenizer
 
-    from redrl.trainer import prepare_data, resolve_paths, train
+    from redrl.data.training import prepare_data
+    from redrl.paths import resolve_paths
+    from redrl.trainer import train
 
     base_cfg = _with_compare_settings(config, overrides)
     base_path, train_path, _ = resolve_paths(base_cfg)
@@ -364,8 +367,8 @@ def run_compare(
     (default :func:`default_jobs`); ``jobs = 1`` runs everything in this process.
     """
     from redrl.data.offline import load_problems
+    from redrl.paths import resolve_paths
     from redrl.report import write_outputs
-    from redrl.trainer import resolve_paths
 
     started = time.perf_counter()
     out = Path(out)

@@ -14,7 +14,8 @@ def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[st
     from redrl.config import load_config
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model, format_table
-    from redrl.trainer import resolve_paths, train
+    from redrl.paths import resolve_paths
+    from redrl.trainer import train
 
     started = time.perf_counter()
     out = Path(out)

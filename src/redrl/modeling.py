@@ -7,13 +7,17 @@ import contextlib
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from redrl.objectives import token_logprobs_and_entropy, token_logprobs_and_entropy_from_hidden
 
-__all__ = ["TokenScorer", "apply_lora", "autocast", "encode_prompt", "encode_response", "load_model_and_tokenizer", "resolve_device",
-           "response_logprobs", "trainable_parameters"]
+if TYPE_CHECKING:
+    from redrl.config import Config
+
+__all__ = ["TokenScorer", "apply_lora", "autocast", "encode_prompt", "encode_response", "load_model_and_tokenizer", "prepare_model",
+           "resolve_device", "response_logprobs", "trainable_parameters"]
 
 
 def _unwrap(model):
@@ -234,3 +238,22 @@ def encode_response(tokenizer, text: str, response_prefix: str | None = None) ->
     if response_prefix and text.startswith(response_prefix):
         text = text[len(response_prefix):]
     return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def prepare_model(cfg: Config, model_path: str, device: torch.device | None = None):
+    """Model and tokenizer for training: on ``device`` (default: ``model.device``), with gradient
+    checkpointing and LoRA adapters as configured; the mixed-precision choice is checked against
+    the device here, before any work is done."""
+    kwargs = cfg.model.load_kwargs() | ({"device": str(device)} if device is not None else {})
+    model, tokenizer = load_model_and_tokenizer(model_path, **kwargs)
+    autocast(model.device, cfg.train.mixed_precision)  # raises if the device cannot do it
+    if cfg.train.gradient_checkpointing:  # newer transformers call it activation checkpointing
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.use_peft:
+        model = apply_lora(model, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha, dropout=cfg.model.lora_dropout,
+                           target_modules=cfg.model.lora_target_modules)
+    model.train()
+    return model, tokenizer

@@ -14,12 +14,17 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from redrl.modeling import autocast
 
-__all__ = ["FastGenerator", "HFGenerator", "VLLMGenerator", "local_generator", "sample_tokens", "strip_response"]
+if TYPE_CHECKING:
+    from redrl.config import Config
+    from redrl.parallel import Parallel
+
+__all__ = ["FastGenerator", "HFGenerator", "VLLMGenerator", "build_generator", "local_generator", "sample_tokens", "strip_response"]
 
 
 def strip_response(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
@@ -106,6 +111,27 @@ def local_generator(engine: str, model, eos_id: int, pad_id: int, batch_size: in
         except ValueError:  # an architecture the fast engine does not implement: generate serves it
             pass
     return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision)
+
+
+def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None):
+    """The configured rollout engine; vLLM starts with the weights being trained (adapters merged)."""
+    if cfg.rollout.engine == "vllm":
+        if par.distributed:
+            raise ValueError("rollout.engine=vllm runs in single-process training for now; use rollout.engine=hf with several processes")
+        precision = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.train.mixed_precision, cfg.model.dtype)
+        generator = VLLMGenerator.create(
+            model_path, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, dtype=precision,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, max_model_len=longest_prompt + cfg.rollout.max_new_tokens,
+            seed=cfg.train.seed, trust_remote_code=cfg.model.trust_remote_code, config_overrides=cfg.model.config_overrides,
+        )
+        generator.sync_weights(model)
+        return generator
+    if cfg.rollout.engine == "fast":
+        if par.sharded:
+            raise ValueError("rollout.engine=fast needs every weight on every process; with FSDP or DeepSpeed use rollout.engine=hf")
+        return FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision)
+    return HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision,
+                       parameters=(lambda: par.full_parameters(scorer)) if scorer is not None else None)
 
 
 def _cuda_available() -> bool:

@@ -1,0 +1,64 @@
+"""Where a run's model and data live: ``tiny`` builds the embedded default, a local path must
+exist, anything else may be a Hub id that ``from_pretrained`` / ``datasets`` resolve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redrl.config import Config
+
+__all__ = ["resolve_model", "resolve_paths", "resolve_split"]
+
+
+def resolve_model(model: str) -> str:
+    """A model path or Hub id as ``from_pretrained`` takes it; ``tiny`` builds the embedded base.
+    A path that looks local and does not exist is an error here, not deep inside transformers."""
+    if model == "tiny":
+        from redrl.tiny import ensure_tiny
+
+        return str(ensure_tiny().base)
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # else maybe a Hub id "org/name"
+    if looks_local and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"model.path not found: {model}")
+    return model
+
+
+def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = True,
+                  progress: bool = True) -> tuple[str, str, str]:
+    """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
+    (data that is not needed is returned as ``""``; ``progress``: the build's progress bar)."""
+    if need_test and not cfg.data.test:
+        raise ValueError("data.test is not set: give test problems (--data FILE) or evaluate on --benchmarks")
+    model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test if need_test else ""
+    if model != "tiny":
+        resolve_model(model)
+    for name, value in (("data.train", train_data), ("data.test", test_data)):
+        maybe_hub = name == "data.train" and value.count("/") == 1 and not value.startswith((".", "/", "~"))
+        if value and value != "tiny" and not maybe_hub and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{name} not found: {value}")
+    if "tiny" in (model, train_data, test_data):
+        from redrl.tiny import ensure_tiny
+
+        assets = ensure_tiny(progress=progress)
+        model = str(assets.base) if model == "tiny" else model
+        train_data = str(assets.train) if train_data == "tiny" else train_data
+        test_data = str(assets.test) if test_data == "tiny" else test_data
+    return model, train_data, test_data
+
+
+def resolve_split(cfg: Config, split: str = "test", *, progress: bool = True) -> str:
+    """The evaluation problems of ``split``: ``data.test`` or ``data.val`` (``tiny``: the embedded default's)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be test or val; got {split!r}")
+    value = cfg.data.test if split == "test" else cfg.data.val
+    if not value:
+        raise ValueError(f"data.{split} is not set")
+    if value == "tiny":
+        from redrl.tiny import ensure_tiny
+
+        return str(getattr(ensure_tiny(progress=progress), split))
+    if not Path(value).expanduser().exists():
+        raise FileNotFoundError(f"data.{split} not found: {value}")
+    return value

@@ -1,0 +1,225 @@
+"""One optimization step: entropies → the regulator's ``w`` → the method's loss over micro-batches →
+one AdamW step; and the step's data metrics, summed over processes.
+
+With several processes each one holds its share of the step's groups: the entropies, the loss
+normaliser and every reported number are summed over processes, and each process's loss is scaled
+by the number of processes (DDP averages gradients), so the update is the one a single process
+would take on all the groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from redrl.batch import Batch
+from redrl.modeling import autocast, trainable_parameters
+from redrl.objectives import aggregation_units, red_loss, sft_loss, srft_loss
+from redrl.parallel import Parallel
+from redrl.regulator import EntropyRegulator
+
+if TYPE_CHECKING:
+    from redrl.config import Config
+    from redrl.methods import Method
+
+__all__ = ["LOSS_METRICS", "build_scheduler", "optimization_step", "step_record"]
+
+
+@dataclass
+class _Pass:
+    """Per-token results of one forward over a micro-batch."""
+
+    rows: Batch
+    logp: torch.Tensor
+    entropy: torch.Tensor
+
+
+def _forward(scorer, rows: Batch) -> _Pass:
+    logp, entropy = scorer(rows.input_ids, rows.attention_mask, rows.loss_mask())
+    return _Pass(rows, logp, entropy)
+
+
+def _entropy_sums(passes: list[_Pass]) -> list[float]:
+    """``[Σ H over rollout tokens, their count, Σ H over teacher tokens, their count]`` of this process."""
+    out = []
+    for offline in (False, True):
+        select = [p.rows.loss_mask() & (p.rows.is_offline.unsqueeze(-1) == offline) for p in passes]
+        out += [sum(float((p.entropy.detach() * m).sum()) for p, m in zip(passes, select)), sum(int(m.sum()) for m in select)]
+    return out
+
+
+def _loss(method: Method, cfg: Config, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float, sft_entropy_coef: float):
+    rows, mask = current.rows, current.rows.loss_mask()
+    if method.objective == "sft":
+        return sft_loss(current.logp, mask, entropy=current.entropy, entropy_coef=sft_entropy_coef), {}
+    loss_cfg = cfg.loss
+    if method.objective == "srft":
+        return srft_loss(
+            current.logp, old_logp, rows.advantages, rows.rewards, mask, rows.is_offline, torch.tensor(h_rl),
+            eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high, sft_coef=cfg.baselines.srft_sft_coef,
+            rl_coef=cfg.baselines.srft_rl_coef, aggregation=loss_cfg.aggregation,
+            norm_constant=loss_cfg.norm_constant or cfg.rollout.max_new_tokens,
+        )
+    return red_loss(
+        current.logp, old_logp, rows.advantages, mask, rows.is_offline, rows.group_accuracy, w,
+        eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,
+        offline_ratio=loss_cfg.offline_ratio or method.offline_ratio, gamma=loss_cfg.luffy_gamma,
+        aggregation=loss_cfg.aggregation, clip_offline=loss_cfg.clip_offline,
+        norm_constant=loss_cfg.norm_constant or cfg.rollout.max_new_tokens,
+    )
+
+
+#: What red_loss reports, logged every step (NaN where a method has no such quantity).
+LOSS_METRICS = ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_ratio_mean", "pi_off_mean", "offline_pi_mean")
+
+
+def optimization_step(
+    scorer, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *,
+    sft_entropy_coef: float = 0.0, scaler: torch.amp.GradScaler | None = None, par: Parallel | None = None,
+) -> dict:
+    """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
+
+    ``scorer`` is a :class:`redrl.modeling.TokenScorer` (wrapped by ``par`` when several processes
+    train). Forward passes and the loss run under ``cfg.train.mixed_precision`` autocast on the
+    model's device; ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients.
+    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step).
+
+    With several processes, ``batch`` is this process's groups: the entropies, the loss normaliser
+    and every reported number are summed over processes, and each process's loss is scaled by the
+    number of processes (DDP averages gradients), so the update is the one a single process would
+    take on all the groups."""
+    par = par or Parallel(None)
+    device = next(scorer.parameters()).device
+    batch = batch.to(device)
+    precision = cfg.train.mixed_precision
+
+    def forward(rows: Batch) -> _Pass:
+        with autocast(device, precision):
+            return _forward(scorer, rows)
+
+    size = cfg.train.micro_batch_size
+    if len(batch) > size:
+        # Rows of similar length share a micro-batch, so little of it is padding; the loss is a
+        # weighted sum over micro-batches, so the order does not change the update.
+        batch = batch.rows(torch.argsort(batch.attention_mask.sum(-1), stable=True))
+    micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
+    aggregation = "token-mean" if method.objective == "sft" else cfg.loss.aggregation
+
+    if len(micro) == 1:
+        # One pass: entropies, old log-probs and the loss all come from the same forward.
+        passes = [forward(micro[0])]
+        old_logps = [passes[0].logp.detach()]
+    else:
+        # Entropies and old log-probs first (no grad, same parameters), then the loss passes.
+        with torch.no_grad():
+            passes = [forward(rows) for rows in micro]
+        old_logps = [p.logp for p in passes]
+    if cfg.rollout.old_logp == "sampler" and batch.sampler_logp is not None:
+        # The sampler's own log-probs for rollout tokens (the importance ratio then also corrects
+        # any mismatch between the sampling engine and the trainer); recomputed ones elsewhere.
+        old_logps = [torch.where(torch.isnan(rows.sampler_logp), old, rows.sampler_logp.to(old.dtype))
+                     for rows, old in zip(micro, old_logps)]
+    units = [int(aggregation_units(rows.loss_mask(), aggregation)) for rows in micro]
+    rl_sum, rl_count, sft_sum, sft_count, total_units = par.sum([*_entropy_sums(passes), sum(units)])
+    h_rl = rl_sum / rl_count if rl_count else math.nan
+    h_sft = sft_sum / sft_count if sft_count else math.nan
+    regulator_before = regulator.state_dict()  # restored if this step turns out not to be finite
+    w = regulator.update(h_rl, h_sft) if method.regulator else 1.0
+
+    loss_value = 0.0
+    # Loss metrics are averaged over micro-batches (and processes) with the loss's own weights; a
+    # metric that is undefined in a micro-batch (e.g. π_off without teacher rows) is left out.
+    sums = {name: 0.0 for name in LOSS_METRICS}
+    weights = {name: 0.0 for name in LOSS_METRICS}
+    for index, rows in enumerate(micro):
+        last = index == len(micro) - 1
+        with par.accumulate(scorer, last):
+            current = passes[0] if len(micro) == 1 else forward(rows)
+            with autocast(device, precision):
+                loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
+            share = units[index] / max(total_units, 1)
+            scaled = loss * share * par.world
+            par.backward(scaler.scale(scaled) if scaler else scaled)
+        loss_value += loss.item() * share
+        for name, value in metrics.items():
+            if name in sums and math.isfinite(value.item()):
+                sums[name] += value.item() * share
+                weights[name] += share
+    reduced = par.sum([loss_value, *sums.values(), *weights.values()])
+    loss_value, sums, weights = reduced[0], reduced[1 : 1 + len(sums)], reduced[1 + len(sums) :]
+    summed = {name: total / weight if weight else math.nan for name, total, weight in zip(LOSS_METRICS, sums, weights)}
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), cfg.optim.max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    # A non-finite loss or gradient skips the update: weights, optimizer, schedule and regulator stay
+    # as they were. Under fp16 the loss scaler skips overflowing steps itself (reported as
+    # scaler_skipped, not counted: it happens while the scale calibrates); the schedule and the
+    # regulator then stay too. (Under DeepSpeed its engine steps inside the last backward pass.)
+    finite = math.isfinite(loss_value) and (scaler is not None or math.isfinite(grad_norm))
+    scaler_skipped = 0
+    if finite and scaler:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skipped when the unscaled gradients are not finite
+        scaler.update()
+        scaler_skipped = int(scaler.get_scale() < scale)  # an overflow lowers the scale: fp16's own skip, not counted
+    elif finite:
+        optimizer.step()
+    elif scaler:
+        scaler.update()  # closes this step for the scaler (it was unscaled above)
+    if not finite or scaler_skipped:
+        optimizer.zero_grad(set_to_none=True)
+        regulator.load_state_dict(regulator_before)
+        return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": math.nan, "delta_h_sft": math.nan,
+                "w": math.nan, "grad_norm": grad_norm, "lr": lr, "skipped": int(not finite), "scaler_skipped": scaler_skipped}
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
+            "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan, "w": w,
+            "grad_norm": grad_norm, "lr": lr, "skipped": 0, "scaler_skipped": 0}
+
+
+def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int, *, min_ratio: float = 0.0):
+    """Linear warm-up, then constant, linear or cosine decay from lr to ``lr * min_ratio``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "linear":
+            return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
+        if schedule == "cosine":
+            return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded: list[float], eos_id: int,
+                 rollout_seconds: float, train_seconds: float, extra: dict) -> dict:
+    """The step's data metrics, summed over processes before averaging (so every rank agrees)."""
+    online, lengths = ~batch.is_offline, batch.response_lengths().double()
+    known = ~torch.isnan(batch.rewards)
+    local = {
+        "reward": (float(batch.rewards[known].double().sum()), int(known.sum())),
+        "online_accuracy": (sum(graded), len(graded)),
+        "online_length": (float(lengths[online].sum()), int(online.sum())),
+        "offline_length": (float(lengths[batch.is_offline].sum()), int(batch.is_offline.sum())),
+        "truncated_fraction": (sum(1 for r in rollouts if not r or r[-1] != eos_id), len(rollouts)),
+    }
+    counters = {key: extra[key] for key in ("bread_failed_groups", "bread_rescued", "reward_failures") if key in extra}
+    prefix_sum = extra["bread_prefix"] * extra["bread_rescued"] if extra.get("bread_rescued") else 0.0
+    flat = [v for pair in local.values() for v in pair] + list(counters.values()) + [
+        prefix_sum, sum(map(len, rollouts)), float(batch.attention_mask.sum())]
+    reduced = par.sum(flat)
+    record = {key: reduced[2 * i] / reduced[2 * i + 1] if reduced[2 * i + 1] else math.nan for i, key in enumerate(local)}
+    rest = reduced[2 * len(local):]
+    record.update({key: int(value) for key, value in zip(counters, rest)})
+    prefix_total, rollout_tokens, train_tokens = rest[len(counters):]
+    if "bread_rescued" in counters:
+        record["bread_prefix"] = prefix_total / record["bread_rescued"] if record["bread_rescued"] else math.nan
+    record["rollout_tokens_per_s"] = rollout_tokens / par.max(rollout_seconds) if rollout_tokens else math.nan
+    record["train_tokens_per_s"] = train_tokens / par.max(train_seconds)
+    return record

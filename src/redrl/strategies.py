@@ -1,0 +1,210 @@
+"""What a method does beyond its loss: which prompts a step trains on, and what happens to a group
+whose ``G`` rollouts all failed. One small object per behaviour, used by composition; the loop calls
+the same four methods on every one and never asks which method it runs.
+
+* :class:`Plain`: every step draws the next prompts; an all-fail group simply carries no signal (GRPO, RED, ...).
+* :class:`ReliftBuffer`: ReLIFT (arXiv 2506.07527): all-fail prompts wait in a buffer; when it holds
+  ``size`` prompts, that step is one SFT step (NLL − coef·H) on their teacher traces.
+* :class:`TeacherPrefix`: BREAD (arXiv 2506.17211): an all-fail group is sampled again after the
+  shortest teacher prefix that lets one continuation succeed (:func:`teacher_prefix_rollouts`).
+
+Each keeps its state in :meth:`state_dict`, saved with every checkpoint, so a resumed run repeats
+the uninterrupted one exactly. :func:`build_strategy` picks one by ``Method.on_all_fail``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from redrl.methods import METHODS, Method
+from redrl.rewards import grade
+
+if TYPE_CHECKING:
+    from redrl.data.training import PromptSampler
+    from redrl.parallel import Parallel
+
+__all__ = ["Plain", "ReliftBuffer", "StepPlan", "StepRollouts", "Strategy", "TeacherPrefix", "build_strategy", "teacher_prefix_rollouts"]
+
+
+@dataclass
+class StepPlan:
+    """What one step trains on: record indices (all processes' together), the method whose loss the
+    step takes, and the entropy bonus of an SFT step; ``special`` marks a step the strategy took over."""
+
+    prompts: list[int]
+    method: Method
+    sft_entropy_coef: float = 0.0
+    special: bool = False
+
+
+@dataclass
+class StepRollouts:
+    """This process's groups of one step after grading, as a strategy may rewrite them. ``rollouts``,
+    ``rewards`` and ``logprobs`` are prompt-major, ``group_size`` per prompt."""
+
+    chosen: list[int]
+    prompts: list[list[int]]
+    answers: list[str]
+    teacher: list[list[int]]
+    rollouts: list[list[int]]
+    rewards: list[float | None]
+    logprobs: list[list[float] | None] | None
+    group_size: int
+
+
+class Strategy(Protocol):
+    def plan(self, sampler: PromptSampler, count: int) -> StepPlan:
+        """The next step's prompts and method."""
+
+    def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
+        """Act on the graded groups (may rewrite ``step``); return counters for the step's metrics."""
+
+    def record(self, plan: StepPlan, extra: dict) -> dict:
+        """The strategy's own fields of the step's metrics row."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Plain:
+    """Every step draws the next prompts and trains the run's method on them."""
+
+    def __init__(self, method: Method):
+        self.method = method
+
+    def plan(self, sampler: PromptSampler, count: int) -> StepPlan:
+        return StepPlan(sampler.next(count), self.method)
+
+    def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
+        return {}
+
+    def record(self, plan: StepPlan, extra: dict) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _all_failed(rewards: list[float | None], group: int, G: int) -> bool:
+    """Every rollout of the group was graded and wrong."""
+    members = rewards[group * G : (group + 1) * G]
+    return all(r is not None and r <= 0 for r in members)
+
+
+class ReliftBuffer(Plain):
+    """ReLIFT: prompts whose rollouts all failed (on any process) wait in a buffer; a full buffer
+    turns the next step into one SFT step on ``size`` of their teacher traces, with ``-entropy_coef·H``
+    added to the NLL. The SFT step takes one of the run's optimizer steps."""
+
+    def __init__(self, method: Method, size: int, entropy_coef: float):
+        super().__init__(method)
+        self.size, self.entropy_coef, self.buffer = size, entropy_coef, []
+
+    def plan(self, sampler: PromptSampler, count: int) -> StepPlan:
+        if len(self.buffer) >= self.size:
+            taken, self.buffer = self.buffer[: self.size], self.buffer[self.size :]
+            return StepPlan(taken, METHODS["sft"], sft_entropy_coef=self.entropy_coef, special=True)
+        return super().plan(sampler, count)
+
+    def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
+        if plan.special:
+            return {}
+        G = step.group_size
+        failed = par.gather([i for g, i in enumerate(step.chosen) if _all_failed(step.rewards, g, G)])
+        self.buffer += [i for i in failed if i not in self.buffer]
+        return {"relift_buffer": len(self.buffer)}
+
+    def record(self, plan: StepPlan, extra: dict) -> dict:
+        kept = {"relift_buffer": extra["relift_buffer"]} if "relift_buffer" in extra else {}
+        return {**kept, "relift_sft_step": int(plan.special)}
+
+    def state_dict(self) -> dict:
+        return {"relift_buffer": list(self.buffer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer = list(state.get("relift_buffer", []))
+
+
+class TeacherPrefix(Plain):
+    """BREAD: after grading, every all-fail group is sampled again after teacher prefixes
+    (:func:`teacher_prefix_rollouts`); re-sampled groups have no sampler log-probs (recomputed)."""
+
+    def __init__(self, method: Method, generator, tokenizer, *, fractions: tuple[float, ...], temperature: float,
+                 max_new_tokens: int, grader: str):
+        super().__init__(method)
+        self.generator, self.tokenizer = generator, tokenizer
+        self.fractions, self.temperature, self.max_new_tokens, self.grader = fractions, temperature, max_new_tokens, grader
+
+    def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
+        before = step.prompts
+        step.prompts, step.rollouts, step.rewards, stats = teacher_prefix_rollouts(
+            self.generator, self.tokenizer, step.prompts, step.rollouts, step.rewards, step.teacher, step.answers,
+            group_size=step.group_size, fractions=self.fractions, temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens, grader=self.grader,
+        )
+        if step.logprobs is not None:
+            G = step.group_size
+            step.logprobs = [None if step.prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(step.logprobs)]
+        return stats
+
+
+def teacher_prefix_rollouts(
+    generator, tokenizer, prompts: list[list[int]], rollouts: list[list[int]], rewards: list[float | None],
+    teacher: list[list[int]], answers: list[str], *, group_size: int, fractions: tuple[float, ...], temperature: float,
+    max_new_tokens: int, grader: str,
+) -> tuple[list[list[int]], list[list[int]], list[float | None], dict]:
+    """BREAD's branched rollouts (arXiv 2506.17211) for the groups whose ``G`` rollouts all failed.
+
+    For each such group, the fractions are tried shortest first: the first ``⌊f·|trace|⌋`` tokens
+    of the teacher trace are appended to the prompt and ``G`` continuations are sampled (the
+    continuation's budget is what the prefix leaves of ``max_new_tokens``) and graded as
+    prefix + continuation. The first fraction with a correct continuation replaces the group's
+    prompt, rollouts and rewards; a group that no fraction rescues keeps its own failed rollouts.
+    The prefix becomes part of the prompt, so the loss sees the student's tokens only.
+    Returns new ``(prompts, rollouts, rewards)`` and ``{"bread_failed_groups", "bread_rescued", "bread_prefix"}``.
+    """
+    G = group_size
+    prompts, rollouts, rewards = list(prompts), list(rollouts), list(rewards)
+    pending = [i for i in range(len(prompts)) if _all_failed(rewards, i, G)]
+    failed, rescued_fractions = len(pending), []
+    for fraction in fractions:
+        if not pending:
+            break
+        body = {i: teacher[i][:-1] if teacher[i][-1:] == [tokenizer.eos_token_id] else teacher[i] for i in pending}
+        prefixes = {i: body[i][: max(1, int(fraction * len(body[i])))] for i in pending}
+        budget = max_new_tokens - min(len(prefix) for prefix in prefixes.values())
+        if budget < 1:
+            break
+        samples = generator.generate([prompts[i] + prefixes[i] for i in pending], G, temperature=temperature, max_new_tokens=budget)
+        still = []
+        for slot, i in enumerate(pending):
+            continuations = [row[: max_new_tokens - len(prefixes[i])] for row in samples[slot * G : (slot + 1) * G]]
+            texts = tokenizer.batch_decode([prefixes[i] + c for c in continuations], skip_special_tokens=True)
+            scores = [grade(text, answers[i], grader) for text in texts]
+            if any(score is not None and score > 0 for score in scores):
+                prompts[i] = prompts[i] + prefixes[i]
+                rollouts[i * G : (i + 1) * G] = continuations
+                rewards[i * G : (i + 1) * G] = scores
+                rescued_fractions.append(fraction)
+            else:
+                still.append(i)
+        pending = still
+    stats = {"bread_failed_groups": failed, "bread_rescued": len(rescued_fractions),
+             "bread_prefix": sum(rescued_fractions) / len(rescued_fractions) if rescued_fractions else math.nan}
+    return prompts, rollouts, rewards, stats
+
+
+def build_strategy(method: Method, baselines, rollout, *, generator, tokenizer, grader: str) -> Strategy:
+    """The strategy of ``method.on_all_fail``, from the ``baselines`` and ``rollout`` config sections."""
+    if method.on_all_fail == "sft_buffer":
+        return ReliftBuffer(method, baselines.relift_buffer, baselines.relift_entropy_coef)
+    if method.on_all_fail == "teacher_prefix":
+        return TeacherPrefix(method, generator, tokenizer, fractions=baselines.bread_fractions, temperature=rollout.temperature,
+                             max_new_tokens=rollout.max_new_tokens, grader=grader)
+    return Plain(method)
