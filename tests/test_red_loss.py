@@ -290,13 +290,13 @@ def test_k3_kl_term_on_rollout_tokens():
     base, _ = red_loss(**batch)
     # Reference = current policy: k3 = 0, nothing changes.
     same, metrics = red_loss(**batch, ref_logp=batch["logp"].detach(), kl_coef=0.5)
-    assert abs(same.item() - base.item()) < 1e-12 and metrics["kl"].item() == 0.0
+    assert abs(same.item() - base.item()) < 1e-12 and metrics["kl_ref"].item() == 0.0
     # Reference probability half the policy's on rollout tokens: δ = ln 0.5,
     # k3 = 0.5 - ln 0.5 - 1 = 0.1931472 per token; on 3 rollout tokens, mean 0.1931472.
     ref = batch["logp"].detach() + math.log(0.5)
     loss, metrics = red_loss(**batch, ref_logp=ref, kl_coef=0.5)
     k3 = 0.5 - math.log(0.5) - 1
-    assert metrics["kl"].item() == pytest.approx(k3, abs=1e-12)
+    assert metrics["kl_ref"].item() == pytest.approx(k3, abs=1e-12)
     # seq-mean-token-mean over all 3 rows: rollout rows have mean k3, the teacher row 0.
     assert loss.item() - base.item() == pytest.approx(0.5 * (2 * k3) / 3, abs=1e-12)
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,11 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "ADVANTAGE_SCALES",
     "AGGREGATIONS",
+    "LOSSES",
     "OFFLINE_RATIOS",
+    "LossInputs",
+    "LossSettings",
+    "Objective",
     "aggregate_loss",
     "aggregation_units",
     "clipped_surrogate",
@@ -537,7 +542,7 @@ def red_loss(
         (the two named terms, ``loss = loss_on + loss_off (+ kl)``), ``clip_fraction`` (share of
         on-policy tokens where clipping is active), ``ratio_mean`` (on-policy ``r``),
         ``offline_ratio_mean`` (``r_off``), ``pi_off_mean`` and ``offline_pi_mean`` (``π_off`` and
-        ``π`` on offline tokens), ``kl`` (mean k3 on on-policy tokens, when computed). Means over an
+        ``π`` on offline tokens), ``kl_ref`` (mean k3 on on-policy tokens, when computed). Means over an
         empty set are NaN.
     """
     _check_choice("aggregation", aggregation, AGGREGATIONS)
@@ -593,7 +598,7 @@ def red_loss(
         kl = kl_k3(logp, ref_logp)
         # Rows other than on-policy rows contribute zero (their k3 is 0 by construction above).
         loss = loss + kl_coef * aggregate_loss(kl, mask, aggregation, norm_constant=norm_constant)
-        metrics["kl"] = masked_mean(kl.detach(), on_mask)
+        metrics["kl_ref"] = masked_mean(kl.detach(), on_mask)
     return loss, metrics
 
 
@@ -690,6 +695,96 @@ def srft_loss(
     metrics = {name: value.detach() for name, value in terms.items()}
     metrics.update(w_sft=w_sft.detach(), w_rl=w_rl.detach())
     return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The loss registry: every objective by name, called the same way
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LossInputs:
+    """Per-token inputs of one micro-batch's loss (``N`` rows, ``T`` positions on the target grid).
+
+    ``logp`` (differentiable), ``old_logp``, ``entropy``, ``response_mask`` ``[N, T]``;
+    ``advantages``, ``rewards`` (NaN = ungradable), ``is_offline``, ``group_accuracy`` ``[N]``;
+    ``w`` the entropy regulator's weight of this step and ``h_rl`` the step's mean rollout entropy
+    (both over the whole step, not the micro-batch); ``ref_logp`` ``[N, T]`` a reference model's
+    log-probabilities where a KL term needs them."""
+
+    logp: torch.Tensor
+    old_logp: torch.Tensor
+    entropy: torch.Tensor
+    response_mask: torch.Tensor
+    advantages: torch.Tensor
+    rewards: torch.Tensor
+    is_offline: torch.Tensor
+    group_accuracy: torch.Tensor
+    w: float = 1.0
+    h_rl: float = math.nan
+    ref_logp: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The numbers an objective takes besides its inputs, built once from the config.
+
+    ``aggregation`` and ``norm_constant`` as in :func:`aggregate_loss`; ``eps_low``, ``eps_high``,
+    ``offline_ratio``, ``gamma``, ``clip_offline``, ``kl_coef`` as in :func:`red_loss`;
+    ``srft_sft_coef``, ``srft_rl_coef`` as in :func:`srft_loss`; ``sft_entropy_coef`` the
+    ``β`` of :func:`sft_loss`."""
+
+    aggregation: str = "seq-mean-token-mean"
+    norm_constant: float | None = None
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    offline_ratio: str = "shift"
+    gamma: float = 0.1
+    clip_offline: bool = False
+    kl_coef: float = 0.0
+    srft_sft_coef: float = 0.5
+    srft_rl_coef: float = 0.1
+    sft_entropy_coef: float = 0.0
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered loss: ``fn(inputs, settings) -> (loss, metrics)`` and the names of the metrics it
+    reports (detached 0-d tensors; a method's log has every registered name, NaN where undefined)."""
+
+    fn: Callable[[LossInputs, LossSettings], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    metrics: tuple[str, ...]
+
+
+def _red_objective(x: LossInputs, s: LossSettings):
+    """:func:`red_loss` (Eq. 10)."""
+    return red_loss(x.logp, x.old_logp, x.advantages, x.response_mask, x.is_offline, x.group_accuracy, x.w,
+                    eps_low=s.eps_low, eps_high=s.eps_high, offline_ratio=s.offline_ratio, gamma=s.gamma,
+                    aggregation=s.aggregation, clip_offline=s.clip_offline, norm_constant=s.norm_constant,
+                    ref_logp=x.ref_logp, kl_coef=s.kl_coef)
+
+
+def _sft_objective(x: LossInputs, s: LossSettings):
+    """:func:`sft_loss`, with ReLIFT's entropy bonus when ``sft_entropy_coef`` is set."""
+    return sft_loss(x.logp, x.response_mask, entropy=x.entropy, entropy_coef=s.sft_entropy_coef, aggregation=s.aggregation,
+                    norm_constant=s.norm_constant), {}
+
+
+def _srft_objective(x: LossInputs, s: LossSettings):
+    """:func:`srft_loss`, its entropy ``H`` the step's mean rollout entropy."""
+    return srft_loss(x.logp, x.old_logp, x.advantages, x.rewards, x.response_mask, x.is_offline, torch.tensor(x.h_rl),
+                     eps_low=s.eps_low, eps_high=s.eps_high, sft_coef=s.srft_sft_coef, rl_coef=s.srft_rl_coef,
+                     aggregation=s.aggregation, norm_constant=s.norm_constant)
+
+
+#: Every objective by name (``Method.objective``). Adding one: a function here with its
+#: hand-computed test, and an entry in this dict.
+LOSSES: dict[str, Objective] = {
+    "red": Objective(_red_objective, ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_ratio_mean", "pi_off_mean",
+                                      "offline_pi_mean", "kl_ref")),
+    "sft": Objective(_sft_objective, ()),
+    "srft": Objective(_srft_objective, ("sft_demo", "rl_demo", "positive", "negative", "w_sft", "w_rl")),
+}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 
 from redrl.batch import Batch
 from redrl.modeling import autocast, trainable_parameters
-from redrl.objectives import aggregation_units, red_loss, sft_loss, srft_loss
+from redrl.objectives import LOSSES, LossInputs, LossSettings, Objective, aggregation_units
 from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from redrl.config import Config
     from redrl.methods import Method
 
-__all__ = ["LOSS_METRICS", "build_scheduler", "optimization_step", "step_record"]
+__all__ = ["LOSS_METRICS", "build_scheduler", "loss_settings", "optimization_step", "step_record"]
 
 
 @dataclass
@@ -51,29 +51,30 @@ def _entropy_sums(passes: list[_Pass]) -> list[float]:
     return out
 
 
-def _loss(method: Method, cfg: Config, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float, sft_entropy_coef: float):
-    rows, mask = current.rows, current.rows.loss_mask()
+def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) -> LossSettings:
+    """The settings of ``method``'s objective from the config: SFT is a token-mean NLL whatever
+    ``loss.aggregation`` says; the length normaliser defaults to ``rollout.max_new_tokens``."""
     if method.objective == "sft":
-        return sft_loss(current.logp, mask, entropy=current.entropy, entropy_coef=sft_entropy_coef), {}
-    loss_cfg = cfg.loss
-    if method.objective == "srft":
-        return srft_loss(
-            current.logp, old_logp, rows.advantages, rows.rewards, mask, rows.is_offline, torch.tensor(h_rl),
-            eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high, sft_coef=cfg.baselines.srft_sft_coef,
-            rl_coef=cfg.baselines.srft_rl_coef, aggregation=loss_cfg.aggregation,
-            norm_constant=loss_cfg.norm_constant or cfg.rollout.max_new_tokens,
-        )
-    return red_loss(
-        current.logp, old_logp, rows.advantages, mask, rows.is_offline, rows.group_accuracy, w,
-        eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,
-        offline_ratio=loss_cfg.offline_ratio or method.offline_ratio, gamma=loss_cfg.luffy_gamma,
-        aggregation=loss_cfg.aggregation, clip_offline=loss_cfg.clip_offline,
-        norm_constant=loss_cfg.norm_constant or cfg.rollout.max_new_tokens,
+        return LossSettings(aggregation="token-mean", sft_entropy_coef=sft_entropy_coef)
+    loss = cfg.loss
+    return LossSettings(
+        aggregation=loss.aggregation, norm_constant=loss.norm_constant or cfg.rollout.max_new_tokens,
+        eps_low=loss.eps_low, eps_high=loss.eps_high, offline_ratio=loss.offline_ratio or method.offline_ratio,
+        gamma=loss.luffy_gamma, clip_offline=loss.clip_offline, srft_sft_coef=cfg.baselines.srft_sft_coef,
+        srft_rl_coef=cfg.baselines.srft_rl_coef, sft_entropy_coef=sft_entropy_coef,
     )
 
 
-#: What red_loss reports, logged every step (NaN where a method has no such quantity).
-LOSS_METRICS = ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_ratio_mean", "pi_off_mean", "offline_pi_mean")
+def _loss(objective: Objective, settings: LossSettings, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float):
+    rows = current.rows
+    inputs = LossInputs(logp=current.logp, old_logp=old_logp, entropy=current.entropy, response_mask=rows.loss_mask(),
+                        advantages=rows.advantages, rewards=rows.rewards, is_offline=rows.is_offline,
+                        group_accuracy=rows.group_accuracy, w=w, h_rl=h_rl)
+    return objective.fn(inputs, settings)
+
+
+#: Every registered objective's metrics, logged every step (NaN where a method has no such quantity).
+LOSS_METRICS = tuple(dict.fromkeys(name for objective in LOSSES.values() for name in objective.metrics))
 
 
 def optimization_step(
@@ -106,7 +107,8 @@ def optimization_step(
         # weighted sum over micro-batches, so the order does not change the update.
         batch = batch.rows(torch.argsort(batch.attention_mask.sum(-1), stable=True))
     micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
-    aggregation = "token-mean" if method.objective == "sft" else cfg.loss.aggregation
+    objective, settings = LOSSES[method.objective], loss_settings(cfg, method, sft_entropy_coef)
+    aggregation = settings.aggregation
 
     if len(micro) == 1:
         # One pass: entropies, old log-probs and the loss all come from the same forward.
@@ -139,7 +141,7 @@ def optimization_step(
         with par.accumulate(scorer, last):
             current = passes[0] if len(micro) == 1 else forward(rows)
             with autocast(device, precision):
-                loss, metrics = _loss(method, cfg, current, old_logps[index], w, h_rl, sft_entropy_coef)
+                loss, metrics = _loss(objective, settings, current, old_logps[index], w, h_rl)
             share = units[index] / max(total_units, 1)
             scaled = loss * share * par.world
             par.backward(scaler.scale(scaled) if scaler else scaled)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from redrl.data.training import PromptSampler
     from redrl.parallel import Parallel
 
-__all__ = ["Plain", "ReliftBuffer", "StepPlan", "StepRollouts", "Strategy", "TeacherPrefix", "build_strategy", "teacher_prefix_rollouts"]
+__all__ = ["Plain", "ReliftBuffer", "StepPlan", "StepRollouts", "Strategy", "TeacherPrefix", "build_strategy", "check_strategy", "teacher_prefix_rollouts"]
 
 
 @dataclass
@@ -198,6 +198,15 @@ def teacher_prefix_rollouts(
     stats = {"bread_failed_groups": failed, "bread_rescued": len(rescued_fractions),
              "bread_prefix": sum(rescued_fractions) / len(rescued_fractions) if rescued_fractions else math.nan}
     return prompts, rollouts, rewards, stats
+
+
+def check_strategy(method: Method, baselines, par: Parallel) -> None:
+    """Refuse, before any model is loaded, a strategy this launch cannot run."""
+    if method.on_all_fail == "sft_buffer" and baselines.relift_buffer % par.world:
+        raise ValueError(f"baselines.relift_buffer ({baselines.relift_buffer}) must be a multiple of the {par.world} processes")
+    if method.on_all_fail == "teacher_prefix" and par.sharded:
+        raise ValueError("bread re-samples only where groups failed, but gathering sharded weights for generation needs "
+                         "every process; run it with DDP (configs/accelerate/ddp.yaml)")
 
 
 def build_strategy(method: Method, baselines, rollout, *, generator, tokenizer, grader: str) -> Strategy:

@@ -47,7 +47,7 @@ from redrl.rewards import grade_checked
 from redrl.rollout import build_generator
 from redrl.staged import train_staged
 from redrl.step import build_scheduler, optimization_step, step_record
-from redrl.strategies import StepRollouts, Strategy, build_strategy
+from redrl.strategies import StepRollouts, Strategy, build_strategy, check_strategy
 
 __all__ = ["NonFiniteTraining", "Run", "TrainingStopped", "setup", "train"]
 
@@ -114,12 +114,8 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     par = Parallel.create(cfg.model.device)
     if par.is_main:
         _writable(out)
-    if method.on_all_fail == "sft_buffer" and cfg.baselines.relift_buffer % par.world:
-        raise ValueError(f"baselines.relift_buffer ({cfg.baselines.relift_buffer}) must be a multiple of the {par.world} processes")
+    check_strategy(method, cfg.baselines, par)
     par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
-    if method.on_all_fail == "teacher_prefix" and par.sharded:
-        raise ValueError("bread re-samples only where groups failed, but gathering sharded weights for generation needs "
-                         "every process; run it with DDP (configs/accelerate/ddp.yaml)")
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     resume_from = None
