@@ -45,7 +45,8 @@ def flops_per_token(config) -> float:
 def main() -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from redrl.rollout import FastGenerator, HFGenerator
+    from redrl.fast_engine import FastGenerator
+    from redrl.rollout import HFGenerator
     from redrl.tiny import TinySpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

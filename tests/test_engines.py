@@ -201,7 +201,7 @@ def _random_llama(vocab=64, kv_heads=1):
 
 
 def test_fast_engine_greedy_equals_generate_and_reports_exact_logprobs(tiny_assets):
-    from redrl.rollout import FastGenerator
+    from redrl.fast_engine import FastGenerator
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     prompts = _tiny_prompts(tiny_assets, tokenizer, 24)
@@ -253,7 +253,7 @@ def _wilson_hilferty_z(counts: torch.Tensor, probs: torch.Tensor) -> float:
 def test_fast_engine_samples_the_same_distribution_as_generate():
     # A random model (a spread-out next-token distribution), temperature 0.7 and top-p 0.9: both
     # engines' first tokens fit the exact distribution; a wrong temperature is rejected (the test has power).
-    from redrl.rollout import FastGenerator
+    from redrl.fast_engine import FastGenerator
 
     model = _random_llama()
     prompt = [5, 9, 2, 17]
@@ -286,18 +286,20 @@ def test_fast_engine_samples_the_same_distribution_as_generate():
 def test_fast_engine_refuses_what_it_does_not_implement_and_eval_falls_back(tiny_assets):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from redrl.rollout import FastGenerator, local_generator
+    from redrl.fast_engine import FastGenerator
+    from redrl.rollout import make_generator
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32))
     with pytest.raises(ValueError, match="rollout.engine=fast: model type 'gpt2' is not one of llama, qwen2, mistral; use rollout.engine=hf"):
         FastGenerator(model, eos_id=1, pad_id=0)
-    assert isinstance(local_generator("fast", model, 1, 0), HFGenerator)
+    with pytest.warns(UserWarning, match="model type 'gpt2' is not one of .*; sampling with transformers' generate instead"):
+        assert isinstance(make_generator("fast", model, 1, 0), HFGenerator)
 
 
 def test_fast_engine_follows_lora_adapters(tiny_assets):
     pytest.importorskip("peft")
     from redrl.modeling import apply_lora
-    from redrl.rollout import FastGenerator
+    from redrl.fast_engine import FastGenerator
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     model = apply_lora(model, r=4, dropout=0.0)

@@ -274,14 +274,15 @@ def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], te
     (sampled at the rollout temperature) and of the prompts' teacher traces, as the trainer logs them."""
     from redrl.batch import collate
     from redrl.modeling import load_model_and_tokenizer, response_logprobs
-    from redrl.rollout import local_generator
+    from redrl.rollout import make_generator
 
     model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
     model.eval()
     torch.manual_seed(seed)
     G = cfg.rollout.group_size
-    generator = local_generator(cfg.rollout.engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size,
-                                cfg.train.mixed_precision)
+    engine = "fast" if cfg.rollout.engine == "fast" else "hf"  # in-process, as evaluation samples (vLLM belongs to training)
+    generator = make_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                               batch_size=cfg.rollout.batch_size, mixed_precision=cfg.train.mixed_precision)
     rollouts = generator.generate(prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
 
     def mean_entropy(rows_prompt, rows_response) -> float:

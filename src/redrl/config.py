@@ -109,7 +109,8 @@ class RolloutConfig:
     max_new_tokens: int = _help("generation budget per rollout; longer teacher traces are truncated to it", 160)
     batch_size: int = _help("rows generated at once", 256)
     engine: str = _help("sampling engine: hf (transformers generate), fast (redrl's KV-cache sampler for Llama/Qwen2-style "
-                        "models) or vllm (colocated, CUDA, `pip install redrl[vllm]`)", "hf")
+                        "models; generate serves, with a warning, where it cannot) or vllm (colocated, CUDA, "
+                        "`pip install redrl[vllm]`)", "hf")
     old_logp: str = _help("log-probs of the importance ratio's denominator: recompute (by the trainer) or sampler (the engine's own; "
                           "fast or vllm)", "recompute")
     vllm_gpu_memory_utilization: float = _help("vllm: share of GPU memory vLLM may take (the rest is for training)", 0.3)

@@ -83,17 +83,18 @@ def evaluate(
 ) -> dict:
     """Sample ``k`` answers to each problem, grade them, and :func:`summarize`.
 
-    ``engine`` is ``hf`` or ``fast`` (:func:`redrl.rollout.local_generator`). ``prompt_format``
+    ``engine`` is ``hf`` or ``fast`` (:func:`redrl.rollout.make_generator`). ``prompt_format``
     holds :func:`redrl.modeling.encode_prompt`'s formatting arguments
     (:meth:`redrl.config.DataConfig.prompt_kwargs`), so problems are asked as in training.
     With a list as ``samples``, every sampled completion is appended to it as
     ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
     from redrl.modeling import encode_prompt
     from redrl.rewards import grade_checked
-    from redrl.rollout import local_generator
+    from redrl.rollout import make_generator
 
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
-    generator = local_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size, mixed_precision)
+    generator = make_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size,
+                               mixed_precision=mixed_precision)
     responses = []
     step = max(1, batch_size // k)
     iterator = range(0, len(prompts), step)

@@ -1,10 +1,9 @@
-"""Sampling engines behind one interface: prompts in, response token ids out.
+"""Sampling engines behind one interface (:class:`Generator`): prompts in, response token ids out.
 
 ``HFGenerator`` wraps ``model.generate`` (batched, left-padded prompts, KV cache, temperature,
-stop at end of sequence); ``FastGenerator`` does the same for Llama/Qwen2-style models without
-``generate``'s per-token overhead; ``VLLMGenerator`` runs vLLM in the training process. All answer
-``generate(prompts, n, *, temperature, max_new_tokens)``; the last two also
-``generate_with_logprobs``, which adds each sampled token's log-probability.
+stop at end of sequence); ``FastGenerator`` (:mod:`redrl.fast_engine`) does the same for
+Llama/Qwen2-style models without ``generate``'s per-token overhead; ``VLLMGenerator`` runs vLLM in
+the training process. :func:`make_generator` is the one way to get one, with one fallback rule.
 """
 
 from __future__ import annotations
@@ -13,18 +12,39 @@ import contextlib
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from redrl.fast_engine import FastGenerator
 from redrl.modeling import autocast
 
 if TYPE_CHECKING:
     from redrl.config import Config
     from redrl.parallel import Parallel
 
-__all__ = ["FastGenerator", "HFGenerator", "VLLMGenerator", "build_generator", "local_generator", "sample_tokens", "strip_response"]
+__all__ = ["Generator", "HFGenerator", "VLLMGenerator", "build_generator", "make_generator", "strip_response"]
+
+
+class Generator(Protocol):
+    """What the loop, evaluation and the entropy measurements ask of a sampling engine.
+
+    ``generate`` returns ``n`` responses per prompt, prompt-major (rows ``i*n .. i*n+n-1`` answer
+    prompt ``i``), each ending with the end-of-sequence token unless it ran out of budget;
+    ``temperature = 0`` is greedy. ``generate_with_logprobs`` adds each sampled token's
+    log-probability, or ``None`` for a row whose engine does not report them (the trainer then
+    recomputes them). ``sync_weights`` copies the trained weights into an engine that holds its own
+    copy (a no-op for engines that sample from the trained model itself)."""
+
+    def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
+                 max_new_tokens: int = 256) -> list[list[int]]: ...
+
+    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
+                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[list[float] | None]]: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
 
 
 def strip_response(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
@@ -101,20 +121,40 @@ class HFGenerator:
             self.model.train(was_training)
         return responses
 
+    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
+                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[None]]:
+        """:meth:`generate`; ``generate`` reports no log-probabilities (``None`` per row: recomputed)."""
+        responses = self.generate(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)
+        return responses, [None] * len(responses)
 
-def local_generator(engine: str, model, eos_id: int, pad_id: int, batch_size: int = 256, mixed_precision: str = "no"):
-    """The in-process engine for ``engine``: ``fast`` where the model's architecture allows it,
-    else ``transformers``' ``generate`` (vLLM needs a model path and is started by the trainer)."""
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Nothing to copy: it samples from the trained model itself."""
+
+
+def make_generator(engine: str, model, eos_id: int, pad_id: int, *, batch_size: int = 256, mixed_precision: str = "no",
+                   parameters: Callable[[], ContextManager] | None = None, sharded: bool = False) -> Generator:
+    """The in-process engine named ``engine`` (``fast`` or ``hf``) for ``model``.
+
+    The one fallback rule: ``fast`` serves where it can, an architecture it implements with every
+    weight on this process; anywhere else ``transformers``' ``generate`` serves (gathering sharded
+    weights through ``parameters``) and a warning says why. vLLM holds its own copy of the weights
+    and is started by :func:`build_generator`; it never falls back."""
+    if engine not in ("fast", "hf"):
+        raise ValueError(f"make_generator serves rollout.engine fast or hf; got {engine!r}")
     if engine == "fast":
-        try:
-            return FastGenerator(model, eos_id, pad_id, batch_size, mixed_precision)
-        except ValueError:  # an architecture the fast engine does not implement: generate serves it
-            pass
-    return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision)
+        reason = "every weight is not on this process (FSDP / DeepSpeed)" if sharded else None
+        if reason is None:
+            try:
+                return FastGenerator(model, eos_id, pad_id, batch_size, mixed_precision)
+            except ValueError as error:  # "rollout.engine=fast: <reason>; use rollout.engine=hf for this model"
+                reason = str(error).removeprefix("rollout.engine=fast: ").split("; use ")[0]
+        warnings.warn(f"rollout.engine=fast: {reason}; sampling with transformers' generate instead", stacklevel=2)
+    return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision, parameters=parameters)
 
 
-def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None):
-    """The configured rollout engine; vLLM starts with the weights being trained (adapters merged)."""
+def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None) -> Generator:
+    """The training run's engine (``rollout.engine``): vLLM started with the weights being trained
+    (adapters merged), else :func:`make_generator`."""
     if cfg.rollout.engine == "vllm":
         if par.distributed:
             raise ValueError("rollout.engine=vllm runs in single-process training for now; use rollout.engine=hf with several processes")
@@ -126,12 +166,9 @@ def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Paralle
         )
         generator.sync_weights(model)
         return generator
-    if cfg.rollout.engine == "fast":
-        if par.sharded:
-            raise ValueError("rollout.engine=fast needs every weight on every process; with FSDP or DeepSpeed use rollout.engine=hf")
-        return FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision)
-    return HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.rollout.batch_size, cfg.train.mixed_precision,
-                       parameters=(lambda: par.full_parameters(scorer)) if scorer is not None else None)
+    parameters = (lambda: par.full_parameters(scorer)) if scorer is not None else None
+    return make_generator(cfg.rollout.engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=cfg.rollout.batch_size,
+                          mixed_precision=cfg.train.mixed_precision, parameters=parameters, sharded=par.sharded)
 
 
 def _cuda_available() -> bool:
@@ -237,215 +274,3 @@ class VLLMGenerator:
 
     def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256) -> list[list[int]]:
         return self.generate_with_logprobs(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)[0]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-@dataclass
-class _LayerPlan:
-    """A decoder layer's projections fused into one product each where they are plain linear maps
-    (LoRA-wrapped or unusual layers keep their own modules)."""
-
-    qkv: torch.Tensor | None = None
-    qkv_bias: torch.Tensor | None = None
-    qkv_sizes: tuple[int, int, int] = (0, 0, 0)
-    gate_up: torch.Tensor | None = None
-
-
-def _layer_plan(layer) -> _LayerPlan:
-    plain = torch.nn.Linear
-    attn, mlp, plan = layer.self_attn, layer.mlp, _LayerPlan()
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    if all(type(p) is plain for p in projections) and len({p.bias is None for p in projections}) == 1:
-        plan.qkv = torch.cat([p.weight for p in projections])
-        plan.qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        plan.qkv_sizes = tuple(p.out_features for p in projections)
-    gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
-    if (type(gate) is plain and type(up) is plain and gate.bias is None and up.bias is None
-            and type(getattr(mlp, "down_proj", None)) is plain and hasattr(mlp, "act_fn")):
-        plan.gate_up = torch.cat([gate.weight, up.weight])
-    return plan
-
-
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """One token per row from ``softmax(logits / temperature)`` restricted to the smallest set of
-    most likely tokens whose probability reaches ``top_p`` (``generate``'s top-p: the token that
-    crosses ``top_p`` is kept; at least one token always is); ``temperature = 0`` is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
-        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    # Inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per entry).
-    cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-@dataclass
-class FastGenerator:
-    """Rollouts for small Llama/Qwen2/Mistral-style models without ``generate``'s per-token overhead.
-
-    A preallocated key/value cache for the whole batch, prompts left-padded once, one decoding step
-    per new token for all rows at once, finished rows dropped from the batch (the cache is
-    compacted when a quarter of the rows are done). The model's own modules compute everything
-    but the attention (projections, MLP, norms, rotary tables: LoRA layers and biases included),
-    so outputs follow the model's numerics; sampling is ``generate``'s (temperature, top-p, stop
-    tokens, budget; :func:`sample_tokens`). Also reports each sampled token's log-probability
-    under the model (temperature 1, as the trainer computes it).
-
-    Refuses, in one line, models it does not implement (other attention types, sliding windows,
-    query/key norms); ``rollout.engine=hf`` serves those.
-    """
-
-    model: torch.nn.Module
-    eos_id: int
-    pad_id: int
-    batch_size: int = 256
-    mixed_precision: str = "no"
-    top_p: float = 1.0
-    stop_ids: tuple[int, ...] = ()
-
-    SUPPORTED = ("llama", "qwen2", "mistral")
-
-    def __post_init__(self):
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        config = inner.config
-        kind = getattr(config, "model_type", "?")
-        reason = None
-        if kind not in self.SUPPORTED:
-            reason = f"model type {kind!r} is not one of {', '.join(self.SUPPORTED)}"
-        elif getattr(config, "use_sliding_window", False) or (kind == "mistral" and getattr(config, "sliding_window", None)):
-            reason = "sliding-window attention is not implemented"
-        elif getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
-            reason = "logit soft-capping is not implemented"
-        elif any(hasattr(layer.self_attn, "q_norm") for layer in inner.model.layers):
-            reason = "query/key norms are not implemented"
-        if reason:
-            raise ValueError(f"rollout.engine=fast: {reason}; use rollout.engine=hf for this model")
-        self._inner = inner
-
-    def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256) -> list[list[int]]:
-        return self.generate_with_logprobs(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)[0]
-
-    @torch.no_grad()
-    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[list[float]]]:
-        """As :meth:`HFGenerator.generate`, with each sampled token's log-probability."""
-        rows = [list(p) for p in prompts for _ in range(n)]
-        responses: list[list[int]] = [[] for _ in rows]
-        logprobs: list[list[float]] = [[] for _ in rows]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            device = self._inner.get_input_embeddings().weight.device
-            with autocast(device, self.mixed_precision):
-                for start in range(0, len(rows), self.batch_size):
-                    index = list(range(start, min(start + self.batch_size, len(rows))))
-                    self._batch([rows[i] for i in index], index, responses, logprobs, temperature, max_new_tokens, device)
-        finally:
-            self.model.train(was_training)
-        return responses, logprobs
-
-    def _batch(self, prompts, index, responses, logprobs, temperature, max_new_tokens, device):
-        inner = self._inner
-        body, layers = inner.model, inner.model.layers
-        head = inner.get_output_embeddings()
-        stops = torch.tensor(sorted({self.eos_id, *self.stop_ids}), device=device)
-        B, width = len(prompts), max(len(p) for p in prompts)
-        total = width + max_new_tokens
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long, device=device)
-        valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # key positions that hold real tokens
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt):] = torch.tensor(prompt, device=device)
-            valid[i, width - len(prompt):width] = True
-        pads = width - torch.tensor([len(p) for p in prompts], device=device)
-        attn = layers[0].self_attn
-        heads, kv_heads = inner.config.num_attention_heads, inner.config.num_key_value_heads
-        head_dim = getattr(attn, "head_dim", inner.config.hidden_size // heads)
-        scaling = getattr(attn, "scaling", head_dim ** -0.5)
-        x = body.embed_tokens(ids)
-        cos_table, sin_table = body.rotary_emb(x, torch.arange(total, device=device)[None])
-        cos_table, sin_table = cos_table[0], sin_table[0]
-        cache = [(torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device),
-                  torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device)) for _ in layers]
-
-        plans = [_layer_plan(layer) for layer in layers]  # fused weights, taken afresh: the model trains between calls
-
-        def run(hidden, at: int, length: int, rows_alive):
-            """The layers over ``length`` new positions starting at column ``at``; returns the last hidden state."""
-            positions = (torch.arange(at, at + length, device=device)[None] - pads[rows_alive][:, None]).clamp(min=0)
-            cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]
-            keys_valid = valid[rows_alive, : at + length]
-            if length == 1:  # the newest query may see every real key
-                mask = keys_valid[:, None, None, :]
-            else:
-                causal = torch.ones(length, at + length, dtype=torch.bool, device=device).tril(at)
-                mask = (keys_valid[:, None, :] & causal[None])[:, None]  # [b, 1, q, k]
-                diagonal = torch.arange(length, device=device)
-                mask[:, :, diagonal, at + diagonal] = True  # a padding query sees itself (no empty softmax row)
-            b = hidden.shape[0]
-            for layer, plan, (k_cache, v_cache) in zip(layers, plans, cache):
-                residual = hidden
-                h = layer.input_layernorm(hidden)
-                if plan.qkv is not None:
-                    q, k, v = torch.nn.functional.linear(h, plan.qkv, plan.qkv_bias).split(plan.qkv_sizes, dim=-1)
-                else:
-                    q, k, v = layer.self_attn.q_proj(h), layer.self_attn.k_proj(h), layer.self_attn.v_proj(h)
-                q = q.view(b, length, heads, head_dim).transpose(1, 2)
-                k = k.view(b, length, kv_heads, head_dim).transpose(1, 2)
-                v = v.view(b, length, kv_heads, head_dim).transpose(1, 2)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
-                k_cache[:, :, at : at + length] = k
-                v_cache[:, :, at : at + length] = v
-                keys, values = k_cache[:, :, : at + length], v_cache[:, :, : at + length]
-                if kv_heads != heads:
-                    keys = keys.repeat_interleave(heads // kv_heads, dim=1)
-                    values = values.repeat_interleave(heads // kv_heads, dim=1)
-                keys, values = keys.to(q.dtype), values.to(q.dtype)
-                if length == 1:  # one new token: two small batched products beat the fused kernel on CPU
-                    scores = (q * scaling) @ keys.transpose(-1, -2)
-                    out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values
-                else:
-                    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
-                hidden = residual + layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, length, heads * head_dim))
-                h = layer.post_attention_layernorm(hidden)
-                if plan.gate_up is not None:
-                    gate, up = torch.nn.functional.linear(h, plan.gate_up).chunk(2, dim=-1)
-                    hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-                else:
-                    hidden = hidden + layer.mlp(h)
-            return body.norm(hidden[:, -1])
-
-        alive = torch.arange(B, device=device)  # the batch's rows, as positions in this batch
-        running = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not stopped yet
-        tokens = torch.full((B, max_new_tokens), -1, dtype=torch.long, device=device)  # -1: not generated
-        scores = torch.zeros(B, max_new_tokens, device=device)
-        last = run(x, 0, width, alive)
-        for step in range(max_new_tokens):
-            logits = head(last).float()
-            token = sample_tokens(logits, temperature, self.top_p)
-            chosen = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
-            tokens[alive, step] = torch.where(running, token, -1)
-            scores[alive, step] = chosen
-            running = running & ~torch.isin(token, stops)
-            if not running.any() or step == max_new_tokens - 1:
-                break
-            column = width + step
-            valid[alive, column] = True
-            if (~running).sum() * 4 >= running.numel():  # a quarter of the rows are done: drop them
-                alive, token = alive[running], token[running]
-                cache = [(k[running], v[running]) for k, v in cache]
-                running = running[running]
-            last = run(body.embed_tokens(token[:, None]), column, 1, alive)
-        for row, (ids, values) in enumerate(zip(tokens.tolist(), scores.tolist())):
-            length = next((j for j, token in enumerate(ids) if token < 0), len(ids))
-            responses[index[row]] = ids[:length]
-            logprobs[index[row]] = values[:length]

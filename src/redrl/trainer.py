@@ -166,8 +166,7 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         if scaler is not None and loop.get("scaler"):
             scaler.load_state_dict(loop["scaler"])
         checkpoint.load_rng(resume_from, par.rank)  # last: nothing above draws random numbers after this
-        if hasattr(generator, "sync_weights"):
-            generator.sync_weights(model)
+        generator.sync_weights(model)
     return run
 
 
@@ -247,7 +246,7 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             train_started = time.perf_counter()
             stats = optimization_step(run.scorer, run.optimizer, run.scheduler, run.regulator, batch, plan.method, cfg,
                                       sft_entropy_coef=plan.sft_entropy_coef, scaler=run.scaler, par=par)
-            if hasattr(run.generator, "sync_weights") and not stats["skipped"]:
+            if not stats["skipped"]:
                 run.generator.sync_weights(run.model)  # the next rollouts come from the updated policy
             train_seconds = time.perf_counter() - train_started
             run.skipped_in_a_row = run.skipped_in_a_row + 1 if stats["skipped"] else 0
