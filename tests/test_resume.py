@@ -292,3 +292,41 @@ def test_a_non_finite_step_under_a_loss_scaler_does_not_break_the_next(tiny_asse
     monkeypatch.setattr(step_module, "_loss", real)
     stats = step()
     assert stats["skipped"] == 0 and math.isfinite(stats["loss"])
+
+
+@pytest.mark.parametrize("stop_at", [1, 3])  # inside the SFT stage, inside the GRPO stage
+def test_a_staged_run_stopped_and_resumed_equals_the_uninterrupted_run(tiny_assets, tmp_path, monkeypatch, stop_at):
+    import redrl.trainer as trainer
+    from redrl.trainer import TrainingStopped
+
+    def cfg(out, **extra):
+        return load_config("tiny", model={"path": str(tiny_assets.base)}, optim={"lr": 2e-4},
+                           data={"train": str(tiny_assets.train), "grader": "integer"},
+                           rollout={"group_size": 3, "max_new_tokens": 48},
+                           train={"method": "sft_grpo", "steps": 4, "prompts_per_step": 2, "out": str(out), **extra})
+
+    train(cfg(tmp_path / "reference"), progress=False)
+    reference = _metrics(tmp_path / "reference")
+    real, calls = trainer.step_record, {"n": 0}
+
+    def preempted(*args, **kwargs):  # SIGTERM arrives during step `stop_at` (counted over both stages)
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_record", preempted)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped):
+        train(cfg(out, save_every=1), progress=False)
+    monkeypatch.setattr(trainer, "step_record", real)
+    manifest = out / "stage-1-sft" / "final" / "manifest.json"
+    before = manifest.stat().st_mtime_ns if manifest.exists() else None
+    train(cfg(out, save_every=1, resume=True), progress=False)
+    if stop_at == 3:  # the finished SFT stage was kept, not trained again
+        assert before is not None and manifest.stat().st_mtime_ns == before
+    resumed = _metrics(out)
+    assert [(m["step"], m["stage"]) for m in resumed] == [(1, "sft"), (2, "sft"), (3, "grpo"), (4, "grpo")]
+    for a, b in zip(resumed, reference, strict=True):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], a["step"]
+

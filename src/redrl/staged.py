@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from redrl import checkpoint
 from redrl.data.offline import load_offline
 from redrl.data.training import total_steps
 from redrl.parallel import Parallel
@@ -30,6 +31,10 @@ def train_staged(cfg: Config, method: Method, train_stage: Callable[..., Path], 
     Stage ``k`` writes to ``OUT/stage-k-NAME``; ``OUT/metrics.jsonl`` holds every stage's steps,
     numbered on (with a ``stage`` field), and ``OUT/final`` is the last stage's model. ``train_stage``
     trains one single-stage config (:func:`redrl.trainer.train`).
+
+    With ``train.resume`` a stage whose ``final`` checkpoint is complete is not trained again and the
+    interrupted stage resumes from its newest complete checkpoint, so the run repeats exactly what
+    the uninterrupted one would have done.
     """
     out = Path(cfg.train.out)
     steps = cfg.train.steps
@@ -47,7 +52,11 @@ def train_staged(cfg: Config, method: Method, train_stage: Callable[..., Path], 
             cfg, model=dataclasses.replace(cfg.model, path=model_path), optim=dataclasses.replace(cfg.optim, lr=lr),
             train=dataclasses.replace(cfg.train, method=name, steps=stage_steps, epochs=None, out=str(stage_out)),
         )
-        final = train_stage(stage_cfg, progress=progress)
+        finished = stage_out / "final"
+        if cfg.train.resume and finished.is_dir() and checkpoint.verify(finished) is None:
+            final = finished
+        else:
+            final = train_stage(stage_cfg, progress=progress)
         for line in (stage_out / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             merged.append({**record, "step": record["step"] + offset, "stage": name})

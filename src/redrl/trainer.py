@@ -65,8 +65,6 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     require_learning_rate(cfg)
     method = METHODS[cfg.train.method]
     if method.stages:
-        if cfg.train.resume:
-            raise ValueError(f"--resume is not supported for the staged method {method.name} yet; rerun it from the start")
         _writable(Path(cfg.train.out))
         return train_staged(cfg, method, _train_stage, progress=progress)
     return _train_stage(cfg, progress=progress)
