@@ -22,7 +22,6 @@ def test_assemble_batch_puts_the_teacher_row_last_in_every_group():
     batch = assemble_batch(prompts, rollouts, rewards, teacher, [1.0, 1.0], group_size=3, method=METHODS["red"], pad_id=0)
     assert len(batch) == 8
     assert batch.is_offline.tolist() == [False, False, False, True] * 2
-    assert batch.group_id.tolist() == [0] * 4 + [1] * 4
     # Row 3 is prompt [1, 2] + teacher [30..33]; row 5 is prompt [3, 4, 5] + rollout [21].
     assert batch.input_ids[3, :6].tolist() == [1, 2, 30, 31, 32, 33]
     assert batch.response_mask[3].tolist() == [False, False, True, True, True, True]  # width 6, no padding
@@ -225,3 +224,36 @@ def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch
     # Only the two failed groups were re-sampled, G each, the prefix joined to the prompt.
     assert [call[0] for call in generator.calls] == [[[2, 50], [3, 60]], [[2, 50, 51], [3, 60, 61]], [[2, 50, 51, 52], [3, 60, 61, 62]]]
     assert all(call[1] == 2 for call in generator.calls)
+
+
+def test_kl_to_the_reference_starts_at_zero_and_grows(tiny_assets, tmp_path, monkeypatch):
+    import zlib
+
+    from redrl.rewards import GRADERS
+
+    # A third of the answers right, fixed by their text: GRPO gets advantages, so the policy moves.
+    monkeypatch.setitem(GRADERS, "integer", lambda text, answer: float(zlib.crc32(text.encode()) % 3 == 0))
+    cfg = tiny_config(tiny_assets, tmp_path, "grpo", steps=3)
+    cfg.loss.kl_coef = 0.1
+    cfg.optim.lr = 1e-2  # large steps, so the policy leaves its reference at once
+    records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
+    # Step 1: the policy is the reference, so k3 is exactly 0; afterwards they differ.
+    assert records[0]["kl_ref"] == 0.0
+    assert records[1]["kl_ref"] > 0 and records[2]["kl_ref"] > 0
+    plain = tiny_config(tiny_assets, tmp_path / "plain", "grpo", steps=1)
+    assert json.loads((train(plain, progress=False).parent / "metrics.jsonl").read_text())["kl_ref"] is None  # off: not computed
+
+
+def test_kl_to_the_reference_is_refused_where_the_objective_has_none(tiny_assets, tmp_path):
+    cfg = tiny_config(tiny_assets, tmp_path, "srft")
+    cfg.loss.kl_coef = 0.1
+    with pytest.raises(ValueError, match="the srft objective of srft has no KL-to-reference term"):
+        train(cfg, progress=False)
+
+
+def test_the_regulator_cap_is_its_own_key(tiny_assets, tmp_path):
+    cfg = tiny_config(tiny_assets, tmp_path, "red", steps=3)
+    cfg.loss.regulator_max_weight = 1.0  # G = 3 would allow w up to 3
+    records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["w"] for r in records] == [1.0, 1.0, 1.0]
+

@@ -46,7 +46,7 @@ class Batch:
 
     Shapes: ``input_ids``, ``attention_mask``, ``response_mask`` ``[N, S]``; ``rewards`` (NaN =
     ungradable), ``advantages``, ``group_accuracy`` ``[N]`` float; ``is_offline`` ``[N]`` bool;
-    ``group_id`` ``[N]`` long; ``sampler_logp`` ``[N, S-1]`` (target grid) the log-probabilities
+    ``sampler_logp`` ``[N, S-1]`` (target grid) the log-probabilities
     the sampler reported for the rollout tokens, NaN elsewhere, or ``None`` when it reported none.
     """
 
@@ -56,7 +56,6 @@ class Batch:
     rewards: torch.Tensor
     advantages: torch.Tensor
     is_offline: torch.Tensor
-    group_id: torch.Tensor
     group_accuracy: torch.Tensor
     sampler_logp: torch.Tensor | None = None
 
@@ -107,7 +106,7 @@ def assemble_batch(
     ``rollout_logprobs`` (one per rollout token, from the sampler) become ``Batch.sampler_logp``.
     """
     g = group_size if method.rollouts else 0
-    rows_prompt, rows_response, rewards, offline, group_ids = [], [], [], [], []
+    rows_prompt, rows_response, rewards, offline = [], [], [], []
     for i, prompt in enumerate(prompts):
         members = [(rollouts[i * g + j], rollout_rewards[i * g + j], False) for j in range(g)]
         if method.offline:
@@ -117,7 +116,6 @@ def assemble_batch(
             rows_response.append(response)
             rewards.append(math.nan if reward is None else float(reward))
             offline.append(is_teacher)
-            group_ids.append(i)
     rows_per_group = g + int(method.offline)
     input_ids, attention_mask, response_mask = collate(rows_prompt, rows_response, pad_id)
     sampler_logp = None
@@ -143,7 +141,6 @@ def assemble_batch(
         rewards=rewards_t,
         advantages=group_advantages(rewards_t, rows_per_group, scale=advantage_scale, eps=advantage_eps),
         is_offline=is_offline,
-        group_id=torch.tensor(group_ids, dtype=torch.long),
         group_accuracy=group_accuracy(rewards_t, is_offline, rows_per_group, include_offline=accuracy_includes_offline),
         sampler_logp=sampler_logp,
     )

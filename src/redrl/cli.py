@@ -123,7 +123,7 @@ def _cmd_eval_benchmarks(args: argparse.Namespace) -> int:
         summary = {"model": args.model, "max_new_tokens": cfg.eval.max_new_tokens, "grader": grader, "benchmarks": results,
                    "overall": {"accuracy": sum(r["accuracy"] for r in results.values()) / len(results),
                                "length": sum(r["length"] for r in results.values()) / len(results)}}
-        (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+        (out / "results.json").write_text(json.dumps(summary, indent=2))
         with open(out / "samples.jsonl", "w") as f:
             f.writelines(json.dumps(sample) + "\n" for sample in samples)
         print(f"wrote {out / 'results.json'} and {out / 'samples.jsonl'} ({len(samples)} graded completions)")

@@ -56,7 +56,7 @@ def _write_json(path: Path, data) -> None:
     """Write via a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=str))
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
     tmp.replace(path)
 
 
@@ -268,33 +268,27 @@ def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-@torch.no_grad()
 def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], teacher: list[list[int]], *, seed: int) -> dict:
     """``H_rl`` and ``H_sft`` of a checkpoint: mean token entropy of ``G`` rollouts of each prompt
-    (sampled at the rollout temperature) and of the prompts' teacher traces, as the trainer logs them."""
-    from redrl.batch import collate
-    from redrl.modeling import load_model_and_tokenizer, response_logprobs
+    (sampled at the rollout temperature) and of the prompts' teacher traces, measured as every
+    training step measures them (:func:`redrl.step.measure_entropies`)."""
+    from redrl.batch import assemble_batch
+    from redrl.modeling import TokenScorer, load_frozen_model
     from redrl.rollout import make_generator
+    from redrl.step import measure_entropies as step_entropies
 
-    model, tokenizer = load_model_and_tokenizer(model_path, **cfg.model.load_kwargs())
-    model.eval()
+    model, tokenizer = load_frozen_model(model_path, **cfg.model.load_kwargs())
     torch.manual_seed(seed)
     G = cfg.rollout.group_size
     engine = "fast" if cfg.rollout.engine == "fast" else "hf"  # in-process, as evaluation samples (vLLM belongs to training)
     generator = make_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id,
                                batch_size=cfg.rollout.batch_size, mixed_precision=cfg.train.mixed_precision)
     rollouts = generator.generate(prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
-
-    def mean_entropy(rows_prompt, rows_response) -> float:
-        total, count, size = 0.0, 0, cfg.train.micro_batch_size
-        for start in range(0, len(rows_prompt), size):
-            ids, attention, response = collate(rows_prompt[start : start + size], rows_response[start : start + size], tokenizer.pad_token_id)
-            mask = response[:, 1:]
-            _, entropy = response_logprobs(model, ids, attention, mask, chunk_size=cfg.train.chunk_size)
-            total, count = total + float(entropy.cpu()[mask].sum()), count + int(mask.sum())
-        return total / count if count else math.nan
-
-    return {"h_rl": mean_entropy([p for p in prompts for _ in range(G)], rollouts), "h_sft": mean_entropy(prompts, teacher)}
+    batch = assemble_batch(prompts, rollouts, [None] * len(rollouts), teacher, [None] * len(teacher), group_size=G,
+                           method=METHODS["red"], pad_id=tokenizer.pad_token_id)
+    h_rl, h_sft = step_entropies(TokenScorer(model, cfg.train.chunk_size), batch, cfg.train.micro_batch_size,
+                                 cfg.train.mixed_precision)
+    return {"h_rl": h_rl, "h_sft": h_sft}
 
 
 #: The phases of the entropy table: name → (method trained, method whose final checkpoint it starts from).

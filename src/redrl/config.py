@@ -167,6 +167,10 @@ class LossConfig:
     clip_offline: bool = _help("clip the offline ratio too", False)
     luffy_gamma: float = _help("LUFFY's shaping constant γ", 0.1)
     regulator_ema: float | None = _help("EMA factor for the regulator's entropies (None = off)", None)
+    regulator_max_weight: float | None = _help("upper clip of the regulator's weight w (Eq. 11); null = rollout.group_size, "
+                                               "the paper's G", None)
+    kl_coef: float = _help("KL-to-reference coefficient (TRL's beta): adds beta times the k3 estimate of KL(π || π_ref) on "
+                           "rollout tokens, π_ref the frozen starting model; 0 = off, no reference model is loaded", 0.0)
 
     def __post_init__(self):
         _require(self.aggregation in AGGREGATIONS, f"loss.aggregation must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
@@ -180,6 +184,9 @@ class LossConfig:
         _require(self.luffy_gamma > 0, f"loss.luffy_gamma must be > 0; got {self.luffy_gamma}")
         _require(self.regulator_ema is None or 0 <= self.regulator_ema < 1,
                  f"loss.regulator_ema must be in [0, 1) or null; got {self.regulator_ema}")
+        _require(self.regulator_max_weight is None or self.regulator_max_weight >= 1,
+                 f"loss.regulator_max_weight must be >= 1 or null; got {self.regulator_max_weight}")
+        _require(self.kl_coef >= 0, f"loss.kl_coef must be >= 0; got {self.kl_coef}")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from redrl.objectives import token_logprobs_and_entropy, token_logprobs_and_entr
 if TYPE_CHECKING:
     from redrl.config import Config
 
-__all__ = ["TokenScorer", "apply_lora", "autocast", "encode_prompt", "encode_response", "load_model_and_tokenizer", "prepare_model",
+__all__ = ["TokenScorer", "apply_lora", "autocast", "encode_prompt", "encode_response", "load_frozen_model", "load_model_and_tokenizer", "prepare_model",
            "resolve_device", "response_logprobs", "trainable_parameters"]
 
 
@@ -181,6 +181,16 @@ def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implemen
         raise ValueError(f"tokenizer of {path} has no end-of-sequence token")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_frozen_model(path: str, **load_kwargs):
+    """``(model, tokenizer)`` of a model that is only read, never trained (the KL reference, a
+    distillation teacher, a checkpoint being measured): loaded as :func:`load_model_and_tokenizer`
+    does, in eval mode, with no parameter requiring a gradient."""
+    model, tokenizer = load_model_and_tokenizer(path, **load_kwargs)
+    model.eval()
+    model.requires_grad_(False)
     return model, tokenizer
 
 

@@ -749,11 +749,13 @@ class LossSettings:
 
 @dataclass(frozen=True)
 class Objective:
-    """A registered loss: ``fn(inputs, settings) -> (loss, metrics)`` and the names of the metrics it
-    reports (detached 0-d tensors; a method's log has every registered name, NaN where undefined)."""
+    """A registered loss: ``fn(inputs, settings) -> (loss, metrics)``, the names of the metrics it
+    reports (detached 0-d tensors; a method's log has every registered name, NaN where undefined),
+    and whether it has a KL-to-reference term."""
 
     fn: Callable[[LossInputs, LossSettings], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     metrics: tuple[str, ...]
+    kl_to_reference: bool = False  # takes LossInputs.ref_logp and LossSettings.kl_coef
 
 
 def _red_objective(x: LossInputs, s: LossSettings):
@@ -781,7 +783,7 @@ def _srft_objective(x: LossInputs, s: LossSettings):
 #: hand-computed test, and an entry in this dict.
 LOSSES: dict[str, Objective] = {
     "red": Objective(_red_objective, ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_ratio_mean", "pi_off_mean",
-                                      "offline_pi_mean", "kl_ref")),
+                                      "offline_pi_mean", "kl_ref"), kl_to_reference=True),
     "sft": Objective(_sft_objective, ()),
     "srft": Objective(_srft_objective, ("sft_demo", "rl_demo", "positive", "negative", "w_sft", "w_rl")),
 }

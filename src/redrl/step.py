@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from redrl.config import Config
     from redrl.methods import Method
 
-__all__ = ["LOSS_METRICS", "build_scheduler", "loss_settings", "optimization_step", "step_record"]
+__all__ = ["LOSS_METRICS", "build_scheduler", "loss_settings", "measure_entropies", "micro_batches", "optimization_step", "step_record"]
 
 
 @dataclass
@@ -51,6 +51,29 @@ def _entropy_sums(passes: list[_Pass]) -> list[float]:
     return out
 
 
+def micro_batches(batch: Batch, size: int) -> list[Batch]:
+    """``batch`` in micro-batches of at most ``size`` rows. Rows of similar length share a micro-batch,
+    so little of it is padding; the loss is a weighted sum over micro-batches, so the order does not
+    change the update."""
+    if len(batch) > size:
+        batch = batch.rows(torch.argsort(batch.attention_mask.sum(-1), stable=True))
+    return [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
+
+
+@torch.no_grad()
+def measure_entropies(scorer, batch: Batch, micro_batch_size: int, mixed_precision: str = "no") -> tuple[float, float]:
+    """``(H_rl, H_sft)`` of ``batch`` as every training step measures them: the mean token entropy of
+    its rollout rows and of its teacher rows (NaN where there are none)."""
+    device = next(scorer.parameters()).device
+    batch = batch.to(device)
+    passes = []
+    for rows in micro_batches(batch, micro_batch_size):
+        with autocast(device, mixed_precision):
+            passes.append(_forward(scorer, rows))
+    rl_sum, rl_count, sft_sum, sft_count = _entropy_sums(passes)
+    return (rl_sum / rl_count if rl_count else math.nan), (sft_sum / sft_count if sft_count else math.nan)
+
+
 def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) -> LossSettings:
     """The settings of ``method``'s objective from the config: SFT is a token-mean NLL whatever
     ``loss.aggregation`` says; the length normaliser defaults to ``rollout.max_new_tokens``."""
@@ -60,16 +83,17 @@ def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) ->
     return LossSettings(
         aggregation=loss.aggregation, norm_constant=loss.norm_constant or cfg.rollout.max_new_tokens,
         eps_low=loss.eps_low, eps_high=loss.eps_high, offline_ratio=loss.offline_ratio or method.offline_ratio,
-        gamma=loss.luffy_gamma, clip_offline=loss.clip_offline, srft_sft_coef=cfg.baselines.srft_sft_coef,
+        gamma=loss.luffy_gamma, clip_offline=loss.clip_offline, kl_coef=loss.kl_coef, srft_sft_coef=cfg.baselines.srft_sft_coef,
         srft_rl_coef=cfg.baselines.srft_rl_coef, sft_entropy_coef=sft_entropy_coef,
     )
 
 
-def _loss(objective: Objective, settings: LossSettings, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float):
+def _loss(objective: Objective, settings: LossSettings, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float,
+          ref_logp: torch.Tensor | None = None):
     rows = current.rows
     inputs = LossInputs(logp=current.logp, old_logp=old_logp, entropy=current.entropy, response_mask=rows.loss_mask(),
                         advantages=rows.advantages, rewards=rows.rewards, is_offline=rows.is_offline,
-                        group_accuracy=rows.group_accuracy, w=w, h_rl=h_rl)
+                        group_accuracy=rows.group_accuracy, w=w, h_rl=h_rl, ref_logp=ref_logp)
     return objective.fn(inputs, settings)
 
 
@@ -80,13 +104,16 @@ LOSS_METRICS = tuple(dict.fromkeys(name for objective in LOSSES.values() for nam
 def optimization_step(
     scorer, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *,
     sft_entropy_coef: float = 0.0, scaler: torch.amp.GradScaler | None = None, par: Parallel | None = None,
+    reference: torch.nn.Module | None = None,
 ) -> dict:
     """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
 
     ``scorer`` is a :class:`redrl.modeling.TokenScorer` (wrapped by ``par`` when several processes
     train). Forward passes and the loss run under ``cfg.train.mixed_precision`` autocast on the
     model's device; ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients.
-    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step).
+    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step). ``reference`` (a
+    frozen :class:`redrl.modeling.TokenScorer`) scores the rows for the KL-to-reference term when
+    ``loss.kl_coef`` is set and the objective has one.
 
     With several processes, ``batch`` is this process's groups: the entropies, the loss normaliser
     and every reported number are summed over processes, and each process's loss is scaled by the
@@ -101,12 +128,7 @@ def optimization_step(
         with autocast(device, precision):
             return _forward(scorer, rows)
 
-    size = cfg.train.micro_batch_size
-    if len(batch) > size:
-        # Rows of similar length share a micro-batch, so little of it is padding; the loss is a
-        # weighted sum over micro-batches, so the order does not change the update.
-        batch = batch.rows(torch.argsort(batch.attention_mask.sum(-1), stable=True))
-    micro = [batch.rows(slice(start, start + size)) for start in range(0, len(batch), size)]
+    micro = micro_batches(batch, cfg.train.micro_batch_size)
     objective, settings = LOSSES[method.objective], loss_settings(cfg, method, sft_entropy_coef)
     aggregation = settings.aggregation
 
@@ -140,8 +162,12 @@ def optimization_step(
         last = index == len(micro) - 1
         with par.accumulate(scorer, last):
             current = passes[0] if len(micro) == 1 else forward(rows)
+            ref_logp = None
+            if reference is not None and settings.kl_coef and objective.kl_to_reference:
+                with torch.no_grad(), autocast(device, precision):
+                    ref_logp = reference(rows.input_ids, rows.attention_mask, rows.loss_mask())[0]
             with autocast(device, precision):
-                loss, metrics = _loss(objective, settings, current, old_logps[index], w, h_rl)
+                loss, metrics = _loss(objective, settings, current, old_logps[index], w, h_rl, ref_logp)
             share = units[index] / max(total_units, 1)
             scaled = loss * share * par.world
             par.backward(scaler.scale(scaled) if scaler else scaled)

@@ -39,7 +39,8 @@ from redrl.batch import assemble_batch
 from redrl.config import Config
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.methods import METHODS, Method
-from redrl.modeling import TokenScorer, prepare_model, trainable_parameters
+from redrl.objectives import LOSSES
+from redrl.modeling import TokenScorer, load_frozen_model, prepare_model, trainable_parameters
 from redrl.parallel import Parallel
 from redrl.paths import resolve_paths
 from redrl.regulator import EntropyRegulator
@@ -90,6 +91,7 @@ class Run:
     strategy: Strategy
     data: TrainingData
     steps: int
+    reference: TokenScorer | None = None
     start: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
@@ -113,6 +115,8 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     if par.is_main:
         _writable(out)
     check_strategy(method, cfg.baselines, par)
+    if cfg.loss.kl_coef and not LOSSES[method.objective].kl_to_reference:
+        raise ValueError(f"loss.kl_coef: the {method.objective} objective of {method.name} has no KL-to-reference term; set it to 0")
     par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
@@ -146,10 +150,14 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None
-    regulator = EntropyRegulator(max_weight=cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
+    regulator = EntropyRegulator(max_weight=cfg.loss.regulator_max_weight or cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
     strategy = build_strategy(method, cfg.baselines, cfg.rollout, generator=generator, tokenizer=tokenizer, grader=cfg.data.grader)
+    reference = None
+    if cfg.loss.kl_coef:  # π_ref: the model this run starts from, frozen
+        kwargs = cfg.model.load_kwargs() | ({"device": str(par.device)} if par.device is not None else {})
+        reference = TokenScorer(load_frozen_model(model_path, **kwargs)[0], cfg.train.chunk_size)
     run = Run(cfg, method, par, out, model, tokenizer, scorer, optimizer, scheduler, scaler, regulator, sampler, generator, strategy,
-              data, steps)
+              data, steps, reference)
     if resume_from is not None:
         body = checkpoint.load_training_state(resume_from, optimizer=optimizer, scheduler=scheduler, regulator=regulator,
                                               sampler=sampler)
@@ -243,7 +251,7 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             # 4. Loss and one optimizer step (skipped, and counted, when the loss or gradient is not finite).
             train_started = time.perf_counter()
             stats = optimization_step(run.scorer, run.optimizer, run.scheduler, run.regulator, batch, plan.method, cfg,
-                                      sft_entropy_coef=plan.sft_entropy_coef, scaler=run.scaler, par=par)
+                                      sft_entropy_coef=plan.sft_entropy_coef, scaler=run.scaler, par=par, reference=run.reference)
             if not stats["skipped"]:
                 run.generator.sync_weights(run.model)  # the next rollouts come from the updated policy
             train_seconds = time.perf_counter() - train_started
