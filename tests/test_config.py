@@ -148,3 +148,15 @@ def test_out_of_range_or_ill_typed_values_name_their_key(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")) as error:
         load_config("tiny", [override])
     assert "\n" not in str(error.value)
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
+    preset = tmp_path / "twice.yaml"
+    preset.write_text("train:\n  steps: 3\ncompare:\n  seeds: 2\ncompare:\n  seeds: 3\n")
+    with pytest.raises(ValueError, match=r"twice.yaml: line 5: key 'compare' is written twice"):
+        load_config(str(preset))
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  steps: 3\n  steps: 4\n")
+    with pytest.raises(ValueError, match="line 3: key 'steps' is written twice"):
+        load_config(str(nested))
+

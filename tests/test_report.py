@@ -142,3 +142,18 @@ def test_token_change_page_colours_up_red_and_down_blue():
     assert "0.200 → 0.700" in spans[0][4]
     with pytest.raises(ValueError, match="3 tokens but 2"):
         token_change_html(["a", "b", "c"], [0.1, 0.2], [0.1, 0.2])
+
+
+def test_report_and_env_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(synthetic_results()))
+    script = ("import sys\nfrom redrl.cli import main\nassert main(sys.argv[1:]) == 0\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    for args in (["report", str(results)], ["env"]):
+        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "report.md").is_file()
+

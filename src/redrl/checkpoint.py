@@ -27,16 +27,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from redrl.errors import CheckpointError
+
 __all__ = ["CheckpointError", "find_latest", "list_checkpoints", "load_rng", "load_training_state", "rotate", "save_checkpoint", "save_rng",
            "save_training_state", "verify", "write_manifest"]
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 _NAME = re.compile(r"checkpoint-(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says which and why in one line."""
 
 
 def _sha256(path: Path) -> str:

@@ -16,10 +16,11 @@ from redrl import __version__
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    """Print the versions and devices that matter for a bug report."""
-    import importlib.metadata as metadata
-
-    import torch
+    """Print the versions and devices that matter for a bug report (without importing torch: fast,
+    and still useful when torch itself is what fails to import)."""
+    import shutil
+    import subprocess
+    from importlib import metadata
 
     rows = [("redrl", __version__), ("python", platform.python_version()), ("platform", platform.platform())]
     for package in ("torch", "transformers", "accelerate", "datasets", "safetensors", "vllm", "peft", "math-verify"):
@@ -27,12 +28,14 @@ def _cmd_env(args: argparse.Namespace) -> int:
             rows.append((package, metadata.version(package)))
         except metadata.PackageNotFoundError:
             rows.append((package, "not installed"))
-    if torch.cuda.is_available():
-        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        rows.append(("cuda", f"{torch.version.cuda} ({names})"))
-    else:
-        rows.append(("cuda", "not available"))
-    rows.append(("cpu threads", str(torch.get_num_threads())))
+    smi = shutil.which("nvidia-smi")
+    gpus = ""
+    if smi:
+        query = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True,
+                               timeout=30, check=False)
+        gpus = "; ".join(line.strip() for line in query.stdout.splitlines() if line.strip())
+    rows.append(("gpus (name, driver)", gpus or ("none visible" if smi else "none visible (no nvidia-smi)")))
+    rows.append(("cpu cores", str(os.cpu_count())))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -213,8 +216,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_diff_probs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from redrl.report import diff_probs
     from redrl.paths import resolve_model
+    from redrl.report import diff_probs
 
     text_path = Path(args.text)
     if not text_path.is_file():
@@ -333,8 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from redrl.checkpoint import CheckpointError
-    from redrl.trainer import TrainingStopped
+    from redrl.errors import CheckpointError, TrainingStopped
 
     try:
         return args.func(args)
@@ -353,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"redrl {args.command}: interrupted", file=sys.stderr)
         return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

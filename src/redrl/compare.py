@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from redrl.config import Config, load_config
+from redrl.config import Config, load_config, read_yaml
 from redrl.methods import COMPARED, METHODS
 from redrl.report import finite_values
 
@@ -162,14 +162,12 @@ def _cached(path: Path, cfg_dict: dict) -> dict | None:
 
 def _trained(run: Path, cfg_dict: dict) -> bool:
     """The run's final checkpoint is complete and was trained with this config."""
-    import yaml
-
     from redrl.checkpoint import verify
 
     config = run / "config.yaml"
     if not (run / "final").is_dir() or verify(run / "final") is not None or not config.exists():
         return False
-    return _jsonable(yaml.safe_load(config.read_text())) == cfg_dict
+    return _jsonable(read_yaml(config)) == cfg_dict
 
 
 def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path) -> dict:

@@ -19,7 +19,7 @@ import yaml
 
 from redrl.objectives import ADVANTAGE_SCALES, AGGREGATIONS, OFFLINE_RATIOS
 
-__all__ = ["Config", "load_config", "preset_path"]
+__all__ = ["Config", "load_config", "preset_path", "read_yaml"]
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kwargs):
@@ -354,12 +354,37 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, yaml.safe_load(value)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key written twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ValueError(f"line {key_node.start_mark.line + 1}: key {key!r} is written twice")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path):
+    """A YAML file's contents; a key written twice is an error naming the file, the line and the key."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
 def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, dict]:
     """A preset's sections; ``extends: FILE`` (relative to the preset) starts from another preset,
     whose values this one overrides key by key."""
     if path.resolve() in seen:
         raise ValueError(f"{path}: 'extends' loops back to itself")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = read_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping of sections")
     raw: dict[str, dict] = {}

@@ -38,9 +38,10 @@ from redrl import rewards as rewards_module
 from redrl.batch import assemble_batch
 from redrl.config import Config
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
+from redrl.errors import NonFiniteTraining, TrainingStopped
 from redrl.methods import METHODS, Method
-from redrl.objectives import LOSSES
 from redrl.modeling import TokenScorer, load_frozen_model, prepare_model, trainable_parameters
+from redrl.objectives import LOSSES
 from redrl.parallel import Parallel
 from redrl.paths import resolve_paths
 from redrl.regulator import EntropyRegulator
@@ -301,18 +302,6 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
 
 def _json_value(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-class TrainingStopped(Exception):
-    """Training stopped at a step boundary on SIGINT / SIGTERM, after saving a checkpoint."""
-
-    def __init__(self, signum: int, step: int, path: Path):
-        self.signum, self.step, self.path = signum, step, path
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; saved {path}")
-
-
-class NonFiniteTraining(ValueError):
-    """Too many steps in a row had a non-finite loss or gradient."""
 
 
 def _writable(out: Path) -> None:
