@@ -22,7 +22,9 @@ BUDGET_SECONDS = 600
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-cache", action="store_true", help="use $REDRL_CACHE (cold only if it is empty) instead of an empty one")
+    parser.add_argument(
+        "--keep-cache", action="store_true", help="use $REDRL_CACHE (cold only if it is empty) instead of an empty one"
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -36,16 +38,22 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "redrl", "demo", "--out", str(out), "--no-progress"], env=env, check=True)
         seconds = time.perf_counter() - started
         summary = json.loads((out / "summary.json").read_text())
-    print(f"\nredrl demo: {seconds:.0f} s wall, {seconds / BUDGET_SECONDS:.2f} of the {BUDGET_SECONDS} s budget "
-          f"({'cold' if cold else 'warm'} cache, {os.cpu_count()} CPUs)")
+    print(
+        f"\nredrl demo: {seconds:.0f} s wall, {seconds / BUDGET_SECONDS:.2f} of the {BUDGET_SECONDS} s budget "
+        f"({'cold' if cold else 'warm'} cache, {os.cpu_count()} CPUs)"
+    )
     for name, result in summary["methods"].items():
         levels = " ".join(f"L{level} {100 * r['accuracy']:.0f}" for level, r in result["by_level"].items())
         print(f"  {name:5s} accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  ({levels})")
     gain = summary["methods"]["red"]["accuracy"] - summary["methods"]["base"]["accuracy"]
     print(f"  RED - base: {100 * gain:+.1f} points")
     if args.json:
-        figures = {"seconds": seconds, "budget_seconds": BUDGET_SECONDS, "cold": cold,
-                   "accuracy": {name: result["accuracy"] for name, result in summary["methods"].items()}}
+        figures = {
+            "seconds": seconds,
+            "budget_seconds": BUDGET_SECONDS,
+            "cold": cold,
+            "accuracy": {name: result["accuracy"] for name, result in summary["methods"].items()},
+        }
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
 

@@ -65,16 +65,38 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         for variant in ("naive", "chunked"):
             path = os.path.join(scratch, f"{variant}.safetensors")
-            result = subprocess.run([sys.executable, __file__, "--tokens", str(args.tokens), "--hidden", str(args.hidden),
-                                     "--child", variant, path], capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--tokens",
+                    str(args.tokens),
+                    "--hidden",
+                    str(args.hidden),
+                    "--child",
+                    variant,
+                    path,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             peaks[variant] = json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
             grads[variant] = load_file(path)["grad"]
     difference = float((grads["naive"] - grads["chunked"]).abs().max())
-    figures = {"objective_memory_ratio": peaks["chunked"] / peaks["naive"], "peak_mb": peaks, "max_grad_difference": difference,
-               "tokens": args.tokens, "vocabulary": VOCAB, "hidden": args.hidden}
-    print(f"log-probs + entropy + backward, {args.tokens} tokens x vocabulary {VOCAB}: peak above the inputs "
-          f"naive {peaks['naive']:.0f} MB, chunked {peaks['chunked']:.0f} MB -> ratio {figures['objective_memory_ratio']:.3f}; "
-          f"max |grad difference| {difference:.1e}")
+    figures = {
+        "objective_memory_ratio": peaks["chunked"] / peaks["naive"],
+        "peak_mb": peaks,
+        "max_grad_difference": difference,
+        "tokens": args.tokens,
+        "vocabulary": VOCAB,
+        "hidden": args.hidden,
+    }
+    print(
+        f"log-probs + entropy + backward, {args.tokens} tokens x vocabulary {VOCAB}: peak above the inputs "
+        f"naive {peaks['naive']:.0f} MB, chunked {peaks['chunked']:.0f} MB -> ratio {figures['objective_memory_ratio']:.3f}; "
+        f"max |grad difference| {difference:.1e}"
+    )
     assert torch.allclose(grads["naive"], grads["chunked"], atol=1e-5), "the two paths disagree"
     return write_figures(figures, args.json)
 

@@ -16,7 +16,6 @@ import statistics
 import time
 
 import torch
-
 from common import write_figures
 
 
@@ -54,23 +53,35 @@ def main() -> dict:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=7)
     parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--hidden", type=int, help="model width (default: the embedded default's); the MLP is 4x as wide")
+    parser.add_argument(
+        "--hidden", type=int, help="model width (default: the embedded default's); the MLP is 4x as wide"
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
     spec = TinySpec()
     hidden = args.hidden or spec.hidden_size
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=208, hidden_size=hidden, num_hidden_layers=spec.num_layers,
-                         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-                         intermediate_size=spec.intermediate_size * hidden // spec.hidden_size, max_position_embeddings=512,
-                         tie_word_embeddings=True,
-                         eos_token_id=5, pad_token_id=5, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=208,
+        hidden_size=hidden,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size * hidden // spec.hidden_size,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=5,
+        pad_token_id=5,
+        bos_token_id=None,
+    )
     model = LlamaForCausalLM(config).eval()
-    prompts = [[7 + (i * 13 + j * 7) % 190 for j in range(20 + i % 8)] for i in range(args.prompts)]  # 20-27 tokens, as the task's
+    prompts = [
+        [7 + (i * 13 + j * 7) % 190 for j in range(20 + i % 8)] for i in range(args.prompts)
+    ]  # 20-27 tokens, as the task's
     engines = {"generate": HFGenerator(model, 5, 5, batch_size=256), "fast": FastGenerator(model, 5, 5, batch_size=256)}
     rates: dict[str, list[float]] = {name: [] for name in engines}
-    for name, engine in engines.items():  # warm-up
+    for engine in engines.values():  # warm-up
         engine.generate(prompts[:2], 2, temperature=1.0, max_new_tokens=8)
     for repeat in range(args.repeats):
         for name, engine in engines.items():
@@ -84,18 +95,26 @@ def main() -> dict:
     figures = {
         "rollout_speedup_vs_hf": median["fast"] / median["generate"],
         "rollout_fraction_of_flop_limit": median["fast"] / limit,
-        "rollout_tokens_per_s": {name: {"min": min(v), "median": statistics.median(v), "max": max(v)} for name, v in rates.items()},
+        "rollout_tokens_per_s": {
+            name: {"min": min(v), "median": statistics.median(v), "max": max(v)} for name, v in rates.items()
+        },
         "flop_limit_tokens_per_s": limit,
         "matmul_gflops": gflops,
         "rows": args.prompts * args.group_size,
         "max_new_tokens": args.max_new_tokens,
     }
-    print(f"rollouts, {figures['rows']} rows x {args.max_new_tokens} new tokens, {config.num_hidden_layers} layers x "
-          f"{config.hidden_size}, {torch.get_num_threads()} threads:")
+    print(
+        f"rollouts, {figures['rows']} rows x {args.max_new_tokens} new tokens, {config.num_hidden_layers} layers x "
+        f"{config.hidden_size}, {torch.get_num_threads()} threads:"
+    )
     for name, values in rates.items():
-        print(f"  {name:9s} tokens/s min {min(values):7.0f}  median {statistics.median(values):7.0f}  max {max(values):7.0f}")
-    print(f"  fast / generate = {figures['rollout_speedup_vs_hf']:.2f}x;  matmul {gflops:.0f} GFLOP/s -> FLOP limit "
-          f"{limit:.0f} tokens/s; fast reaches {figures['rollout_fraction_of_flop_limit']:.2f} of it")
+        print(
+            f"  {name:9s} tokens/s min {min(values):7.0f}  median {statistics.median(values):7.0f}  max {max(values):7.0f}"
+        )
+    print(
+        f"  fast / generate = {figures['rollout_speedup_vs_hf']:.2f}x;  matmul {gflops:.0f} GFLOP/s -> FLOP limit "
+        f"{limit:.0f} tokens/s; fast reaches {figures['rollout_fraction_of_flop_limit']:.2f} of it"
+    )
     return write_figures(figures, args.json)
 
 

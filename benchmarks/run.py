@@ -51,9 +51,13 @@ def main() -> dict:
     if "train_step_speedup_vs_trl" in details["train_step"]:
         figures["train_step_speedup_vs_trl"] = details["train_step"]["train_step_speedup_vs_trl"]
     figures["objective_memory_ratio"] = details["objective_memory"]["objective_memory_ratio"]
-    result = {**figures, "details": details,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-              "date": date.today().isoformat(), "seconds": time.perf_counter() - started}
+    result = {
+        **figures,
+        "details": details,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "date": date.today().isoformat(),
+        "seconds": time.perf_counter() - started,
+    }
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps(figures, indent=1))
     print(f"wrote {args.json} ({result['seconds']:.0f} s)")

@@ -25,8 +25,12 @@ def redrl_step_seconds(engine: str, steps: int, out: Path) -> list[float]:
     from redrl.config import load_config
     from redrl.trainer import train
 
-    cfg = load_config("tiny", [f"rollout.engine={engine}"], rollout={"group_size": 7, "max_new_tokens": 160},
-                      train={"method": "grpo", "steps": steps, "prompts_per_step": 8, "out": str(out)})
+    cfg = load_config(
+        "tiny",
+        [f"rollout.engine={engine}"],
+        rollout={"group_size": 7, "max_new_tokens": 160},
+        train={"method": "grpo", "steps": steps, "prompts_per_step": 8, "out": str(out)},
+    )
     train(cfg, progress=False)
     return [json.loads(line)["step_time"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -42,7 +46,9 @@ def trl_step_seconds(steps: int, out: Path) -> list[float]:
 
     assets = ensure_tiny()
     records = load_offline(str(assets.train))
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"]}], "answer": r["answer"]} for r in records])
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["problem"]}], "answer": r["answer"]} for r in records]
+    )
 
     def reward(completions, answer, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -57,14 +63,36 @@ def trl_step_seconds(steps: int, out: Path) -> list[float]:
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.started)
 
-    config = GRPOConfig(output_dir=str(out), per_device_train_batch_size=56, num_generations=7, max_completion_length=160,
-                        temperature=1.0, top_p=1.0, learning_rate=2e-4, beta=0.0, max_steps=steps, logging_steps=1,
-                        report_to=[], use_cpu=True, bf16=False, save_strategy="no", gradient_accumulation_steps=1,
-                        num_iterations=1, seed=0, disable_tqdm=True)
+    config = GRPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=56,
+        num_generations=7,
+        max_completion_length=160,
+        temperature=1.0,
+        top_p=1.0,
+        learning_rate=2e-4,
+        beta=0.0,
+        max_steps=steps,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_accumulation_steps=1,
+        num_iterations=1,
+        seed=0,
+        disable_tqdm=True,
+    )
     model = AutoModelForCausalLM.from_pretrained(assets.base)
     tokenizer = AutoTokenizer.from_pretrained(assets.base)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=dataset, processing_class=tokenizer,
-                          callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
     trainer.train()
     return times
 
@@ -86,8 +114,12 @@ def main() -> dict:
         except ImportError as error:
             print(f"TRL not installed ({error}); pip install trl")
     median = {name: statistics.median(values[1:]) for name, values in runs.items()}
-    figures = {"seconds_per_step": {name: {"min": min(v[1:]), "median": median[name], "max": max(v[1:])} for name, v in runs.items()},
-               "steps": args.steps}
+    figures = {
+        "seconds_per_step": {
+            name: {"min": min(v[1:]), "median": median[name], "max": max(v[1:])} for name, v in runs.items()
+        },
+        "steps": args.steps,
+    }
     if "trl" in median:
         figures["train_step_speedup_vs_trl"] = median["trl"] / median["redrl_fast"]
         figures["train_step_speedup_vs_trl_same_engine"] = median["trl"] / median["redrl_generate"]
@@ -95,8 +127,10 @@ def main() -> dict:
     for name, value in median.items():
         print(f"  {name:15s} {value:.2f}")
     if "train_step_speedup_vs_trl" in figures:
-        print(f"  TRL / redrl = {figures['train_step_speedup_vs_trl']:.2f}x (fast engine), "
-              f"{figures['train_step_speedup_vs_trl_same_engine']:.2f}x (both with generate)")
+        print(
+            f"  TRL / redrl = {figures['train_step_speedup_vs_trl']:.2f}x (fast engine), "
+            f"{figures['train_step_speedup_vs_trl_same_engine']:.2f}x (both with generate)"
+        )
     return write_figures(figures, args.json)
 
 

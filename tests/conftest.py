@@ -4,17 +4,31 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """A tiny base (barely pretrained: seconds, not minutes) and task data with levels 1-2."""
-    from redrl.tiny import TinySpec, ensure_tiny
-
     import os
+
+    from redrl.tiny import TinySpec, ensure_tiny
 
     cache = tmp_path_factory.mktemp("redrl-cache")
     previous = os.environ.get("REDRL_CACHE")
     os.environ["REDRL_CACHE"] = str(cache)
     try:
-        spec = TinySpec(levels=(1, 2), train_per_level=(20, 20), test_per_level=4, pretrain_per_level=(64, 64), base_step_share=(0.0, 0.5), prompted_per_level=(0, 16), val_per_level=4,
-                        hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, pretrain_steps=3, pretrain_batch=16,
-                        fact_sheets=8, facts_per_sheet=4)
+        spec = TinySpec(
+            levels=(1, 2),
+            train_per_level=(20, 20),
+            test_per_level=4,
+            pretrain_per_level=(64, 64),
+            base_step_share=(0.0, 0.5),
+            prompted_per_level=(0, 16),
+            val_per_level=4,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            pretrain_steps=3,
+            pretrain_batch=16,
+            fact_sheets=8,
+            facts_per_sheet=4,
+        )
         return ensure_tiny(spec, progress=False)
     finally:
         if previous is None:

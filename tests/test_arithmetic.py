@@ -5,7 +5,14 @@ import re
 
 import pytest
 
-from redrl.data.arithmetic import direct_answer, generate_problems, make_problem, step_solution, teacher_trace, write_jsonl
+from redrl.data.arithmetic import (
+    direct_answer,
+    generate_problems,
+    make_problem,
+    step_solution,
+    teacher_trace,
+    write_jsonl,
+)
 from redrl.data.offline import load_offline, load_problems
 from redrl.rewards import grade
 
@@ -58,7 +65,10 @@ def test_step_solutions_share_the_teachers_lines():
     problem = make_problem(rng, 1)
     a, op, b, result = problem["steps"][0]
     assert step_solution(problem["steps"], rng, recheck_prob=0.0).splitlines() == [
-        f"{a} {op} {b} = {result}", str(result), f"So the answer is \\boxed{{{result}}}."]
+        f"{a} {op} {b} = {result}",
+        str(result),
+        f"So the answer is \\boxed{{{result}}}.",
+    ]
     problem = make_problem(rng, 3)
     plain = step_solution(problem["steps"], random.Random(2), recheck_prob=0.0)
     trace = teacher_trace(problem["steps"], random.Random(2), recheck_prob=1.0)
@@ -78,8 +88,18 @@ def test_splits_are_disjoint_and_deterministic():
 def test_written_data_goes_through_the_real_loaders(tmp_path):
     rng = random.Random(0)
     problems = [make_problem(rng, 2) for _ in range(5)]
-    write_jsonl(({"problem": p["problem"], "answer": p["answer"], "distill": teacher_trace(p["steps"], rng),
-                  "level": p["level"]} for p in problems), tmp_path / "train.jsonl")
+    write_jsonl(
+        (
+            {
+                "problem": p["problem"],
+                "answer": p["answer"],
+                "distill": teacher_trace(p["steps"], rng),
+                "level": p["level"],
+            }
+            for p in problems
+        ),
+        tmp_path / "train.jsonl",
+    )
     records = load_offline(tmp_path / "train.jsonl")
     assert [r["problem"] for r in records] == [p["problem"] for p in problems]
     assert all(grade(r["distill"], r["answer"]) == 1.0 for r in records)
@@ -88,8 +108,10 @@ def test_written_data_goes_through_the_real_loaders(tmp_path):
     direct = direct_answer(problem["steps"])
     assert grade(direct, problem["answer"]) == 1.0
     expression = problem["problem"].removeprefix("Compute ").removesuffix(".")
-    assert direct.splitlines() == [f"{expression} = {problem['answer']}",
-                                   f"So the answer is \\boxed{{{problem['answer']}}}."]  # no steps
+    assert direct.splitlines() == [
+        f"{expression} = {problem['answer']}",
+        f"So the answer is \\boxed{{{problem['answer']}}}.",
+    ]  # no steps
 
 
 def test_loader_errors_name_the_problem(tmp_path):

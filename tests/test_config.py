@@ -9,7 +9,9 @@ from redrl.methods import METHODS
 
 
 def test_tiny_preset_loads_and_overrides_apply():
-    cfg = load_config("tiny", ["optim.lr=1e-3", "train.steps=7", "loss.regulator_ema=0.5", "model.attn_implementation=eager"])
+    cfg = load_config(
+        "tiny", ["optim.lr=1e-3", "train.steps=7", "loss.regulator_ema=0.5", "model.attn_implementation=eager"]
+    )
     assert isinstance(cfg, Config)
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert cfg.train.steps == 7 and cfg.loss.regulator_ema == 0.5
@@ -46,8 +48,10 @@ def test_every_method_is_accepted():
 def test_missing_paths_are_named(tmp_path):
     from redrl.paths import resolve_paths
 
-    cfg = load_config("tiny", [f"data.train={tmp_path}/none.jsonl", f"data.test={tmp_path}/none.jsonl",
-                               "model.path=Qwen/Qwen2.5-Math-1.5B"])
+    cfg = load_config(
+        "tiny",
+        [f"data.train={tmp_path}/none.jsonl", f"data.test={tmp_path}/none.jsonl", "model.path=Qwen/Qwen2.5-Math-1.5B"],
+    )
     with pytest.raises(FileNotFoundError, match="data.train not found"):
         resolve_paths(cfg)
     with pytest.raises(FileNotFoundError, match="data.test not found"):
@@ -73,7 +77,9 @@ def test_remote_code_runs_only_when_the_user_turns_it_on(tiny_assets, monkeypatc
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     assert load_config("tiny").model.trust_remote_code is False
     load_model_and_tokenizer(str(tiny_assets.base), **load_config("tiny").model.load_kwargs())
-    load_model_and_tokenizer(str(tiny_assets.base), **load_config("tiny", ["model.trust_remote_code=true"]).model.load_kwargs())
+    load_model_and_tokenizer(
+        str(tiny_assets.base), **load_config("tiny", ["model.trust_remote_code=true"]).model.load_kwargs()
+    )
     assert seen == [False, False, True, True]  # tokenizer and model, each time
 
 
@@ -96,7 +102,9 @@ def test_system_prompt_unset_empty_or_given():
         load_config("tiny", ["data.problem_template=no placeholder"])
     with pytest.raises(ValueError, match="chat_template_kwargs must be a mapping"):
         load_config("tiny", ["data.chat_template_kwargs=3"])
-    assert load_config("tiny", ["data.chat_template_kwargs={enable_thinking: false}"]).data.chat_template_kwargs == {"enable_thinking": False}
+    assert load_config("tiny", ["data.chat_template_kwargs={enable_thinking: false}"]).data.chat_template_kwargs == {
+        "enable_thinking": False
+    }
 
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -104,9 +112,23 @@ PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 
 def test_paper_presets_hold_the_papers_values():
     cfg = load_config("configs/paper/qwen2.5-math-1.5b-red.yaml")
-    assert (cfg.model.path, cfg.data.train, cfg.data.grader) == ("Qwen/Qwen2.5-Math-1.5B", "Elliott/Openr1-Math-46k-8192", "math")
-    assert (cfg.optim.lr, cfg.rollout.temperature, cfg.rollout.group_size, cfg.train.prompts_per_step) == (2e-6, 1.0, 7, 64)
-    assert (cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.loss.eps_low, cfg.loss.eps_high) == (1024, 8192, 0.2, 0.2)
+    assert (cfg.model.path, cfg.data.train, cfg.data.grader) == (
+        "Qwen/Qwen2.5-Math-1.5B",
+        "Elliott/Openr1-Math-46k-8192",
+        "math",
+    )
+    assert (cfg.optim.lr, cfg.rollout.temperature, cfg.rollout.group_size, cfg.train.prompts_per_step) == (
+        2e-6,
+        1.0,
+        7,
+        64,
+    )
+    assert (cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.loss.eps_low, cfg.loss.eps_high) == (
+        1024,
+        8192,
+        0.2,
+        0.2,
+    )
     assert cfg.model.config_overrides["max_position_embeddings"] >= 1024 + 8192
     assert (cfg.eval.temperature, cfg.eval.max_new_tokens) == (0.6, 8192)
     sft = load_config("configs/paper/qwen2.5-math-1.5b-sft.yaml")
@@ -114,7 +136,9 @@ def test_paper_presets_hold_the_papers_values():
     # every value carries a comment naming its source
     for line in (PAPER / "qwen2.5-math-1.5b-red.yaml").read_text().splitlines():
         if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
-            assert "#" in line or line.strip().startswith(("config_overrides", "problem_template", "out:", "method:")), line
+            assert "#" in line or line.strip().startswith(
+                ("config_overrides", "problem_template", "out:", "method:")
+            ), line
 
 
 def test_paper_baseline_presets_differ_from_red_only_in_method_settings():
@@ -131,19 +155,30 @@ def test_paper_baseline_presets_differ_from_red_only_in_method_settings():
     for name in names:
         other = flat(load_config(f"configs/paper/qwen2.5-math-1.5b-{name}.yaml"))
         changed = {key for key in red if red[key] != other[key]}
-        allowed = {"train.method", "train.out", "loss.luffy_gamma"} | (paper_sft if name in ("sft", "sft_grpo") else set())
+        allowed = {"train.method", "train.out", "loss.luffy_gamma"} | (
+            paper_sft if name in ("sft", "sft_grpo") else set()
+        )
         assert {key for key in changed if not key.startswith("baselines.")} <= allowed, (name, changed)
         assert other["train.method"] == name and other["train.out"].endswith(name)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("optim.betas=[0.9, 1.5]", "optim.betas"), ("optim.weight_decay=-1", "optim.weight_decay"),
-    ("loss.luffy_gamma=0", "loss.luffy_gamma"), ("loss.regulator_ema=1.5", "loss.regulator_ema"),
-    ("loss.norm_constant=0", "loss.norm_constant"), ("train.chunk_size=0", "train.chunk_size"),
-    ("train.keep_last=-1", "train.keep_last"), ("train.max_consecutive_skips=0", "train.max_consecutive_skips"),
-    ("baselines.relift_entropy_coef=-0.1", "baselines.relift_entropy_coef"), ("rollout.old_logp=cache", "rollout.old_logp"),
-    ("train.resume=maybe", "train.resume"), ("train.steps=many", "train.steps"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.betas=[0.9, 1.5]", "optim.betas"),
+        ("optim.weight_decay=-1", "optim.weight_decay"),
+        ("loss.luffy_gamma=0", "loss.luffy_gamma"),
+        ("loss.regulator_ema=1.5", "loss.regulator_ema"),
+        ("loss.norm_constant=0", "loss.norm_constant"),
+        ("train.chunk_size=0", "train.chunk_size"),
+        ("train.keep_last=-1", "train.keep_last"),
+        ("train.max_consecutive_skips=0", "train.max_consecutive_skips"),
+        ("baselines.relift_entropy_coef=-0.1", "baselines.relift_entropy_coef"),
+        ("rollout.old_logp=cache", "rollout.old_logp"),
+        ("train.resume=maybe", "train.resume"),
+        ("train.steps=many", "train.steps"),
+    ],
+)
 def test_out_of_range_or_ill_typed_values_name_their_key(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")) as error:
         load_config("tiny", [override])
@@ -159,4 +194,3 @@ def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
     nested.write_text("train:\n  steps: 3\n  steps: 4\n")
     with pytest.raises(ValueError, match="line 3: key 'steps' is written twice"):
         load_config(str(nested))
-

@@ -9,13 +9,12 @@ import types
 import pytest
 import torch
 
-from redrl.batch import collate
+from redrl.batch import assemble_batch, collate
 from redrl.config import load_config
 from redrl.methods import METHODS
 from redrl.modeling import TokenScorer, load_model_and_tokenizer, response_logprobs
 from redrl.regulator import EntropyRegulator
 from redrl.rollout import HFGenerator, VLLMGenerator
-from redrl.batch import assemble_batch
 from redrl.step import build_scheduler, optimization_step
 from redrl.trainer import train
 
@@ -31,16 +30,45 @@ def test_engine_settings_are_checked_on_load():
 def test_vllm_without_a_gpu_is_refused_in_one_line(tiny_assets, tmp_path, capsys):
     from redrl.cli import main
 
-    code = main(["train", "--steps", "1", "--out", str(tmp_path / "v"), "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}",
-                 "--set", f"data.train={tiny_assets.train}", "--set", "rollout.engine=vllm"])
+    code = main(
+        [
+            "train",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "v"),
+            "--no-progress",
+            "--set",
+            "optim.lr=2e-4",
+            "--set",
+            f"model.path={tiny_assets.base}",
+            "--set",
+            f"data.train={tiny_assets.train}",
+            "--set",
+            "rollout.engine=vllm",
+        ]
+    )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "redrl train: error: rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf"
+    assert (
+        code == 2
+        and err
+        == "redrl train: error: rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf"
+    )
 
 
 def test_sampler_logprobs_land_on_the_target_grid():
     method = METHODS["red"]
-    batch = assemble_batch([[7, 8, 9]], [[1, 2], [3]], [1.0, 0.0], [[4, 5, 6]], [1.0], group_size=2, method=method, pad_id=0,
-                           rollout_logprobs=[[-0.1, -0.2], None])
+    batch = assemble_batch(
+        [[7, 8, 9]],
+        [[1, 2], [3]],
+        [1.0, 0.0],
+        [[4, 5, 6]],
+        [1.0],
+        group_size=2,
+        method=method,
+        pad_id=0,
+        rollout_logprobs=[[-0.1, -0.2], None],
+    )
     grid = batch.sampler_logp
     assert grid.shape == (3, 5)
     # row 0: prompt of 3 tokens, so the first response token is scored at position 2
@@ -48,7 +76,9 @@ def test_sampler_logprobs_land_on_the_target_grid():
     assert torch.isnan(grid[0, :2]).all() and torch.isnan(grid[0, 4:]).all()
     assert torch.isnan(grid[1]).all() and torch.isnan(grid[2]).all()  # no log-probs reported; the teacher row
     with pytest.raises(ValueError, match="1 log-probs for 2 tokens"):
-        assemble_batch([[7]], [[1, 2]], [1.0], [[4]], [1.0], group_size=1, method=method, pad_id=0, rollout_logprobs=[[-0.1]])
+        assemble_batch(
+            [[7]], [[1, 2]], [1.0], [[4]], [1.0], group_size=1, method=method, pad_id=0, rollout_logprobs=[[-0.1]]
+        )
 
 
 def test_the_ratio_uses_the_samplers_logprobs_when_asked(tiny_assets):
@@ -62,13 +92,33 @@ def test_the_ratio_uses_the_samplers_logprobs_when_asked(tiny_assets):
         exact.append(logp[mask[:, 1:]].tolist())
     results = {}
     for name, shift in (("recompute", 0.0), ("exact", 0.0), ("shifted", 0.3)):
-        cfg = load_config("tiny", ["rollout.group_size=2"] + ([] if name == "recompute" else ["rollout.engine=vllm", "rollout.old_logp=sampler"]))
-        batch = assemble_batch(prompts, rollouts, [1.0, 0.0, 0.0, 1.0], [[20, 21], [22]], [1.0, 1.0], group_size=2, method=METHODS["red"],
-                               pad_id=tokenizer.pad_token_id, rollout_logprobs=[[v + shift for v in row] for row in exact])
+        cfg = load_config(
+            "tiny",
+            ["rollout.group_size=2"]
+            + ([] if name == "recompute" else ["rollout.engine=vllm", "rollout.old_logp=sampler"]),
+        )
+        batch = assemble_batch(
+            prompts,
+            rollouts,
+            [1.0, 0.0, 0.0, 1.0],
+            [[20, 21], [22]],
+            [1.0, 1.0],
+            group_size=2,
+            method=METHODS["red"],
+            pad_id=tokenizer.pad_token_id,
+            rollout_logprobs=[[v + shift for v in row] for row in exact],
+        )
         copy = load_model_and_tokenizer(str(tiny_assets.base))[0]
         optimizer = torch.optim.AdamW(copy.parameters(), lr=1e-3)
-        results[name] = optimization_step(TokenScorer(copy), optimizer, build_scheduler(optimizer, "constant", 0, 1),
-                                          EntropyRegulator(max_weight=2), batch, METHODS["red"], cfg)
+        results[name] = optimization_step(
+            TokenScorer(copy),
+            optimizer,
+            build_scheduler(optimizer, "constant", 0, 1),
+            EntropyRegulator(max_weight=2),
+            batch,
+            METHODS["red"],
+            cfg,
+        )
     assert results["recompute"]["ratio_mean"] == pytest.approx(1.0)
     assert results["exact"]["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert results["exact"]["loss"] == pytest.approx(results["recompute"]["loss"], abs=1e-6)
@@ -109,8 +159,9 @@ class _FakeVLLM:
         def generate(self, prompts, params, use_tqdm=False):
             eos = params.stop_token_ids[0]
             ids = [p["prompt_token_ids"] for p in prompts]
-            rows = HFGenerator(self.hf, eos, self.tokenizer.pad_token_id).generate(ids, params.n, temperature=params.temperature,
-                                                                                  max_new_tokens=params.max_tokens)
+            rows = HFGenerator(self.hf, eos, self.tokenizer.pad_token_id).generate(
+                ids, params.n, temperature=params.temperature, max_new_tokens=params.max_tokens
+            )
             requests = []
             for i, prompt in enumerate(ids):
                 completions = []
@@ -122,8 +173,11 @@ class _FakeVLLM:
                     stopped = response[-1:] == [eos]
                     kept = response[:-1] if stopped else response
                     steps = [{token: types.SimpleNamespace(logprob=value)} for token, value in zip(kept, values)]
-                    completions.append(types.SimpleNamespace(token_ids=tuple(kept), logprobs=steps,
-                                                             finish_reason="stop" if stopped else "length"))
+                    completions.append(
+                        types.SimpleNamespace(
+                            token_ids=tuple(kept), logprobs=steps, finish_reason="stop" if stopped else "length"
+                        )
+                    )
                 requests.append(types.SimpleNamespace(outputs=completions))
             return requests
 
@@ -140,8 +194,13 @@ def fake_vllm(monkeypatch):
 
 def test_vllm_engine_parses_outputs_and_puts_the_stop_token_back(tiny_assets, fake_vllm):
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
-    engine = VLLMGenerator.create(str(tiny_assets.base), eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                  max_model_len=256, config_overrides={"max_position_embeddings": 1024})
+    engine = VLLMGenerator.create(
+        str(tiny_assets.base),
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        max_model_len=256,
+        config_overrides={"max_position_embeddings": 1024},
+    )
     assert fake_vllm.created[0]["hf_overrides"] == {"max_position_embeddings": 1024}
     torch.manual_seed(0)
     responses, logprobs = engine.generate_with_logprobs([[3, 4, 5], [6]], 3, temperature=1.0, max_new_tokens=12)
@@ -155,10 +214,14 @@ def test_vllm_engine_parses_outputs_and_puts_the_stop_token_back(tiny_assets, fa
 
 def test_training_with_the_vllm_engine_syncs_weights_every_step(tiny_assets, tmp_path, fake_vllm, monkeypatch):
     pytest.importorskip("peft")
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
-                      data={"train": str(tiny_assets.train)}, optim={"lr": 1e-2},
-                      rollout={"group_size": 3, "max_new_tokens": 48, "engine": "vllm", "old_logp": "sampler"},
-                      train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "vllm")})
+    cfg = load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
+        data={"train": str(tiny_assets.train)},
+        optim={"lr": 1e-2},
+        rollout={"group_size": 3, "max_new_tokens": 48, "engine": "vllm", "old_logp": "sampler"},
+        train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "vllm")},
+    )
     import redrl.trainer as trainer
 
     engines = []
@@ -195,8 +258,18 @@ def _random_llama(vocab=64, kv_heads=1):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=kv_heads,
-                         intermediate_size=64, max_position_embeddings=128, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=kv_heads,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        eos_token_id=1,
+        pad_token_id=0,
+        bos_token_id=None,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -205,17 +278,25 @@ def test_fast_engine_greedy_equals_generate_and_reports_exact_logprobs(tiny_asse
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     prompts = _tiny_prompts(tiny_assets, tokenizer, 24)
-    reference = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0, max_new_tokens=40)
-    assert FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0,
-                                                                                          max_new_tokens=40) == reference
+    reference = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+        prompts, 1, temperature=0, max_new_tokens=40
+    )
+    assert (
+        FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+            prompts, 1, temperature=0, max_new_tokens=40
+        )
+        == reference
+    )
 
     # A random model (grouped-query attention) whose greedy answers differ by prompt, prompts of
     # different lengths (left padding), a stop token met at different steps (the batch is compacted),
     # batches of 5 rows.
     model = _random_llama()
     generator = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(2, 64, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()
-               for _ in range(24)]
+    prompts = [
+        torch.randint(2, 64, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()
+        for _ in range(24)
+    ]
     reference = HFGenerator(model, eos_id=1, pad_id=0).generate(prompts, 1, temperature=0, max_new_tokens=30)
     first = {}  # token -> the steps at which it first appears, over the rows
     for r in reference:
@@ -271,13 +352,25 @@ def test_fast_engine_samples_the_same_distribution_as_generate():
     assert (target == 0).sum() > 5  # top-p removed part of the vocabulary
     draws = 6000
     torch.manual_seed(1)
-    fast = FastGenerator(model, eos_id=1, pad_id=0, batch_size=draws, top_p=0.9).generate([prompt], draws, temperature=0.7, max_new_tokens=1)
+    fast = FastGenerator(model, eos_id=1, pad_id=0, batch_size=draws, top_p=0.9).generate(
+        [prompt], draws, temperature=0.7, max_new_tokens=1
+    )
     torch.manual_seed(2)
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt] * draws), do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=1,
-                             pad_token_id=0, eos_token_id=1)
-    counts = {"fast": torch.bincount(torch.tensor([r[0] for r in fast]), minlength=64).double(),
-              "generate": torch.bincount(out[:, -1], minlength=64).double()}
+        out = model.generate(
+            torch.tensor([prompt] * draws),
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
+            top_k=0,
+            max_new_tokens=1,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    counts = {
+        "fast": torch.bincount(torch.tensor([r[0] for r in fast]), minlength=64).double(),
+        "generate": torch.bincount(out[:, -1], minlength=64).double(),
+    }
     for name, observed in counts.items():
         assert _wilson_hilferty_z(observed, target) < 4, name
         assert _wilson_hilferty_z(observed, exact(1.0, 0.9)) > 4, name  # the wrong temperature is rejected
@@ -290,16 +383,21 @@ def test_fast_engine_refuses_what_it_does_not_implement_and_eval_falls_back(tiny
     from redrl.rollout import make_generator
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32))
-    with pytest.raises(ValueError, match="rollout.engine=fast: model type 'gpt2' is not one of llama, qwen2, mistral; use rollout.engine=hf"):
+    with pytest.raises(
+        ValueError,
+        match="rollout.engine=fast: model type 'gpt2' is not one of llama, qwen2, mistral; use rollout.engine=hf",
+    ):
         FastGenerator(model, eos_id=1, pad_id=0)
-    with pytest.warns(UserWarning, match="model type 'gpt2' is not one of .*; sampling with transformers' generate instead"):
+    with pytest.warns(
+        UserWarning, match="model type 'gpt2' is not one of .*; sampling with transformers' generate instead"
+    ):
         assert isinstance(make_generator("fast", model, 1, 0), HFGenerator)
 
 
 def test_fast_engine_follows_lora_adapters(tiny_assets):
     pytest.importorskip("peft")
-    from redrl.modeling import apply_lora
     from redrl.fast_engine import FastGenerator
+    from redrl.modeling import apply_lora
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     model = apply_lora(model, r=4, dropout=0.0)
@@ -309,19 +407,28 @@ def test_fast_engine_follows_lora_adapters(tiny_assets):
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)  # adapters that change the answers
     prompts = _tiny_prompts(tiny_assets, tokenizer, 12)
-    reference = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0, max_new_tokens=30)
+    reference = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+        prompts, 1, temperature=0, max_new_tokens=30
+    )
     base = HFGenerator(model.get_base_model(), tokenizer.eos_token_id, tokenizer.pad_token_id)
     with model.disable_adapter():
         plain = base.generate(prompts, 1, temperature=0, max_new_tokens=30)
     assert reference != plain  # the adapters matter here
-    fast = FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, 1, temperature=0, max_new_tokens=30)
+    fast = FastGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
+        prompts, 1, temperature=0, max_new_tokens=30
+    )
     assert fast == reference
 
 
 def test_training_with_the_fast_engine_and_its_logprobs(tiny_assets, tmp_path):
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)}, optim={"lr": 2e-4},
-                      rollout={"group_size": 3, "max_new_tokens": 48, "engine": "fast", "old_logp": "sampler"},
-                      train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "fast")})
+    cfg = load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base)},
+        data={"train": str(tiny_assets.train)},
+        optim={"lr": 2e-4},
+        rollout={"group_size": 3, "max_new_tokens": 48, "engine": "fast", "old_logp": "sampler"},
+        train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "fast")},
+    )
     train(cfg, progress=False)
     metrics = [json.loads(line) for line in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
     # the sampler's log-probs are the trainer's up to float rounding: the first ratio is 1

@@ -24,8 +24,25 @@ from redrl.trainer import train
 
 GOLDEN = Path(__file__).parent / "golden" / "steps.json"
 RECORD = os.environ.get("REDRL_RECORD_GOLDEN") == "1"
-KEYS = ("loss", "grad_norm", "w", "h_rl", "h_sft", "delta_h_rl", "delta_h_sft", "reward", "online_accuracy", "online_length",
-        "pi_off_mean", "clip_fraction", "lr", "relift_buffer", "relift_sft_step", "bread_failed_groups", "bread_rescued")
+KEYS = (
+    "loss",
+    "grad_norm",
+    "w",
+    "h_rl",
+    "h_sft",
+    "delta_h_rl",
+    "delta_h_sft",
+    "reward",
+    "online_accuracy",
+    "online_length",
+    "pi_off_mean",
+    "clip_fraction",
+    "lr",
+    "relift_buffer",
+    "relift_sft_step",
+    "bread_failed_groups",
+    "bread_rescued",
+)
 
 #: name → (method, config overrides): every method once, plus the micro-batched step and ReLIFT's SFT step.
 CASES = {name: (name, {}) for name in sorted(METHODS)} | {

@@ -38,14 +38,29 @@ def test_sft_objective_is_the_token_mean_nll_minus_the_entropy_bonus():
 
 def test_red_objective_passes_every_setting_through():
     x = _inputs()
-    settings = LossSettings(eps_low=0.1, eps_high=0.3, offline_ratio="luffy", gamma=0.2, aggregation="token-mean", clip_offline=True)
+    settings = LossSettings(
+        eps_low=0.1, eps_high=0.3, offline_ratio="luffy", gamma=0.2, aggregation="token-mean", clip_offline=True
+    )
     loss, metrics = LOSSES["red"].fn(x, settings)
-    expected, reference = red_loss(x.logp, x.old_logp, x.advantages, x.response_mask, x.is_offline, x.group_accuracy, 2.0,
-                                   eps_low=0.1, eps_high=0.3, offline_ratio="luffy", gamma=0.2, aggregation="token-mean",
-                                   clip_offline=True)
+    expected, reference = red_loss(
+        x.logp,
+        x.old_logp,
+        x.advantages,
+        x.response_mask,
+        x.is_offline,
+        x.group_accuracy,
+        2.0,
+        eps_low=0.1,
+        eps_high=0.3,
+        offline_ratio="luffy",
+        gamma=0.2,
+        aggregation="token-mean",
+        clip_offline=True,
+    )
     assert loss.item() == expected.item()
     assert {k: v.item() for k, v in metrics.items() if math.isfinite(v.item())} == {
-        k: v.item() for k, v in reference.items() if math.isfinite(v.item())}
+        k: v.item() for k, v in reference.items() if math.isfinite(v.item())
+    }
 
 
 def test_srft_objective_takes_the_steps_rollout_entropy():

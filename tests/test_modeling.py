@@ -7,15 +7,20 @@ import warnings
 
 import pytest
 import torch
+from test_trainer import tiny_config
 
 from redrl.config import load_config
-from redrl.modeling import autocast, encode_prompt, encode_response, load_model_and_tokenizer, resolve_device
 from redrl.data.training import prepare_data
-from redrl.modeling import prepare_model
+from redrl.modeling import (
+    autocast,
+    encode_prompt,
+    encode_response,
+    load_model_and_tokenizer,
+    prepare_model,
+    resolve_device,
+)
 from redrl.step import build_scheduler
 from redrl.trainer import train
-
-from test_trainer import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,9 @@ def _metrics(out):
 
 def test_default_prompt_is_the_tokenizers_chat_template(tokenizer):
     messages = [{"role": "user", "content": "1 + 2 = ?"}]
-    expected = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    expected = list(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    )
     assert encode_prompt(tokenizer, "1 + 2 = ?") == expected
 
 
@@ -47,11 +54,16 @@ def test_problem_template_system_prompt_and_response_prefix(tokenizer):
 
 
 def test_chat_template_inline_from_a_file_and_with_arguments(tokenizer, tmp_path):
-    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={{ tail }}{% endif %}"
+    template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={{ tail }}{% endif %}"
+    )
     inline = encode_prompt(tokenizer, "1 + 2", chat_template=template, template_kwargs={"tail": " 3"})
     assert tokenizer.decode(inline) == "1 + 2= 3"
     (tmp_path / "t.jinja").write_text(template)
-    assert encode_prompt(tokenizer, "1 + 2", chat_template=str(tmp_path / "t.jinja"), template_kwargs={"tail": " 3"}) == inline
+    assert (
+        encode_prompt(tokenizer, "1 + 2", chat_template=str(tmp_path / "t.jinja"), template_kwargs={"tail": " 3"})
+        == inline
+    )
     with pytest.raises(FileNotFoundError, match="neither a Jinja template nor an existing file"):
         encode_prompt(tokenizer, "1", chat_template=str(tmp_path / "missing.jinja"))
 
@@ -64,17 +76,25 @@ def test_teacher_trace_loses_the_response_prefix(tokenizer):
 
 def test_prepare_data_formats_prompts_and_traces_as_configured(tiny_assets, tokenizer, tmp_path):
     path = tmp_path / "d.jsonl"
-    rows = [{"problem": "1 + 2", "answer": "3", "distill": "Wait , 1 + 2 = 3 . \\boxed{3}"},
-            {"problem": "4 + 5 + 6 + 7 + 8 + 9", "answer": "39", "distill": "\\boxed{39}"}]
+    rows = [
+        {"problem": "1 + 2", "answer": "3", "distill": "Wait , 1 + 2 = 3 . \\boxed{3}"},
+        {"problem": "4 + 5 + 6 + 7 + 8 + 9", "answer": "39", "distill": "\\boxed{39}"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config("tiny", data={"response_prefix": "Wait ,", "system_prompt": "", "problem_template": "{problem} = ?"})
+    cfg = load_config(
+        "tiny", data={"response_prefix": "Wait ,", "system_prompt": "", "problem_template": "{problem} = ?"}
+    )
     data = prepare_data(cfg, tokenizer, str(path))
-    assert data.prompts[0] == encode_prompt(tokenizer, "1 + 2", problem_template="{problem} = ?", response_prefix="Wait ,")
+    assert data.prompts[0] == encode_prompt(
+        tokenizer, "1 + 2", problem_template="{problem} = ?", response_prefix="Wait ,"
+    )
     assert data.teacher[0] == encode_response(tokenizer, " 1 + 2 = 3 . \\boxed{3}")
     assert [data.teacher_reward(i) for i in range(2)] == [1.0, 1.0]
 
     short = len(data.prompts[0])
-    cfg = load_config("tiny", data={"response_prefix": "Wait ,", "problem_template": "{problem} = ?", "max_prompt_tokens": short})
+    cfg = load_config(
+        "tiny", data={"response_prefix": "Wait ,", "problem_template": "{problem} = ?", "max_prompt_tokens": short}
+    )
     with pytest.warns(UserWarning, match="1 of 2 prompts are longer than data.max_prompt_tokens"):
         kept = prepare_data(cfg, tokenizer, str(path))
     assert [r["answer"] for r in kept.records] == ["3"] and len(kept.teacher) == len(kept.prompts) == 1
@@ -88,7 +108,9 @@ def test_prepare_data_formats_prompts_and_traces_as_configured(tiny_assets, toke
 
 
 def test_config_overrides_reach_the_model(tiny_assets):
-    model, _ = load_model_and_tokenizer(str(tiny_assets.base), config_overrides={"max_position_embeddings": 1024, "rope_theta": 20000})
+    model, _ = load_model_and_tokenizer(
+        str(tiny_assets.base), config_overrides={"max_position_embeddings": 1024, "rope_theta": 20000}
+    )
     config = model.config
     assert config.max_position_embeddings == 1024
     rope = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}
@@ -131,7 +153,11 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_assets, tmp_path):
         train(cfg, progress=False)
         runs[checkpointing] = _metrics(tmp_path / str(checkpointing) / "red")
     model, _ = prepare_model(cfg, str(tiny_assets.base))
-    on = model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing") else model.is_gradient_checkpointing
+    on = (
+        model.is_activation_checkpointing
+        if hasattr(type(model), "is_activation_checkpointing")
+        else model.is_gradient_checkpointing
+    )
     assert on  # the comparison below is between two different code paths
     for plain, recomputed in zip(runs[False], runs[True]):
         for key in ("loss", "grad_norm", "h_rl", "h_sft"):
@@ -146,11 +172,21 @@ def test_lora_trains_adapters_only_and_its_checkpoint_loads_merged(tiny_assets, 
     pytest.importorskip("peft")
     from safetensors.torch import load_file
 
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4, "lora_alpha": 8,
-                                     "lora_dropout": 0.0, "lora_target_modules": "q_proj,v_proj"},
-                      data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
-                      rollout={"group_size": 3, "max_new_tokens": 64}, optim={"lr": 1e-2},
-                      train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "lora")})
+    cfg = load_config(
+        "tiny",
+        model={
+            "path": str(tiny_assets.base),
+            "use_peft": True,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.0,
+            "lora_target_modules": "q_proj,v_proj",
+        },
+        data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
+        rollout={"group_size": 3, "max_new_tokens": 64},
+        optim={"lr": 1e-2},
+        train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "lora")},
+    )
     final = train(cfg, progress=False)
     assert (final / "adapter_config.json").is_file() and not (final / "model.safetensors").exists()
     adapter = load_file(final / "adapter_model.safetensors")
@@ -169,18 +205,28 @@ def test_lora_trains_adapters_only_and_its_checkpoint_loads_merged(tiny_assets, 
 
 def test_staged_method_chains_lora_checkpoints(tiny_assets, tmp_path):
     pytest.importorskip("peft")
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
-                      data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
-                      rollout={"group_size": 3, "max_new_tokens": 32}, baselines={"staged_sft_lr": 1e-3}, optim={"lr": 2e-4},
-                      train={"method": "sft_grpo", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "staged")})
+    cfg = load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
+        data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
+        rollout={"group_size": 3, "max_new_tokens": 32},
+        baselines={"staged_sft_lr": 1e-3},
+        optim={"lr": 2e-4},
+        train={"method": "sft_grpo", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "staged")},
+    )
     final = train(cfg, progress=False)
     # the GRPO stage's adapter sits on the SFT stage's adapter, which sits on the base
-    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"].endswith("stage-1-sft/final")
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"].endswith(
+        "stage-1-sft/final"
+    )
     model, _ = load_model_and_tokenizer(str(final))
     assert not hasattr(model, "peft_config")
     stages = [json.loads(line) for line in (tmp_path / "staged" / "metrics.jsonl").read_text().splitlines()]
     # each stage warms up over optim.warmup_steps = 5 from its own learning rate
-    assert [(s["stage"], s["lr"]) for s in stages] == [("sft", pytest.approx(1e-3 / 5)), ("grpo", pytest.approx(cfg.optim.lr / 5))]
+    assert [(s["stage"], s["lr"]) for s in stages] == [
+        ("sft", pytest.approx(1e-3 / 5)),
+        ("grpo", pytest.approx(cfg.optim.lr / 5)),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,10 +261,14 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_warmup_ratio_replaces_warmup_steps(tiny_assets, tmp_path):
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base)},
-                      data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
-                      rollout={"max_new_tokens": 16}, optim={"warmup_steps": 0, "warmup_ratio": 0.5, "lr": 1e-3},
-                      train={"method": "sft", "steps": 4, "prompts_per_step": 2, "out": str(tmp_path / "w")})
+    cfg = load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base)},
+        data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
+        rollout={"max_new_tokens": 16},
+        optim={"warmup_steps": 0, "warmup_ratio": 0.5, "lr": 1e-3},
+        train={"method": "sft", "steps": 4, "prompts_per_step": 2, "out": str(tmp_path / "w")},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # traces cut to 16 tokens
         train(cfg, progress=False)
@@ -229,7 +279,9 @@ def test_warmup_ratio_replaces_warmup_steps(tiny_assets, tmp_path):
 # The paper preset, end to end on the tiny model
 
 
-def test_paper_preset_runs_end_to_end_with_only_model_data_and_sizes_changed(tiny_assets, tmp_path, capsys, monkeypatch):
+def test_paper_preset_runs_end_to_end_with_only_model_data_and_sizes_changed(
+    tiny_assets, tmp_path, capsys, monkeypatch
+):
     """Every feature the preset turns on (config overrides, bf16 autocast, gradient checkpointing,
     no system prompt, the problem template, the prompt limit, math grading, warm-up ratio and cosine
     floor) runs together; only the model, the data and the sizes are the tiny ones."""
@@ -237,22 +289,67 @@ def test_paper_preset_runs_end_to_end_with_only_model_data_and_sizes_changed(tin
 
     monkeypatch.setenv("REDRL_DEBUG", "1")  # a failure shows its traceback
     preset = "configs/paper/qwen2.5-math-1.5b-red.yaml"
-    sizes = ["optim.lr=2e-4", f"model.path={tiny_assets.base}", "rollout.max_new_tokens=48", "rollout.group_size=3", "train.prompts_per_step=2",
-             "train.micro_batch_size=4", "eval.max_new_tokens=16", "eval.batch_size=8"]
+    sizes = [
+        "optim.lr=2e-4",
+        f"model.path={tiny_assets.base}",
+        "rollout.max_new_tokens=48",
+        "rollout.group_size=3",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=4",
+        "eval.max_new_tokens=16",
+        "eval.batch_size=8",
+    ]
     out = tmp_path / "red"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny traces are cut to 48 tokens
-        assert main(["train", "--config", preset, "--steps", "2", "--out", str(out), "--no-progress",
-                     "--set", f"data.train={tiny_assets.train}", *sum((["--set", s] for s in sizes), [])]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    preset,
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--set",
+                    f"data.train={tiny_assets.train}",
+                    *sum((["--set", s] for s in sizes), []),
+                ]
+            )
+            == 0
+        )
     saved = load_config(str(out / "config.yaml"))
-    assert (saved.train.steps, saved.train.epochs, saved.train.mixed_precision, saved.data.grader) == (2, None, "bf16", "math")
+    assert (saved.train.steps, saved.train.epochs, saved.train.mixed_precision, saved.data.grader) == (
+        2,
+        None,
+        "bf16",
+        "math",
+    )
     metrics = _metrics(out)
     assert len(metrics) == 2 and all(math.isfinite(m["loss"]) and m["lr"] > 0 for m in metrics)
     model, _ = load_model_and_tokenizer(str(out / "final"))
     assert model.config.max_position_embeddings == 16384  # the override is saved with the weights
 
-    assert main(["eval", "--model", str(out / "final"), "--config", preset, "--data", str(tiny_assets.test), "--k", "1",
-                 "--no-progress", *sum((["--set", s] for s in sizes[1:]), [])]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out / "final"),
+                "--config",
+                preset,
+                "--data",
+                str(tiny_assets.test),
+                "--k",
+                "1",
+                "--no-progress",
+                *sum((["--set", s] for s in sizes[1:]), []),
+            ]
+        )
+        == 0
+    )
     assert "avg@1" in capsys.readouterr().out
 
 

@@ -6,17 +6,21 @@ import pytest
 
 from redrl.data import load_offline
 
-FLAT = [{"problem": "Compute 1 + 2.", "answer": "3", "distill": "1 + 2 = 3\nSo the answer is \\boxed{3}."},
-        {"problem": "Compute 2 + 2.", "answer": "4", "distill": "2 + 2 = 4\nSo the answer is \\boxed{4}."}]
+FLAT = [
+    {"problem": "Compute 1 + 2.", "answer": "3", "distill": "1 + 2 = 3\nSo the answer is \\boxed{3}."},
+    {"problem": "Compute 2 + 2.", "answer": "4", "distill": "2 + 2 = 4\nSo the answer is \\boxed{4}."},
+]
 
 
 def luffy(row):
     """The OpenR1-Math-46k-8192 layout of a flat row."""
-    return {"data_source": "openr1", "prompt": [{"role": "system", "content": "Think first."},
-                                                {"role": "user", "content": row["problem"]}],
-            "target": [{"role": "assistant", "content": "<think>\n" + row["distill"]}],
-            "reward_model": {"ground_truth": str(row["answer"]), "style": "rule"},
-            "extra_info": {"index": 0}}
+    return {
+        "data_source": "openr1",
+        "prompt": [{"role": "system", "content": "Think first."}, {"role": "user", "content": row["problem"]}],
+        "target": [{"role": "assistant", "content": "<think>\n" + row["distill"]}],
+        "reward_model": {"ground_truth": str(row["answer"]), "style": "rule"},
+        "extra_info": {"index": 0},
+    }
 
 
 def write_parquet(rows, path):
@@ -29,7 +33,9 @@ def write_parquet(rows, path):
 def test_flat_and_luffy_parquet_give_the_same_records(tmp_path):
     flat = load_offline(write_parquet(FLAT, tmp_path / "flat.parquet"))
     assert [(r["problem"], r["answer"], r["distill"]) for r in flat] == [
-        ("Compute 1 + 2.", "3", FLAT[0]["distill"]), ("Compute 2 + 2.", "4", FLAT[1]["distill"])]
+        ("Compute 1 + 2.", "3", FLAT[0]["distill"]),
+        ("Compute 2 + 2.", "4", FLAT[1]["distill"]),
+    ]
     converted = load_offline(write_parquet([luffy(r) for r in FLAT], tmp_path / "luffy.parquet"))
     assert [(r["problem"], r["answer"]) for r in converted] == [(r["problem"], r["answer"]) for r in flat]
     assert converted[0]["distill"] == "<think>\n" + FLAT[0]["distill"] and converted[0]["system"] == "Think first."
@@ -69,9 +75,14 @@ def test_training_reads_luffy_data_and_truncates_long_traces(tiny_assets, tmp_pa
 
     rows = [json.loads(line) for line in tiny_assets.train.read_text().splitlines()][:8]
     data = write_parquet([luffy(r) for r in rows], tmp_path / "train.parquet")
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(data), "test": str(tiny_assets.test)},
-                      rollout={"group_size": 2, "max_new_tokens": 16}, optim={"lr": 2e-4},
-                      train={"method": "sft", "steps": 1, "prompts_per_step": 2, "out": str(tmp_path / "run")})
+    cfg = load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base)},
+        data={"train": str(data), "test": str(tiny_assets.test)},
+        rollout={"group_size": 2, "max_new_tokens": 16},
+        optim={"lr": 2e-4},
+        train={"method": "sft", "steps": 1, "prompts_per_step": 2, "out": str(tmp_path / "run")},
+    )
     with pytest.warns(UserWarning, match=r"8 of 8 teacher traces exceed rollout.max_new_tokens=16 and are truncated"):
         final = train(cfg, progress=False)
     record = json.loads((final.parent / "metrics.jsonl").read_text())

@@ -72,8 +72,23 @@ def test_hand_computed_clipped_offline_ratio():
     assert metrics["loss_off"].item() == pytest.approx(2.4 / 3, abs=1e-12)
 
 
-def naive_red_loss(logp, old_logp, advantages, mask, is_offline, accuracy, w, *, eps_low, eps_high,
-                   mode, gamma, aggregation, clip_offline, norm_constant=None):
+def naive_red_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    is_offline,
+    accuracy,
+    w,
+    *,
+    eps_low,
+    eps_high,
+    mode,
+    gamma,
+    aggregation,
+    clip_offline,
+    norm_constant=None,
+):
     """Eq. 10 written out one token at a time, with scalar autograd."""
     N, T = logp.shape
     row_sums, lengths = [], []
@@ -124,8 +139,13 @@ def random_batch(seed, groups=3, rollouts=4, T=6, dtype=F64):
     accuracy = torch.rand(groups, generator=g, dtype=dtype).repeat_interleave(rollouts + 1)
     advantages = torch.randn(N, generator=g, dtype=dtype)
     return dict(
-        logp=logp.requires_grad_(), old_logp=old_logp, advantages=advantages, response_mask=mask,
-        is_offline=is_offline, group_accuracy=accuracy, w=2.5,
+        logp=logp.requires_grad_(),
+        old_logp=old_logp,
+        advantages=advantages,
+        response_mask=mask,
+        is_offline=is_offline,
+        group_accuracy=accuracy,
+        w=2.5,
     )
 
 
@@ -135,12 +155,27 @@ def random_batch(seed, groups=3, rollouts=4, T=6, dtype=F64):
 def test_matches_naive_loop_reference_float64(mode, aggregation, clip_offline):
     seed = 100 * OFFLINE_RATIOS.index(mode) + 10 * AGGREGATIONS.index(aggregation) + int(clip_offline)
     batch = random_batch(seed=seed)
-    kwargs = dict(eps_low=0.2, eps_high=0.28, gamma=0.1, aggregation=aggregation, clip_offline=clip_offline,
-                  norm_constant=8.0 if aggregation == "seq-mean-token-sum-norm" else None)
+    kwargs = dict(
+        eps_low=0.2,
+        eps_high=0.28,
+        gamma=0.1,
+        aggregation=aggregation,
+        clip_offline=clip_offline,
+        norm_constant=8.0 if aggregation == "seq-mean-token-sum-norm" else None,
+    )
     loss, _ = red_loss(**batch, offline_ratio=mode, **kwargs)
     (grad,) = torch.autograd.grad(loss, batch["logp"])
-    ref = naive_red_loss(batch["logp"], batch["old_logp"], batch["advantages"], batch["response_mask"],
-                         batch["is_offline"], batch["group_accuracy"], batch["w"], mode=mode, **kwargs)
+    ref = naive_red_loss(
+        batch["logp"],
+        batch["old_logp"],
+        batch["advantages"],
+        batch["response_mask"],
+        batch["is_offline"],
+        batch["group_accuracy"],
+        batch["w"],
+        mode=mode,
+        **kwargs,
+    )
     (ref_grad,) = torch.autograd.grad(ref, batch["logp"])
     assert abs(loss.item() - ref.item()) < 1e-9
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-9)
@@ -157,8 +192,9 @@ def test_no_offline_rows_is_the_grpo_loss():
     m = batch["response_mask"].to(F64)
     grpo = -((term * m).sum(-1) / m.sum(-1)).mean()
     assert abs(loss.item() - grpo.item()) < 1e-12
-    torch.testing.assert_close(torch.autograd.grad(loss, batch["logp"])[0],
-                               torch.autograd.grad(grpo, batch["logp"])[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, batch["logp"])[0], torch.autograd.grad(grpo, batch["logp"])[0], rtol=0, atol=1e-12
+    )
     assert metrics["loss_off"].item() == 0.0
     assert math.isnan(metrics["pi_off_mean"].item())
 
@@ -222,8 +258,9 @@ def test_padding_and_garbage_in_it_change_nothing():
     padded_loss, _ = red_loss(**padded)
     (padded_grad,) = torch.autograd.grad(padded_loss, padded["logp"])
     assert abs(padded_loss.item() - loss.item()) < 1e-12
-    torch.testing.assert_close(padded_grad[:, :T][batch["response_mask"]], grad[batch["response_mask"]],
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        padded_grad[:, :T][batch["response_mask"]], grad[batch["response_mask"]], rtol=0, atol=1e-12
+    )
     assert (padded_grad[:, :T][~batch["response_mask"]] == 0).all() and (padded_grad[:, T:] == 0).all()
 
 
@@ -268,8 +305,10 @@ def test_named_terms_add_up_to_the_loss():
 
 def test_float32_is_kept_and_agrees_with_float64():
     batch64 = random_batch(seed=13)
-    batch32 = {k: (v.detach().float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-               for k, v in batch64.items()}
+    batch32 = {
+        k: (v.detach().float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        for k, v in batch64.items()
+    }
     batch32["logp"].requires_grad_()
     loss32, metrics32 = red_loss(**batch32)
     loss64, _ = red_loss(**batch64)

@@ -2,8 +2,8 @@
 and partial checkpoints, rotation, a full disk, non-finite steps, bad input, no pickle on load."""
 
 import errno
-import math
 import json
+import math
 import os
 import pickle
 import shutil
@@ -24,9 +24,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(tiny_assets, out, *extra):
-    return ["train", "--config", "configs/tiny.yaml", "--method", "red", "--steps", "12", "--save-every", "4", "--out", str(out),
-            "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}",
-            "--set", "train.prompts_per_step=4", "--set", "rollout.group_size=3", "--set", "rollout.max_new_tokens=48", *extra]
+    return [
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--method",
+        "red",
+        "--steps",
+        "12",
+        "--save-every",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "optim.lr=2e-4",
+        "--set",
+        f"model.path={tiny_assets.base}",
+        "--set",
+        f"data.train={tiny_assets.train}",
+        "--set",
+        "train.prompts_per_step=4",
+        "--set",
+        "rollout.group_size=3",
+        "--set",
+        "rollout.max_new_tokens=48",
+        *extra,
+    ]
 
 
 def _env():
@@ -34,8 +58,15 @@ def _env():
 
 
 def _run(args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "redrl", *args], capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT,
-                          **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "redrl", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=ROOT,
+        **kwargs,
+    )
 
 
 def _metrics(out):
@@ -72,8 +103,13 @@ pytestmark = pytest.mark.slow
 
 def test_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(tiny_assets, reference, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "redrl", *_args(tiny_assets, out)], env=_env(), cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "redrl", *_args(tiny_assets, out)],
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert _kill_after(process, out, 6) == -signal.SIGKILL
     assert not (out / "final").exists()
     result = _run(_args(tiny_assets, out, "--resume"))
@@ -85,11 +121,19 @@ def test_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(tiny_asset
 def test_killed_while_writing_a_checkpoint(tiny_assets, reference, tmp_path):
     # The process dies between writing checkpoint-8's files and renaming the directory into place.
     out = tmp_path / "run"
-    script = ("import os, signal, sys; from redrl import checkpoint; real = checkpoint.write_manifest\n"
-              "def dying(folder):\n    real(folder)\n    if folder.name.endswith('checkpoint-8'): os.kill(os.getpid(), signal.SIGKILL)\n"
-              "checkpoint.write_manifest = dying\nfrom redrl.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([sys.executable, "-c", script, *_args(tiny_assets, out)], capture_output=True, text=True, timeout=300,
-                            env=_env(), cwd=ROOT)
+    script = (
+        "import os, signal, sys; from redrl import checkpoint; real = checkpoint.write_manifest\n"
+        "def dying(folder):\n    real(folder)\n    if folder.name.endswith('checkpoint-8'): os.kill(os.getpid(), signal.SIGKILL)\n"
+        "checkpoint.write_manifest = dying\nfrom redrl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *_args(tiny_assets, out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert result.returncode == -signal.SIGKILL
     assert (out / ".tmp-checkpoint-8").is_dir() and not (out / "checkpoint-8").exists()
     result = _run(_args(tiny_assets, out, "--resume"))
@@ -101,8 +145,14 @@ def test_killed_while_writing_a_checkpoint(tiny_assets, reference, tmp_path):
 
 def test_sigterm_saves_at_the_step_boundary_and_says_how_to_resume(tiny_assets, reference, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "redrl", *_args(tiny_assets, out)], env=_env(), cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "redrl", *_args(tiny_assets, out)],
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     code = _kill_after(process, out, 2, signal.SIGTERM)
     message = process.stderr.read()
     assert code == 128 + signal.SIGTERM, message[-2000:]
@@ -134,9 +184,14 @@ def test_a_corrupted_newest_checkpoint_is_reported_and_skipped(tiny_assets, refe
 
 
 def _cfg(tiny_assets, out, **train_values):
-    return load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train)},
-                       rollout={"group_size": 3, "max_new_tokens": 32}, optim={"lr": 2e-4},
-                       train={"method": "red", "steps": 4, "prompts_per_step": 2, "out": str(out), **train_values})
+    return load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base)},
+        data={"train": str(tiny_assets.train)},
+        rollout={"group_size": 3, "max_new_tokens": 32},
+        optim={"lr": 2e-4},
+        train={"method": "red", "steps": 4, "prompts_per_step": 2, "out": str(out), **train_values},
+    )
 
 
 def test_rotation_keeps_the_newest_and_never_the_only_good_one(tiny_assets, tmp_path):
@@ -162,12 +217,34 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_assets, tmp_
 
     monkeypatch.setattr(checkpoint, "save_training_state", full)
     out = tmp_path / "run"
-    code = main(["train", "--steps", "6", "--save-every", "2", "--out", str(out), "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={tiny_assets.base}",
-                 "--set", f"data.train={tiny_assets.train}", "--set", "train.prompts_per_step=2", "--set", "rollout.max_new_tokens=32"])
+    code = main(
+        [
+            "train",
+            "--steps",
+            "6",
+            "--save-every",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "optim.lr=2e-4",
+            "--set",
+            f"model.path={tiny_assets.base}",
+            "--set",
+            f"data.train={tiny_assets.train}",
+            "--set",
+            "train.prompts_per_step=2",
+            "--set",
+            "rollout.max_new_tokens=32",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert err == (f"redrl train: error: could not write {out / 'checkpoint-4'}: No space left on device; "
-                   "the previous checkpoint (checkpoint-2) is intact")
+    assert err == (
+        f"redrl train: error: could not write {out / 'checkpoint-4'}: No space left on device; "
+        "the previous checkpoint (checkpoint-2) is intact"
+    )
     assert checkpoint.verify(out / "checkpoint-2") is None
     assert not (out / "checkpoint-4").exists() and not (out / ".tmp-checkpoint-4").exists()
 
@@ -192,12 +269,18 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tiny_assets, tmp_
 
     monkeypatch.setattr(step_module, "_loss", lambda *args, **kwargs: (real(*args, **kwargs)[0] * float("nan"), {}))
     out = tmp_path / "always"
-    with pytest.warns(UserWarning), pytest.raises(NonFiniteTraining, match="2 steps in a row .* last good weights in .*checkpoint-2"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(NonFiniteTraining, match="2 steps in a row .* last good weights in .*checkpoint-2"),
+    ):
         train(_cfg(tiny_assets, out, max_consecutive_skips=2), progress=False)
     assert checkpoint.verify(out / "checkpoint-2") is None
     from safetensors.torch import load_file
 
-    saved, base = load_file(str(out / "checkpoint-2" / "model.safetensors")), load_file(str(tiny_assets.base / "model.safetensors"))
+    saved, base = (
+        load_file(str(out / "checkpoint-2" / "model.safetensors")),
+        load_file(str(tiny_assets.base / "model.safetensors")),
+    )
     assert all(torch.equal(saved[name], base[name]) for name in base)  # no update was ever applied
 
 
@@ -227,8 +310,12 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_assets, tmp_path, capsys, c
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out, model, data, extra = tmp_path / "out", str(tiny_assets.base), str(tiny_assets.train), []
-    expected = {"unwritable": "is not writable", "no rows": "holds no records", "no model": "model.path not found",
-                "cuda": "no CUDA device"}[case]
+    expected = {
+        "unwritable": "is not writable",
+        "no rows": "holds no records",
+        "no model": "model.path not found",
+        "cuda": "no CUDA device",
+    }[case]
     if case == "unwritable":
         out = blocker / "out"
     elif case == "no rows":
@@ -237,7 +324,21 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_assets, tmp_path, capsys, c
         model = str(tmp_path / "missing" / "model")
     else:
         extra = ["--set", "model.device=cuda"]
-    args = ["train", "--steps", "1", "--out", str(out), "--no-progress", "--set", "optim.lr=2e-4", "--set", f"model.path={model}", "--set", f"data.train={data}", *extra]
+    args = [
+        "train",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "optim.lr=2e-4",
+        "--set",
+        f"model.path={model}",
+        "--set",
+        f"data.train={data}",
+        *extra,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("redrl train: error: ") and expected in err[-1] and "Traceback" not in "\n".join(err)
@@ -260,10 +361,14 @@ def test_failed_grading_is_ungraded_or_wrong_as_configured(tiny_assets, tmp_path
 
     monkeypatch.setitem(GRADERS, "flaky", flaky)
     out = tmp_path / rule
-    cfg = load_config("tiny", model={"path": str(tiny_assets.base)}, data={"train": str(tiny_assets.train), "grader": "flaky",
-                                                                           "failed_grading": rule},
-                      rollout={"group_size": 2, "max_new_tokens": 16}, optim={"lr": 2e-4},
-                      train={"method": "grpo", "steps": 1, "prompts_per_step": 2, "out": str(out)})
+    cfg = load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base)},
+        data={"train": str(tiny_assets.train), "grader": "flaky", "failed_grading": rule},
+        rollout={"group_size": 2, "max_new_tokens": 16},
+        optim={"lr": 2e-4},
+        train={"method": "grpo", "steps": 1, "prompts_per_step": 2, "out": str(out)},
+    )
     train(cfg, progress=False)
     record = _metrics(out)[0]
     # 4 rollouts graded (2 fail), then the 2 teacher traces (1 fails): all counted
@@ -280,13 +385,22 @@ def test_a_non_finite_step_under_a_loss_scaler_does_not_break_the_next(tiny_asse
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     cfg = load_config("tiny", ["rollout.group_size=2"])
-    batch = assemble_batch([[3, 4, 5]], [[10, 11], [12]], [1.0, 0.0], [[20, 21]], [1.0], group_size=2,
-                                   method=METHODS["red"], pad_id=tokenizer.pad_token_id)
+    batch = assemble_batch(
+        [[3, 4, 5]],
+        [[10, 11], [12]],
+        [1.0, 0.0],
+        [[20, 21]],
+        [1.0],
+        group_size=2,
+        method=METHODS["red"],
+        pad_id=tokenizer.pad_token_id,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = step_module.build_scheduler(optimizer, "constant", 0, 3)
     scaler, regulator, real = torch.amp.GradScaler("cpu"), EntropyRegulator(max_weight=2), step_module._loss
-    step = lambda: step_module.optimization_step(TokenScorer(model), optimizer, scheduler, regulator, batch, METHODS["red"], cfg,
-                                             scaler=scaler)
+    step = lambda: step_module.optimization_step(
+        TokenScorer(model), optimizer, scheduler, regulator, batch, METHODS["red"], cfg, scaler=scaler
+    )
     monkeypatch.setattr(step_module, "_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
     assert step()["skipped"] == 1
     monkeypatch.setattr(step_module, "_loss", real)
@@ -300,10 +414,14 @@ def test_a_staged_run_stopped_and_resumed_equals_the_uninterrupted_run(tiny_asse
     from redrl.trainer import TrainingStopped
 
     def cfg(out, **extra):
-        return load_config("tiny", model={"path": str(tiny_assets.base)}, optim={"lr": 2e-4},
-                           data={"train": str(tiny_assets.train), "grader": "integer"},
-                           rollout={"group_size": 3, "max_new_tokens": 48},
-                           train={"method": "sft_grpo", "steps": 4, "prompts_per_step": 2, "out": str(out), **extra})
+        return load_config(
+            "tiny",
+            model={"path": str(tiny_assets.base)},
+            optim={"lr": 2e-4},
+            data={"train": str(tiny_assets.train), "grader": "integer"},
+            rollout={"group_size": 3, "max_new_tokens": 48},
+            train={"method": "sft_grpo", "steps": 4, "prompts_per_step": 2, "out": str(out), **extra},
+        )
 
     train(cfg(tmp_path / "reference"), progress=False)
     reference = _metrics(tmp_path / "reference")
@@ -329,4 +447,3 @@ def test_a_staged_run_stopped_and_resumed_equals_the_uninterrupted_run(tiny_asse
     assert [(m["step"], m["stage"]) for m in resumed] == [(1, "sft"), (2, "sft"), (3, "grpo"), (4, "grpo")]
     for a, b in zip(resumed, reference, strict=True):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], a["step"]
-

@@ -44,18 +44,18 @@ from redrl.rewards import math_reward  # noqa: E402
 @pytest.mark.parametrize(
     "completion, answer, reward",
     [
-        ("so the answer is \\boxed{0.5}", "\\frac{1}{2}", 1.0),             # decimal vs fraction
-        ("\\boxed{\\dfrac{14}{3}}", "\\frac{14}{3}", 1.0),                  # \dfrac
-        ("The answer is \\boxed{2\\sqrt{2}}", "\\sqrt{8}", 1.0),            # surds
+        ("so the answer is \\boxed{0.5}", "\\frac{1}{2}", 1.0),  # decimal vs fraction
+        ("\\boxed{\\dfrac{14}{3}}", "\\frac{14}{3}", 1.0),  # \dfrac
+        ("The answer is \\boxed{2\\sqrt{2}}", "\\sqrt{8}", 1.0),  # surds
         ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3, \\frac{\\pi}{2})", 1.0),  # tuple with \left(
         ("\\boxed{(3, \\pi)}", "(3, \\frac{\\pi}{2})", 0.0),
-        ("first \\boxed{3}, then corrected: \\boxed{4}", "4", 1.0),        # the last boxed answer counts
+        ("first \\boxed{3}, then corrected: \\boxed{4}", "4", 1.0),  # the last boxed answer counts
         ("first \\boxed{3}, then corrected: \\boxed{4}", "3", 0.0),
         ("<think>maybe \\boxed{7}</think> The answer is \\boxed{8}.", "8", 1.0),  # after the reasoning
         ("<think>maybe \\boxed{8}</think> The answer is \\boxed{7}.", "8", 0.0),
-        ("Therefore, the final answer is $5$.", "5", 1.0),                 # no box: math-verify's anchors
+        ("Therefore, the final answer is $5$.", "5", 1.0),  # no box: math-verify's anchors
         ("I do not know.", "5", 0.0),
-        ("\\boxed{5}", "", None),                                          # no reference answer: ungradable
+        ("\\boxed{5}", "", None),  # no reference answer: ungradable
     ],
 )
 def test_math_reward_grades_equivalent_forms(completion, answer, reward):
@@ -65,9 +65,9 @@ def test_math_reward_grades_equivalent_forms(completion, answer, reward):
 @pytest.mark.parametrize(
     "completion",
     [
-        "\\boxed{9^{9^{9^{9^{9^{9}}}}}}",                 # an exponent tower sympy would try to evaluate
-        "\\boxed{\\frac{1}{2}" + "{" * 5000,               # unbalanced braces
-        "x" * 1_000_000 + " \\boxed{1",                    # a megabyte of text, answer cut off
+        "\\boxed{9^{9^{9^{9^{9^{9}}}}}}",  # an exponent tower sympy would try to evaluate
+        "\\boxed{\\frac{1}{2}" + "{" * 5000,  # unbalanced braces
+        "x" * 1_000_000 + " \\boxed{1",  # a megabyte of text, answer cut off
     ],
 )
 def test_math_reward_returns_within_its_timeout_on_adversarial_text(completion):
@@ -87,8 +87,11 @@ def test_math_reward_returns_within_its_timeout_on_adversarial_text(completion):
 
 def test_math_reward_never_runs_model_text_as_code(tmp_path):
     marker = tmp_path / "pwned"
-    for payload in (f"__import__('os').system('touch {marker}')", f"open('{marker}', 'w').write('x')",
-                    f"exec(\"open('{marker}', 'w')\")"):
+    for payload in (
+        f"__import__('os').system('touch {marker}')",
+        f"open('{marker}', 'w').write('x')",
+        f"exec(\"open('{marker}', 'w')\")",
+    ):
         assert math_reward(f"\\boxed{{{payload}}}", "1") == 0.0
         assert math_reward(f"The final answer is {payload}", "1") == 0.0
     assert not marker.exists()
@@ -97,7 +100,11 @@ def test_math_reward_never_runs_model_text_as_code(tmp_path):
 def test_math_reward_from_worker_threads():
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [("\\boxed{0.25}", "\\frac14", 1.0), ("\\boxed{3}", "4", 0.0), ("\\boxed{9^{9^{9^{9^{9}}}}}", "1", (0.0, None))]
+    jobs = [
+        ("\\boxed{0.25}", "\\frac14", 1.0),
+        ("\\boxed{3}", "4", 0.0),
+        ("\\boxed{9^{9^{9^{9^{9}}}}}", "1", (0.0, None)),
+    ]
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda job: math_reward(job[0], job[1], timeout=3.0), jobs))
     assert results[:2] == [1.0, 0.0] and results[2] in jobs[2][2]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from redrl.config import load_config
-from redrl.sweep import ladder_neighbour, require_learning_rate, run_sweep, select, swept_learning_rates, task_key
+from redrl.sweep import ladder_neighbour, require_learning_rate, run_sweep, select, task_key
 
 
 def test_ladder_neighbours_follow_one_three_ten():
@@ -30,14 +30,18 @@ def test_a_config_without_lr_takes_its_methods_value_and_refuses_a_stale_file(tm
     values = {"model": {"path": "org/model"}, "data": {"train": "org/data"}}
     key = task_key(load_config(None, **values))
     sweep = _sweep_file(tmp_path / "lr.json", key, {"sft": 3e-4, "grpo": 3e-5, "red": 1e-4})
-    assert load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=red"], **values).optim.lr == 1e-4
+    assert (
+        load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=red"], **values).optim.lr == 1e-4
+    )
     staged = load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=sft_grpo"], **values)
     assert (staged.optim.lr, staged.baselines.staged_sft_lr) == (3e-5, 3e-4)  # each stage takes its own method's value
     # An explicit learning rate wins over the file.
     assert load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=5e-5"], **values).optim.lr == 5e-5
     # A config without a usable value still loads (evaluation needs no learning rate); training refuses it.
     with pytest.raises(ValueError, match="no learning rate for luffy"):
-        require_learning_rate(load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=luffy"], **values))
+        require_learning_rate(
+            load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=luffy"], **values)
+        )
     other = {"model": {"path": "org/model"}, "data": {"train": "org/other-data"}}
     stale = load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null"], **other)
     assert stale.optim.lr is None
@@ -64,18 +68,38 @@ def test_the_embedded_default_reads_its_shipped_sweep():
 
 @pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
 def test_sweep_chooses_on_validation_and_grows_an_edge(tiny_assets, tmp_path):
-    overrides = [f"model.path={tiny_assets.base}", f"data.train={tiny_assets.train}", f"data.test={tiny_assets.test}",
-                 f"data.val={tiny_assets.val}", "rollout.group_size=2", "rollout.max_new_tokens=32", "train.prompts_per_step=2",
-                 "eval.max_new_tokens=16", "compare.eval_k=1"]
+    overrides = [
+        f"model.path={tiny_assets.base}",
+        f"data.train={tiny_assets.train}",
+        f"data.test={tiny_assets.test}",
+        f"data.val={tiny_assets.val}",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=32",
+        "train.prompts_per_step=2",
+        "eval.max_new_tokens=16",
+        "compare.eval_k=1",
+    ]
     save = tmp_path / "chosen.json"
-    body = run_sweep("tiny", overrides, methods=["sft", "sft_grpo"], grid=(1e-4, 1e-3), steps=2, max_extensions=1,
-                     out=tmp_path / "sweep", save=save, jobs=1, progress=False)
+    body = run_sweep(
+        "tiny",
+        overrides,
+        methods=["sft", "sft_grpo"],
+        grid=(1e-4, 1e-3),
+        steps=2,
+        max_extensions=1,
+        out=tmp_path / "sweep",
+        save=save,
+        jobs=1,
+        progress=False,
+    )
     assert list(body["chosen"]) == ["sft"]  # the staged method has no value of its own
     tried = {float(lr): acc for lr, acc in body["validation"]["sft"].items()}
     assert len(tried) == 3  # two values on a grid always have the winner on an edge: one extension
     assert body["chosen"]["sft"] == select(tried)[0]
     evals = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "runs" / "sft").glob("lr-*/eval.json")]
-    assert len(evals) == 3 and all(e["split"] == "val" and e["n"] == len(tiny_assets.val.read_text().splitlines()) for e in evals)
+    assert len(evals) == 3 and all(
+        e["split"] == "val" and e["n"] == len(tiny_assets.val.read_text().splitlines()) for e in evals
+    )
     assert json.loads(save.read_text()) == json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     cfg = load_config("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null", "train.method=sft"])
     assert cfg.optim.lr == body["chosen"]["sft"]

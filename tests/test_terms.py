@@ -110,8 +110,9 @@ def test_srft_matches_naive_reference():
     loss, metrics = srft_loss(logp, old_logp, adv, rewards, mask, is_offline, torch.tensor(H, dtype=F64))
     ref = naive_srft(logp, old_logp, adv, rewards.tolist(), mask, is_offline, H)
     assert abs(loss.item() - ref.item()) < 1e-12
-    torch.testing.assert_close(torch.autograd.grad(loss, logp)[0], torch.autograd.grad(ref, logp)[0],
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, logp)[0], torch.autograd.grad(ref, logp)[0], rtol=0, atol=1e-12
+    )
     parts = metrics["sft_demo"] + metrics["rl_demo"] + metrics["positive"] + metrics["negative"]
     assert abs(parts.item() - loss.item()) < 1e-12
     assert metrics["w_sft"].item() == pytest.approx(0.5 * math.exp(-H))

@@ -15,11 +15,14 @@ def tokenizer():
     return build_tokenizer()
 
 
-@pytest.mark.parametrize("text", [
-    "Compute 13 + 5 - 9 + 4.",
-    "13 + 5 = 18\nWait, let me check: 13 + 5 = 18.\n18 - 9 + 4\nSo the answer is \\boxed{13}.",
-    "  So   the answer  is 123456 -7 \\boxed{ 19 }",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Compute 13 + 5 - 9 + 4.",
+        "13 + 5 = 18\nWait, let me check: 13 + 5 = 18.\n18 - 9 + 4\nSo the answer is \\boxed{13}.",
+        "  So   the answer  is 123456 -7 \\boxed{ 19 }",
+    ],
+)
 def test_tokenizer_is_lossless(tokenizer, text):
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
 
@@ -73,7 +76,9 @@ def test_the_default_base_ships_and_is_copied_not_pretrained(tmp_path, monkeypat
     assets = tiny.ensure_tiny(progress=False)
     assert (assets.base / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
     assert "copied the shipped base" in (assets.root / "DONE").read_text()
-    splits = {name: {json.loads(line)["problem"] for line in getattr(assets, name).read_text().splitlines()}
-              for name in ("train", "val", "test")}
+    splits = {
+        name: {json.loads(line)["problem"] for line in getattr(assets, name).read_text().splitlines()}
+        for name in ("train", "val", "test")
+    }
     assert len(splits["val"]) == len(splits["test"]) == 300
     assert not splits["val"] & splits["test"] and not splits["train"] & (splits["val"] | splits["test"])

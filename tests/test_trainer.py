@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from redrl.config import load_config
-from redrl.methods import COMPARED, METHODS
 from redrl.batch import assemble_batch
+from redrl.config import load_config
 from redrl.data.training import PromptSampler
+from redrl.methods import COMPARED, METHODS
 from redrl.strategies import teacher_prefix_rollouts
 from redrl.trainer import train
 
@@ -19,7 +19,9 @@ def test_assemble_batch_puts_the_teacher_row_last_in_every_group():
     rollouts = [[10], [11, 12], [13, 14, 15], [20], [21], [22, 23]]  # G = 3, prompt-major
     rewards = [1.0, 0.0, 0.0, None, 1.0, 1.0]
     teacher = [[30, 31, 32, 33], [40]]
-    batch = assemble_batch(prompts, rollouts, rewards, teacher, [1.0, 1.0], group_size=3, method=METHODS["red"], pad_id=0)
+    batch = assemble_batch(
+        prompts, rollouts, rewards, teacher, [1.0, 1.0], group_size=3, method=METHODS["red"], pad_id=0
+    )
     assert len(batch) == 8
     assert batch.is_offline.tolist() == [False, False, False, True] * 2
     # Row 3 is prompt [1, 2] + teacher [30..33]; row 5 is prompt [3, 4, 5] + rollout [21].
@@ -80,8 +82,16 @@ def test_methods_are_the_papers_variants():
     assert settings["luffy"] == (True, True, "red", "luffy", False)
     assert settings["grpo"][:2] == (True, False) and settings["sft"][:3] == (False, True, "sft")
     assert settings["srft"][:3] == (True, True, "srft")
-    assert (METHODS["relift"].rollouts, METHODS["relift"].offline, METHODS["relift"].on_all_fail) == (True, False, "sft_buffer")
-    assert (METHODS["bread"].rollouts, METHODS["bread"].offline, METHODS["bread"].on_all_fail) == (True, False, "teacher_prefix")
+    assert (METHODS["relift"].rollouts, METHODS["relift"].offline, METHODS["relift"].on_all_fail) == (
+        True,
+        False,
+        "sft_buffer",
+    )
+    assert (METHODS["bread"].rollouts, METHODS["bread"].offline, METHODS["bread"].on_all_fail) == (
+        True,
+        False,
+        "teacher_prefix",
+    )
     assert METHODS["sft_grpo"].stages == ("sft", "grpo")
     assert all(m.source for m in METHODS.values())
     assert sorted(COMPARED) == sorted(METHODS) and len(COMPARED) == 12  # the paper's Table 2 rows
@@ -94,9 +104,25 @@ def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
     final = train(tiny_config(tiny_assets, tmp_path, method), progress=False)
     records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    for key in ("reward", "online_accuracy", "h_rl", "h_sft", "delta_h_rl", "delta_h_sft", "w", "pi_off_mean",
-                "clip_fraction", "online_length", "offline_length", "grad_norm", "lr", "rollout_tokens_per_s",
-                "train_tokens_per_s", "step_time", "loss"):
+    for key in (
+        "reward",
+        "online_accuracy",
+        "h_rl",
+        "h_sft",
+        "delta_h_rl",
+        "delta_h_sft",
+        "w",
+        "pi_off_mean",
+        "clip_fraction",
+        "online_length",
+        "offline_length",
+        "grad_norm",
+        "lr",
+        "rollout_tokens_per_s",
+        "train_tokens_per_s",
+        "step_time",
+        "loss",
+    ):
         assert key in records[-1], key  # every method logs the same keys (null where undefined)
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] >= 0 for r in records)
     if not METHODS[method].rollouts:  # no rollouts, no rollout accuracy (not a 0.0 from grading nothing)
@@ -125,12 +151,18 @@ def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
     # The checkpoint reloads with plain transformers and generates.
     model = AutoModelForCausalLM.from_pretrained(final)
     tokenizer = AutoTokenizer.from_pretrained(final)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Compute 3 + 4."}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Compute 3 + 4."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     output = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert output.shape[1] > prompt["input_ids"].shape[1]
     state = json.loads((final / "trainer_state.json").read_text())
-    assert state["step"] == (1 if staged else 2) and {"optimizer", "scheduler", "regulator", "rng", "sampler"} <= set(state)
+    assert state["step"] == (1 if staged else 2) and {"optimizer", "scheduler", "regulator", "rng", "sampler"} <= set(
+        state
+    )
     assert (final / "optimizer.safetensors").is_file() and not list(final.glob("*.pt"))  # nothing to unpickle
 
 
@@ -153,7 +185,9 @@ def test_staged_method_starts_rl_from_the_sft_checkpoint(tiny_assets, tmp_path, 
 
     loaded = []
     real_load = modeling.load_model_and_tokenizer
-    monkeypatch.setattr(modeling, "load_model_and_tokenizer", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
+    monkeypatch.setattr(
+        modeling, "load_model_and_tokenizer", lambda path, **kw: loaded.append(path) or real_load(path, **kw)
+    )
     final = train(tiny_config(tiny_assets, tmp_path, "sft_grpo", steps=4), progress=False)
     out = tmp_path / "sft_grpo"
     sft_final = out / "stage-1-sft" / "final"
@@ -174,7 +208,9 @@ def test_relift_takes_an_sft_step_when_its_buffer_is_full(tiny_assets, tmp_path,
     monkeypatch.setitem(GRADERS, "integer", lambda text, answer: 0.0)  # every rollout fails
     cfg = tiny_config(tiny_assets, tmp_path, "relift", steps=3)
     cfg.baselines.relift_buffer = 2
-    records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()
+    ]
     # Step 1: RL, both prompts fail and fill the buffer (2); step 2: the SFT step on their traces;
     # step 3: RL again on new prompts.
     assert [r["relift_sft_step"] for r in records] == [0, 1, 0]
@@ -213,8 +249,19 @@ def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch
     teacher = [[50, 51, 52, 53, 0], [50, 51, 52, 53, 0], [60, 61, 62, 63, 0]]
     generator = _Generator()
     new_prompts, new_rollouts, new_rewards, stats = teacher_prefix_rollouts(
-        generator, _Tokenizer(), prompts, rollouts, rewards, teacher, ["x"] * 3, group_size=2,
-        fractions=(0.25, 0.5, 0.75), temperature=1.0, max_new_tokens=10, grader="integer")
+        generator,
+        _Tokenizer(),
+        prompts,
+        rollouts,
+        rewards,
+        teacher,
+        ["x"] * 3,
+        group_size=2,
+        fractions=(0.25, 0.5, 0.75),
+        temperature=1.0,
+        max_new_tokens=10,
+        grader="integer",
+    )
     # Fraction 0.25 gives prefix [50] (fails), 0.5 gives [50, 51] (fails), 0.75 gives [50, 51, 52]: rescued.
     assert new_prompts == [[1], [2, 50, 51, 52], [3]]
     assert new_rollouts[2:4] == [[7, 0], [7, 0]] and new_rewards[2:4] == [1.0, 1.0]
@@ -222,7 +269,11 @@ def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch
     assert new_rollouts[:2] == rollouts[:2] and new_rewards[:2] == rewards[:2]  # had a success: untouched
     assert stats == {"bread_failed_groups": 2, "bread_rescued": 1, "bread_prefix": 0.75}
     # Only the two failed groups were re-sampled, G each, the prefix joined to the prompt.
-    assert [call[0] for call in generator.calls] == [[[2, 50], [3, 60]], [[2, 50, 51], [3, 60, 61]], [[2, 50, 51, 52], [3, 60, 61, 62]]]
+    assert [call[0] for call in generator.calls] == [
+        [[2, 50], [3, 60]],
+        [[2, 50, 51], [3, 60, 61]],
+        [[2, 50, 51, 52], [3, 60, 61, 62]],
+    ]
     assert all(call[1] == 2 for call in generator.calls)
 
 
@@ -236,12 +287,16 @@ def test_kl_to_the_reference_starts_at_zero_and_grows(tiny_assets, tmp_path, mon
     cfg = tiny_config(tiny_assets, tmp_path, "grpo", steps=3)
     cfg.loss.kl_coef = 0.1
     cfg.optim.lr = 1e-2  # large steps, so the policy leaves its reference at once
-    records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()
+    ]
     # Step 1: the policy is the reference, so k3 is exactly 0; afterwards they differ.
     assert records[0]["kl_ref"] == 0.0
     assert records[1]["kl_ref"] > 0 and records[2]["kl_ref"] > 0
     plain = tiny_config(tiny_assets, tmp_path / "plain", "grpo", steps=1)
-    assert json.loads((train(plain, progress=False).parent / "metrics.jsonl").read_text())["kl_ref"] is None  # off: not computed
+    assert (
+        json.loads((train(plain, progress=False).parent / "metrics.jsonl").read_text())["kl_ref"] is None
+    )  # off: not computed
 
 
 def test_kl_to_the_reference_is_refused_where_the_objective_has_none(tiny_assets, tmp_path):
@@ -254,6 +309,7 @@ def test_kl_to_the_reference_is_refused_where_the_objective_has_none(tiny_assets
 def test_the_regulator_cap_is_its_own_key(tiny_assets, tmp_path):
     cfg = tiny_config(tiny_assets, tmp_path, "red", steps=3)
     cfg.loss.regulator_max_weight = 1.0  # G = 3 would allow w up to 3
-    records = [json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["w"] for r in records] == [1.0, 1.0, 1.0]
-

@@ -69,7 +69,7 @@ class Batch:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
-    def rows(self, index) -> "Batch":
+    def rows(self, index) -> Batch:
         """The rows ``index`` (a slice or an index tensor), trimmed to their longest row."""
         parts = {f.name: getattr(self, f.name) for f in fields(self)}
         parts = {name: None if value is None else value[index] for name, value in parts.items()}
@@ -80,8 +80,13 @@ class Batch:
             parts["sampler_logp"] = parts["sampler_logp"][:, : width - 1]
         return Batch(**parts)
 
-    def to(self, device) -> "Batch":
-        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device) -> Batch:
+        return Batch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in fields(self)
+            }
+        )
 
 
 def assemble_batch(
@@ -129,7 +134,9 @@ def assemble_batch(
                 if values is None:  # the sampler reported none for this rollout: recomputed
                     continue
                 if len(values) != len(rollouts[i * g + j]):
-                    raise ValueError(f"rollout {i * g + j}: {len(values)} log-probs for {len(rollouts[i * g + j])} tokens")
+                    raise ValueError(
+                        f"rollout {i * g + j}: {len(values)} log-probs for {len(rollouts[i * g + j])} tokens"
+                    )
                 sampler_logp[row + j, len(prompt) - 1 : len(prompt) - 1 + len(values)] = torch.tensor(values)
             row += rows_per_group
     rewards_t = torch.tensor(rewards, dtype=torch.float32)

@@ -29,8 +29,19 @@ from safetensors.torch import load_file, save_file
 
 from redrl.errors import CheckpointError
 
-__all__ = ["CheckpointError", "find_latest", "list_checkpoints", "load_rng", "load_training_state", "rotate", "save_checkpoint", "save_rng",
-           "save_training_state", "verify", "write_manifest"]
+__all__ = [
+    "CheckpointError",
+    "find_latest",
+    "list_checkpoints",
+    "load_rng",
+    "load_training_state",
+    "rotate",
+    "save_checkpoint",
+    "save_rng",
+    "save_training_state",
+    "verify",
+    "write_manifest",
+]
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -87,7 +98,7 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
 
 def find_latest(out: Path, warn=print) -> Path | None:
     """The newest complete checkpoint in ``out``; broken newer ones are reported through ``warn``."""
-    for step, path in list_checkpoints(out):
+    for _step, path in list_checkpoints(out):
         problem = verify(path)
         if problem is None:
             return path
@@ -101,7 +112,7 @@ def rotate(out: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     complete = 0
-    for step, path in list_checkpoints(out):
+    for _step, path in list_checkpoints(out):
         if verify(path) is None:
             complete += 1
             if complete > keep_last:
@@ -142,7 +153,9 @@ def save_rng(folder: Path, rank: int) -> None:
 def load_rng(folder: Path, rank: int) -> None:
     path = folder / f"rng-rank{rank}.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"{folder.name} has no generator state for process {rank} (was it written by fewer processes?)")
+        raise CheckpointError(
+            f"{folder.name} has no generator state for process {rank} (was it written by fewer processes?)"
+        )
     tensors = load_file(str(path))
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[f"cuda{i}"] for i in range(len(tensors) - 1) if f"cuda{i}" in tensors]
@@ -150,8 +163,18 @@ def load_rng(folder: Path, rank: int) -> None:
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
 
 
-def save_training_state(folder: Path, *, step: int, optimizer, scheduler, regulator, sampler, state: dict, config: dict,
-                        save_optimizer: bool = True) -> None:
+def save_training_state(
+    folder: Path,
+    *,
+    step: int,
+    optimizer,
+    scheduler,
+    regulator,
+    sampler,
+    state: dict,
+    config: dict,
+    save_optimizer: bool = True,
+) -> None:
     """The trainer's state beside the model (main process): optimizer tensors in safetensors,
     the rest in JSON, with Python's and NumPy's generator states."""
     meta = None
@@ -166,19 +189,25 @@ def save_training_state(folder: Path, *, step: int, optimizer, scheduler, regula
         "scheduler": scheduler.state_dict(),
         "regulator": regulator.state_dict(),
         "sampler": sampler.state_dict(),
-        "rng": {"python": [python_state[0], list(python_state[1]), python_state[2]],
-                "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]},
+        "rng": {
+            "python": [python_state[0], list(python_state[1]), python_state[2]],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        },
         "state": state,
         "config": config,
     }
-    (folder / STATE).write_text(json.dumps(body, indent=1))  # NaN (an unset regulator entropy) round-trips in Python's JSON
+    (folder / STATE).write_text(
+        json.dumps(body, indent=1)
+    )  # NaN (an unset regulator entropy) round-trips in Python's JSON
 
 
 def load_training_state(folder: Path, *, optimizer, scheduler, regulator, sampler) -> dict:
     """Restore what :func:`save_training_state` wrote; returns the JSON body (``step``, ``state``, ...)."""
     body = json.loads((folder / STATE).read_text())
     if body["optimizer"] is not None:
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), body["optimizer"]))
+        optimizer.load_state_dict(
+            _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), body["optimizer"])
+        )
     scheduler.load_state_dict(body["scheduler"])
     regulator.load_state_dict(body["regulator"])
     sampler.load_state_dict(body["sampler"])
@@ -189,8 +218,21 @@ def load_training_state(folder: Path, *, optimizer, scheduler, regulator, sample
     return body
 
 
-def save_checkpoint(path: Path, par, scorer, tokenizer, optimizer, scheduler, regulator, sampler, step: int, *,
-                    config: dict, keep_last: int = 0, state: dict | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    par,
+    scorer,
+    tokenizer,
+    optimizer,
+    scheduler,
+    regulator,
+    sampler,
+    step: int,
+    *,
+    config: dict,
+    keep_last: int = 0,
+    state: dict | None = None,
+) -> None:
     """Write a complete checkpoint to ``path`` or leave the previous ones untouched (see above).
 
     Call it on every process: sharded weights (FSDP, DeepSpeed) are gathered first and every process
@@ -215,15 +257,25 @@ def save_checkpoint(path: Path, par, scorer, tokenizer, optimizer, scheduler, re
         if par.is_main and failed is None:
             model = par.unwrap(scorer).model
             if weights is not None:
-                model.save_pretrained(tmp, state_dict={key.removeprefix("model."): value for key, value in weights.items()})
+                model.save_pretrained(
+                    tmp, state_dict={key.removeprefix("model."): value for key, value in weights.items()}
+                )
             else:
                 model.save_pretrained(tmp)
             if hasattr(model, "peft_config"):
                 model.get_base_model().config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            save_training_state(tmp, step=step, optimizer=optimizer, scheduler=scheduler, regulator=regulator,
-                                           sampler=sampler, state={**(state or {}), "processes": par.world},
-                                           config=config, save_optimizer=not par.sharded)
+            save_training_state(
+                tmp,
+                step=step,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                regulator=regulator,
+                sampler=sampler,
+                state={**(state or {}), "processes": par.world},
+                config=config,
+                save_optimizer=not par.sharded,
+            )
             write_manifest(tmp)
     except Exception as error:  # noqa: BLE001 - as above
         failed = error
@@ -234,7 +286,9 @@ def save_checkpoint(path: Path, par, scorer, tokenizer, optimizer, scheduler, re
             shutil.rmtree(tmp, ignore_errors=True)
         previous = next((p.name for _, p in list_checkpoints(path.parent) if p != path), None)
         kept = f"the previous checkpoint ({previous}) is intact" if previous else "there is no earlier checkpoint"
-        raise CheckpointError(f"could not write {path}: {getattr(failed, 'strerror', None) or failed}; {kept}") from failed
+        raise CheckpointError(
+            f"could not write {path}: {getattr(failed, 'strerror', None) or failed}; {kept}"
+        ) from failed
     if par.is_main:
         if path.exists():  # an older save under this name (a rerun's final, a step redone after resuming)
             shutil.rmtree(path)

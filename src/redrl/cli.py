@@ -31,8 +31,13 @@ def _cmd_env(args: argparse.Namespace) -> int:
     smi = shutil.which("nvidia-smi")
     gpus = ""
     if smi:
-        query = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True,
-                               timeout=30, check=False)
+        query = subprocess.run(
+            [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         gpus = "; ".join(line.strip() for line in query.stdout.splitlines() if line.strip())
     rows.append(("gpus (name, driver)", gpus or ("none visible" if smi else "none visible (no nvidia-smi)")))
     rows.append(("cpu cores", str(os.cpu_count())))
@@ -112,20 +117,42 @@ def _cmd_eval_benchmarks(args: argparse.Namespace) -> int:
     grader = cfg.data.grader if any(item.startswith("data.grader=") for item in args.set) else "math"
     _quiet_transformers()
     model_path = resolve_model(cfg.model.path)  # the benchmarks are the test data: no tiny task is built
-    results, samples = evaluate_benchmarks(model_path, names, cfg, data_dir=args.benchmark_dir, k=args.k,
-                                           temperature=args.temperature, limit=args.limit, grader=grader,
-                                           seed=args.seed, progress=not args.no_progress)
+    results, samples = evaluate_benchmarks(
+        model_path,
+        names,
+        cfg,
+        data_dir=args.benchmark_dir,
+        k=args.k,
+        temperature=args.temperature,
+        limit=args.limit,
+        grader=grader,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(format_benchmark_table(Path(args.model).name or args.model, results))
     for name, result in results.items():
-        print(f"{name}: avg@{result['k']} at temperature {result['temperature']}, {result['n']} problems"
-              + (f", {result['ungradable']} ungradable" if result["ungradable"] else "")
-              + (f", {result['grading_failures']} answers whose grading failed (counted wrong)" if result.get("grading_failures") else ""))
+        print(
+            f"{name}: avg@{result['k']} at temperature {result['temperature']}, {result['n']} problems"
+            + (f", {result['ungradable']} ungradable" if result["ungradable"] else "")
+            + (
+                f", {result['grading_failures']} answers whose grading failed (counted wrong)"
+                if result.get("grading_failures")
+                else ""
+            )
+        )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        summary = {"model": args.model, "max_new_tokens": cfg.eval.max_new_tokens, "grader": grader, "benchmarks": results,
-                   "overall": {"accuracy": sum(r["accuracy"] for r in results.values()) / len(results),
-                               "length": sum(r["length"] for r in results.values()) / len(results)}}
+        summary = {
+            "model": args.model,
+            "max_new_tokens": cfg.eval.max_new_tokens,
+            "grader": grader,
+            "benchmarks": results,
+            "overall": {
+                "accuracy": sum(r["accuracy"] for r in results.values()) / len(results),
+                "length": sum(r["length"] for r in results.values()) / len(results),
+            },
+        }
         (out / "results.json").write_text(json.dumps(summary, indent=2))
         with open(out / "samples.jsonl", "w") as f:
             f.writelines(json.dumps(sample) + "\n" for sample in samples)
@@ -148,18 +175,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     values = {"k": args.k} if args.k is not None else {}
     if args.temperature is not None:
         values["temperature"] = args.temperature
-    cfg = load_config(args.config, args.set, eval=values, model={"path": args.model},
-                      data={"test": args.data} if args.data else {})
+    cfg = load_config(
+        args.config, args.set, eval=values, model={"path": args.model}, data={"test": args.data} if args.data else {}
+    )
     _quiet_transformers()
     model_path, _, test_path = resolve_paths(cfg, need_train=False)
     result = evaluate_model(model_path, load_problems(test_path), cfg, seed=args.seed, progress=not args.no_progress)
     print(format_table({Path(args.model).name or args.model: result}))
     k = cfg.eval.k
-    print(f"avg@{k} {100 * result['accuracy']:.1f}%  pass@{k} {100 * result[f'pass@{k}']:.1f}%  "
-          f"LEN {result['length']:.0f}  ({result['n']} problems)")
+    print(
+        f"avg@{k} {100 * result['accuracy']:.1f}%  pass@{k} {100 * result[f'pass@{k}']:.1f}%  "
+        f"LEN {result['length']:.0f}  ({result['n']} problems)"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": args.model, "k": k, "temperature": cfg.eval.temperature, **result}, indent=2))
+        Path(args.out).write_text(
+            json.dumps({"model": args.model, "k": k, "temperature": cfg.eval.temperature, **result}, indent=2)
+        )
         print(f"wrote {args.out}")
     return 0
 
@@ -176,8 +208,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from redrl.compare import parse_methods, run_compare
 
     _quiet_transformers()
-    run_compare(args.config, args.set, methods=parse_methods(args.methods), seeds=args.seeds, steps=args.steps,
-                out=args.out, jobs=args.jobs, progress=not args.no_progress)
+    run_compare(
+        args.config,
+        args.set,
+        methods=parse_methods(args.methods),
+        seeds=args.seeds,
+        steps=args.steps,
+        out=args.out,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -190,12 +230,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         try:
             grid = tuple(float(value) for value in args.grid.split(","))
         except ValueError:
-            raise ValueError(f"--grid expects comma-separated learning rates, e.g. 3e-5,1e-4,3e-4,1e-3; got {args.grid!r}") from None
+            raise ValueError(
+                f"--grid expects comma-separated learning rates, e.g. 3e-5,1e-4,3e-4,1e-3; got {args.grid!r}"
+            ) from None
     _quiet_transformers()
     command = " ".join(["redrl", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("redrl", "__main__.py")) else ""
-    run_sweep(args.config, args.set, methods=parse_methods(args.methods), grid=grid, steps=args.steps, seed=args.seed,
-              max_extensions=args.max_extensions, out=args.out, save=args.save, jobs=args.jobs, command=command,
-              progress=not args.no_progress)
+    run_sweep(
+        args.config,
+        args.set,
+        methods=parse_methods(args.methods),
+        grid=grid,
+        steps=args.steps,
+        seed=args.seed,
+        max_extensions=args.max_extensions,
+        out=args.out,
+        save=args.save,
+        jobs=args.jobs,
+        command=command,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -223,7 +276,9 @@ def _cmd_diff_probs(args: argparse.Namespace) -> int:
     if not text_path.is_file():
         raise FileNotFoundError(f"--text not found: {text_path}")
     _quiet_transformers()
-    page = diff_probs(resolve_model(args.a), resolve_model(args.b), text_path.read_text().strip("\n"), problem=args.problem)
+    page = diff_probs(
+        resolve_model(args.a), resolve_model(args.b), text_path.read_text().strip("\n"), problem=args.problem
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(page)
     print(f"wrote {args.out}")
@@ -239,14 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"redrl {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: REDRL_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also: REDRL_DEBUG=1)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from redrl.methods import METHODS
 
-    demo = commands.add_parser("demo", help="the whole experiment on the embedded default: base vs RED, in minutes on a CPU")
+    demo = commands.add_parser(
+        "demo", help="the whole experiment on the embedded default: base vs RED, in minutes on a CPU"
+    )
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed of training and evaluation sampling")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=60")
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=60"
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
@@ -255,61 +316,114 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=sorted(METHODS), help="training method (default: the config's)")
     train.add_argument("--steps", type=int, help="optimizer steps (replaces train.epochs)")
     train.add_argument("--out", help="output directory")
-    train.add_argument("--save-every", type=int, metavar="K", help="save a checkpoint every K steps (crash-safe, see README)")
+    train.add_argument(
+        "--save-every", type=int, metavar="K", help="save a checkpoint every K steps (crash-safe, see README)"
+    )
     train.add_argument("--keep-last", type=int, metavar="N", help="keep only the N newest checkpoints")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete checkpoint in --out (start from step 0 when there is none)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-4")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in --out (start from step 0 when there is none)",
+    )
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=1e-4"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model: avg@k, pass@k, LEN, per level")
-    evaluate.add_argument("--model", required=True, help="model directory (a checkpoint), Hub id, or 'tiny' for the base")
+    evaluate.add_argument(
+        "--model", required=True, help="model directory (a checkpoint), Hub id, or 'tiny' for the base"
+    )
     evaluate.add_argument("--data", help="problems JSONL (default: the config's test set)")
     evaluate.add_argument("--k", type=int, help="samples per problem")
     evaluate.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     evaluate.add_argument("--config", default="tiny", help="YAML config or preset for the eval settings")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed")
-    evaluate.add_argument("--benchmarks", help="'all' (the paper's six) or names/paths, e.g. aime24,math500: "
-                          "the paper's protocol, math-verify grading, --out is then a directory")
-    evaluate.add_argument("--benchmark-dir", help="folder with the benchmark JSONL files (default: $REDRL_BENCHMARK_DIR)")
-    evaluate.add_argument("--max-new-tokens", type=int, help="generation budget per answer (default: the config's eval.max_new_tokens)")
+    evaluate.add_argument(
+        "--benchmarks",
+        help="'all' (the paper's six) or names/paths, e.g. aime24,math500: "
+        "the paper's protocol, math-verify grading, --out is then a directory",
+    )
+    evaluate.add_argument(
+        "--benchmark-dir", help="folder with the benchmark JSONL files (default: $REDRL_BENCHMARK_DIR)"
+    )
+    evaluate.add_argument(
+        "--max-new-tokens", type=int, help="generation budget per answer (default: the config's eval.max_new_tokens)"
+    )
     evaluate.add_argument("--limit", type=int, help="only the first N problems of each benchmark (smoke runs)")
-    evaluate.add_argument("--out", help="write the results as JSON here (with --benchmarks: a directory for "
-                          "results.json and samples.jsonl)")
+    evaluate.add_argument(
+        "--out",
+        help="write the results as JSON here (with --benchmarks: a directory for results.json and samples.jsonl)",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_cmd_eval)
 
-    compare = commands.add_parser("compare", help="every method x seed on one config: Table 2 analogue, plots, claims judged")
-    compare.add_argument("--methods", default="all", help="'all' (the paper's twelve) or a comma-separated list, e.g. sft,grpo,red")
+    compare = commands.add_parser(
+        "compare", help="every method x seed on one config: Table 2 analogue, plots, claims judged"
+    )
+    compare.add_argument(
+        "--methods", default="all", help="'all' (the paper's twelve) or a comma-separated list, e.g. sft,grpo,red"
+    )
     compare.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")
     compare.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's compare.steps)")
-    compare.add_argument("--config", default="tiny", help="YAML config or preset shared by every method (default: configs/tiny.yaml)")
-    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field for every method")
-    compare.add_argument("--out", default="runs/compare", help="output directory; finished runs in it are reused (default: runs/compare)")
-    compare.add_argument("--jobs", type=int, help="runs at once, each in its own process (default: one per core, at most 4)")
+    compare.add_argument(
+        "--config", default="tiny", help="YAML config or preset shared by every method (default: configs/tiny.yaml)"
+    )
+    compare.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field for every method"
+    )
+    compare.add_argument(
+        "--out", default="runs/compare", help="output directory; finished runs in it are reused (default: runs/compare)"
+    )
+    compare.add_argument(
+        "--jobs", type=int, help="runs at once, each in its own process (default: one per core, at most 4)"
+    )
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_cmd_compare)
 
-    sweep = commands.add_parser("sweep", help="choose each method's learning rate on the validation split: the same grid for every method")
-    sweep.add_argument("--methods", default="all", help="'all' (the compared methods; sft_grpo takes SFT's and GRPO's values) or a list")
-    sweep.add_argument("--grid", help="comma-separated learning rates every method starts from (default: 3e-5,1e-4,3e-4,1e-3)")
+    sweep = commands.add_parser(
+        "sweep", help="choose each method's learning rate on the validation split: the same grid for every method"
+    )
+    sweep.add_argument(
+        "--methods",
+        default="all",
+        help="'all' (the compared methods; sft_grpo takes SFT's and GRPO's values) or a list",
+    )
+    sweep.add_argument(
+        "--grid", help="comma-separated learning rates every method starts from (default: 3e-5,1e-4,3e-4,1e-3)"
+    )
     sweep.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's compare.steps)")
     sweep.add_argument("--seed", type=int, default=0, help="seed of every run")
-    sweep.add_argument("--max-extensions", type=int, default=2, help="how often a grid may grow past an edge that wins (default: 2)")
-    sweep.add_argument("--config", default="tiny", help="YAML config or preset shared by every method (default: configs/tiny.yaml)")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field for every run")
+    sweep.add_argument(
+        "--max-extensions", type=int, default=2, help="how often a grid may grow past an edge that wins (default: 2)"
+    )
+    sweep.add_argument(
+        "--config", default="tiny", help="YAML config or preset shared by every method (default: configs/tiny.yaml)"
+    )
+    sweep.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field for every run"
+    )
     sweep.add_argument("--out", default="runs/sweep", help="output directory (default: runs/sweep)")
     sweep.add_argument("--save", help="also write the chosen values here: the file a config's optim.lr_sweep names")
-    sweep.add_argument("--jobs", type=int, help="runs at once, each in its own process (default: one per core, at most 4)")
+    sweep.add_argument(
+        "--jobs", type=int, help="runs at once, each in its own process (default: one per core, at most 4)"
+    )
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
     sweep.set_defaults(func=_cmd_sweep)
 
-    build = commands.add_parser("build-base", help="pretrain the embedded default's base from scratch (about 15 minutes on 2 cores) "
-                                "and compare it with the shipped one on the validation split")
-    build.add_argument("--seed", type=int, help="a fresh task instead: new problems, teacher traces and base from this seed")
-    build.add_argument("--install", action="store_true", help="copy the rebuilt base into redrl/assets/tiny-base (maintainers)")
+    build = commands.add_parser(
+        "build-base",
+        help="pretrain the embedded default's base from scratch (about 15 minutes on 2 cores) "
+        "and compare it with the shipped one on the validation split",
+    )
+    build.add_argument(
+        "--seed", type=int, help="a fresh task instead: new problems, teacher traces and base from this seed"
+    )
+    build.add_argument(
+        "--install", action="store_true", help="copy the rebuilt base into redrl/assets/tiny-base (maintainers)"
+    )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build_base)
 
@@ -317,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="path to results.json")
     report.set_defaults(func=_cmd_report)
 
-    diff = commands.add_parser("diff-probs", help="colour each token of a trace by how its probability changed from model A to B (HTML)")
+    diff = commands.add_parser(
+        "diff-probs", help="colour each token of a trace by how its probability changed from model A to B (HTML)"
+    )
     diff.add_argument("--a", required=True, help="model A (checkpoint directory, Hub id, or 'tiny')")
     diff.add_argument("--b", required=True, help="model B")
     diff.add_argument("--text", required=True, help="text file holding the response to score")

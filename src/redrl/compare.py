@@ -106,10 +106,15 @@ def dynamics_summary(records: list[dict]) -> dict:
     if len(ratios) >= 2 and statistics.fmean(ratios) > 0:
         ratio_cv = statistics.pstdev(ratios) / statistics.fmean(ratios)
     return {
-        "h_rl_early": window("h_rl", records[:early]), "h_rl_late": window("h_rl", records[-late:]),
-        "h_sft_early": window("h_sft", records[:early]), "h_sft_late": window("h_sft", records[-late:]),
-        "log_gap_late": _mean(gaps), "ratio_cv": ratio_cv, "accuracy_drawdown": drawdown,
-        "w_mean": _mean(column("w")), "accuracy_late": window("online_accuracy", records[-late:]),
+        "h_rl_early": window("h_rl", records[:early]),
+        "h_rl_late": window("h_rl", records[-late:]),
+        "h_sft_early": window("h_sft", records[:early]),
+        "h_sft_late": window("h_sft", records[-late:]),
+        "log_gap_late": _mean(gaps),
+        "ratio_cv": ratio_cv,
+        "accuracy_drawdown": drawdown,
+        "w_mean": _mean(column("w")),
+        "accuracy_late": window("online_accuracy", records[-late:]),
         "length_late": window("online_length", records[-late:]),
     }
 
@@ -139,14 +144,32 @@ def aggregate(per_seed: list[dict]) -> dict:
         acc_m, acc_s = _stats(r["by_level"].get(level, {}).get("accuracy") for r in per_seed)
         len_m, len_s = _stats(r["by_level"].get(level, {}).get("length") for r in per_seed)
         by_level[level] = {"accuracy_mean": acc_m, "accuracy_std": acc_s, "length_mean": len_m, "length_std": len_s}
-    return {"accuracy_mean": accuracy_mean, "accuracy_std": accuracy_std, "length_mean": length_mean,
-            "length_std": length_std, "by_level": by_level, "seeds": per_seed}
+    return {
+        "accuracy_mean": accuracy_mean,
+        "accuracy_std": accuracy_std,
+        "length_mean": length_mean,
+        "length_std": length_std,
+        "by_level": by_level,
+        "seeds": per_seed,
+    }
 
 
 def _eval_record(result: dict, seed: int, k: int, run: Path, cfg_dict: dict, **extra) -> dict:
-    levels = {level: {"accuracy": r["accuracy"], "length": r["length"], "n": r["n"]} for level, r in result["by_level"].items()}
-    return {"seed": seed, "accuracy": result["accuracy"], "length": result["length"], f"pass@{k}": result[f"pass@{k}"],
-            "n": result["n"], "by_level": levels, "run_dir": str(run), **extra, "config": cfg_dict}
+    levels = {
+        level: {"accuracy": r["accuracy"], "length": r["length"], "n": r["n"]}
+        for level, r in result["by_level"].items()
+    }
+    return {
+        "seed": seed,
+        "accuracy": result["accuracy"],
+        "length": result["length"],
+        f"pass@{k}": result[f"pass@{k}"],
+        "n": result["n"],
+        "by_level": levels,
+        "run_dir": str(run),
+        **extra,
+        "config": cfg_dict,
+    }
 
 
 def _cached(path: Path, cfg_dict: dict) -> dict | None:
@@ -185,8 +208,9 @@ def _with_compare_settings(config: str, overrides: list[str], **values) -> Confi
     return load_config(config, list(overrides), **values, rollout={"group_size": cfg.compare.group_size})
 
 
-def _execute(config: str, overrides: list[str], name: str, values: dict, split: str = "test",
-             progress: bool = False) -> tuple[dict, str]:
+def _execute(
+    config: str, overrides: list[str], name: str, values: dict, split: str = "test", progress: bool = False
+) -> tuple[dict, str]:
     """Train (unless ``name`` is ``"base"`` or the run was trained before) and evaluate one run on
     ``split`` (``test`` or ``val``); write its ``eval.json``. Returns the record and a line for the
     log. Runs in a worker process when several jobs run at once (``redrl compare``, ``redrl sweep``)."""
@@ -208,14 +232,27 @@ def _execute(config: str, overrides: list[str], name: str, values: dict, split: 
         final, note = train(cfg, progress=progress), ""
     trained = time.perf_counter()
     result = evaluate_model(str(final), load_problems(eval_path), cfg, seed=cfg.train.seed, progress=progress)
-    extra = {} if name == "base" else {"dynamics": dynamics_summary(_read_metrics(run)), "train_seconds": trained - started,
-                                       "lr": cfg.optim.lr}
-    record = _eval_record(result, cfg.train.seed, cfg.eval.k, run, cfg_dict, **extra, split=split,
-                          eval_seconds=time.perf_counter() - trained)
+    extra = (
+        {}
+        if name == "base"
+        else {"dynamics": dynamics_summary(_read_metrics(run)), "train_seconds": trained - started, "lr": cfg.optim.lr}
+    )
+    record = _eval_record(
+        result,
+        cfg.train.seed,
+        cfg.eval.k,
+        run,
+        cfg_dict,
+        **extra,
+        split=split,
+        eval_seconds=time.perf_counter() - trained,
+    )
     _write_json(run / "eval.json", record)
     timing = "" if name == "base" else f"lr {cfg.optim.lr:.3g}, {trained - started:.0f} s training{note}, "
-    return record, (f"  {name} seed {cfg.train.seed}: {split} accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
-                    f"({timing}{time.perf_counter() - trained:.0f} s evaluation)")
+    return record, (
+        f"  {name} seed {cfg.train.seed}: {split} accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
+        f"({timing}{time.perf_counter() - trained:.0f} s evaluation)"
+    )
 
 
 def execute_all(tasks: list[tuple], function, *, jobs: int | None = None, progress: bool = True, log=print):
@@ -225,7 +262,10 @@ def execute_all(tasks: list[tuple], function, *, jobs: int | None = None, progre
     jobs = max(1, min(jobs or default_jobs(), len(tasks) or 1))
     if not tasks:
         return
-    log(f"running {len(tasks)} runs, {jobs} at a time" + (f" ({max(1, torch.get_num_threads() // jobs)} threads each)" if jobs > 1 else ""))
+    log(
+        f"running {len(tasks)} runs, {jobs} at a time"
+        + (f" ({max(1, torch.get_num_threads() // jobs)} threads each)" if jobs > 1 else "")
+    )
     if jobs == 1:
         for key, args in tasks:
             result = function(*args, progress)
@@ -236,8 +276,9 @@ def execute_all(tasks: list[tuple], function, *, jobs: int | None = None, progre
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    ) as pool:
         futures = {pool.submit(function, *args, False): key for key, args in tasks}
         for future in as_completed(futures):
             result = future.result()
@@ -266,7 +307,9 @@ def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], teacher: list[list[int]], *, seed: int) -> dict:
+def measure_entropies(
+    model_path: str, cfg: Config, prompts: list[list[int]], teacher: list[list[int]], *, seed: int
+) -> dict:
     """``H_rl`` and ``H_sft`` of a checkpoint: mean token entropy of ``G`` rollouts of each prompt
     (sampled at the rollout temperature) and of the prompts' teacher traces, measured as every
     training step measures them (:func:`redrl.step.measure_entropies`)."""
@@ -278,14 +321,33 @@ def measure_entropies(model_path: str, cfg: Config, prompts: list[list[int]], te
     model, tokenizer = load_frozen_model(model_path, **cfg.model.load_kwargs())
     torch.manual_seed(seed)
     G = cfg.rollout.group_size
-    engine = "fast" if cfg.rollout.engine == "fast" else "hf"  # in-process, as evaluation samples (vLLM belongs to training)
-    generator = make_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                               batch_size=cfg.rollout.batch_size, mixed_precision=cfg.train.mixed_precision)
-    rollouts = generator.generate(prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
-    batch = assemble_batch(prompts, rollouts, [None] * len(rollouts), teacher, [None] * len(teacher), group_size=G,
-                           method=METHODS["red"], pad_id=tokenizer.pad_token_id)
-    h_rl, h_sft = step_entropies(TokenScorer(model, cfg.train.chunk_size), batch, cfg.train.micro_batch_size,
-                                 cfg.train.mixed_precision)
+    engine = (
+        "fast" if cfg.rollout.engine == "fast" else "hf"
+    )  # in-process, as evaluation samples (vLLM belongs to training)
+    generator = make_generator(
+        engine,
+        model,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        batch_size=cfg.rollout.batch_size,
+        mixed_precision=cfg.train.mixed_precision,
+    )
+    rollouts = generator.generate(
+        prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens
+    )
+    batch = assemble_batch(
+        prompts,
+        rollouts,
+        [None] * len(rollouts),
+        teacher,
+        [None] * len(teacher),
+        group_size=G,
+        method=METHODS["red"],
+        pad_id=tokenizer.pad_token_id,
+    )
+    h_rl, h_sft = step_entropies(
+        TokenScorer(model, cfg.train.chunk_size), batch, cfg.train.micro_batch_size, cfg.train.mixed_precision
+    )
     return {"h_rl": h_rl, "h_sft": h_sft}
 
 
@@ -305,7 +367,9 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
     base_path, train_path, _ = resolve_paths(base_cfg)
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=base_cfg.model.trust_remote_code)
     data = prepare_data(base_cfg, tokenizer, train_path)  # prompts and traces exactly as training has them
-    chosen = random.Random(1234).sample(range(len(data.prompts)), min(base_cfg.compare.entropy_prompts, len(data.prompts)))
+    chosen = random.Random(1234).sample(
+        range(len(data.prompts)), min(base_cfg.compare.entropy_prompts, len(data.prompts))
+    )
     prompts, teacher = [data.prompts[i] for i in chosen], [data.teacher[i] for i in chosen]
 
     table: dict[str, list[dict]] = {"base": []}
@@ -318,18 +382,29 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
             run = out / "phases" / phase / f"seed{seed}"
             # The continuation keeps the task's learning rate for its method (a swept value belongs to the task, not the checkpoint).
             lr = _with_compare_settings(config, overrides, train={"method": method}).optim.lr
-            cfg = _with_compare_settings(config, overrides, train={"method": method, "steps": steps, "seed": seed, "out": str(run)},
-                                         model={"path": str(out / "runs" / start / f"seed{seed}" / "final")}, eval={"k": eval_k},
-                                         optim={"lr": lr})
+            cfg = _with_compare_settings(
+                config,
+                overrides,
+                train={"method": method, "steps": steps, "seed": seed, "out": str(run)},
+                model={"path": str(out / "runs" / start / f"seed{seed}" / "final")},
+                eval={"k": eval_k},
+                optim={"lr": lr},
+            )
             if not _trained(run, _jsonable(cfg.to_dict())):
                 log(f"  phase {phase} seed {seed}: {method} from the {start} checkpoint")
                 train(cfg, progress=progress)
             models[phase] = str(run / "final")
         for phase, path in models.items():
             cache = out / "phases" / "entropy" / f"{phase}-seed{seed}.json"
-            weights = next(Path(path).glob("*.safetensors"), Path(path) / "model.safetensors")  # retrained: measure again
-            key = {"model": path, "seed": seed, "prompts": len(prompts),
-                   "weights": weights.stat().st_mtime_ns if weights.exists() else None}
+            weights = next(
+                Path(path).glob("*.safetensors"), Path(path) / "model.safetensors"
+            )  # retrained: measure again
+            key = {
+                "model": path,
+                "seed": seed,
+                "prompts": len(prompts),
+                "weights": weights.stat().st_mtime_ns if weights.exists() else None,
+            }
             saved = json.loads(cache.read_text()) if cache.exists() else None
             if not saved or saved.get("key") != key:
                 saved = {"key": key, **measure_entropies(path, base_cfg, prompts, teacher, seed=seed)}
@@ -376,8 +451,10 @@ def run_compare(
 
     _, _, test_path = resolve_paths(shared)
     problems = load_problems(test_path)
-    log(f"redrl compare: {len(methods)} methods x {seeds} seeds, {steps} steps each; "
-        f"test: {len(problems)} problems, avg@{eval_k} at temperature {shared.eval.temperature}")
+    log(
+        f"redrl compare: {len(methods)} methods x {seeds} seeds, {steps} steps each; "
+        f"test: {len(problems)} problems, avg@{eval_k} at temperature {shared.eval.temperature}"
+    )
 
     names = ["base"] + methods
     records: dict[tuple[str, int], dict] = {}
@@ -407,14 +484,24 @@ def run_compare(
         "methods": {name: aggregate(per_method[name]) for name in methods},
         "base": aggregate(base_seeds),
         "entropy_phases": phases,
-        "settings": {"config": config, "overrides": list(overrides), "steps": steps, "seeds": seeds, "eval_k": eval_k,
-                     "eval_temperature": shared.eval.temperature, "test_problems": len(problems),
-                     "group_size": shared.rollout.group_size, "prompts_per_step": shared.train.prompts_per_step,
-                     "lr": {name: per_method[name][0].get("lr") for name in methods},
-                     "lr_sweep": shared.optim.lr_sweep},
+        "settings": {
+            "config": config,
+            "overrides": list(overrides),
+            "steps": steps,
+            "seeds": seeds,
+            "eval_k": eval_k,
+            "eval_temperature": shared.eval.temperature,
+            "test_problems": len(problems),
+            "group_size": shared.rollout.group_size,
+            "prompts_per_step": shared.train.prompts_per_step,
+            "lr": {name: per_method[name][0].get("lr") for name in methods},
+            "lr_sweep": shared.optim.lr_sweep,
+        },
         "seconds": time.perf_counter() - started,
     }
     _write_json(out / "results.json", results)
     write_outputs(results, out)
-    log(f"{results['seconds']:.0f} s. Wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'plots'}/, {out / 'report.md'}")
+    log(
+        f"{results['seconds']:.0f} s. Wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'plots'}/, {out / 'report.md'}"
+    )
     return results

@@ -35,56 +35,108 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    path: str = _help("'tiny' (the embedded base that redrl builds), a local directory or a Hugging Face Hub id", "tiny")
-    dtype: str = _help("parameter dtype: float32, bfloat16 or float16 (for mixed precision keep float32 and set train.mixed_precision)", "float32")
-    attn_implementation: str | None = _help("transformers attention implementation (eager, sdpa, flash_attention_2)", None)
-    trust_remote_code: bool = _help("run a Hub model's own Python code (off: only transformers' built-in architectures)", False)
+    path: str = _help(
+        "'tiny' (the embedded base that redrl builds), a local directory or a Hugging Face Hub id", "tiny"
+    )
+    dtype: str = _help(
+        "parameter dtype: float32, bfloat16 or float16 (for mixed precision keep float32 and set train.mixed_precision)",
+        "float32",
+    )
+    attn_implementation: str | None = _help(
+        "transformers attention implementation (eager, sdpa, flash_attention_2)", None
+    )
+    trust_remote_code: bool = _help(
+        "run a Hub model's own Python code (off: only transformers' built-in architectures)", False
+    )
     device: str = _help("where the model runs: auto (CUDA when available, else CPU), cpu, cuda or cuda:N", "auto")
-    config_overrides: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "fields of the model's config set before loading, e.g. {max_position_embeddings: 16384, rope_theta: 40000}"})
+    config_overrides: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "fields of the model's config set before loading, e.g. {max_position_embeddings: 16384, rope_theta: 40000}"
+        },
+    )
     use_peft: bool = _help("train LoRA adapters (peft, `pip install redrl[peft]`) instead of every weight", False)
     lora_r: int = _help("LoRA rank", 16)
     lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", 32)
-    lora_dropout: float = _help("dropout on the LoRA input (0: dropout would make the importance ratio noisy; "
-                                "TRL's GRPO disables dropout too)", 0.0)
-    lora_target_modules: str = _help("modules that get adapters: 'all-linear' or comma-separated names (q_proj,v_proj)", "all-linear")
+    lora_dropout: float = _help(
+        "dropout on the LoRA input (0: dropout would make the importance ratio noisy; TRL's GRPO disables dropout too)",
+        0.0,
+    )
+    lora_target_modules: str = _help(
+        "modules that get adapters: 'all-linear' or comma-separated names (q_proj,v_proj)", "all-linear"
+    )
 
     def load_kwargs(self) -> dict:
         """Keyword arguments of :func:`redrl.modeling.load_model_and_tokenizer`."""
-        return {"dtype": self.dtype, "attn_implementation": self.attn_implementation,
-                "trust_remote_code": self.trust_remote_code, "device": self.device, "config_overrides": self.config_overrides}
+        return {
+            "dtype": self.dtype,
+            "attn_implementation": self.attn_implementation,
+            "trust_remote_code": self.trust_remote_code,
+            "device": self.device,
+            "config_overrides": self.config_overrides,
+        }
 
     def __post_init__(self):
-        _require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
-        _require(self.device == "auto" or self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
-                 f"model.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        _require(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            f"model.dtype must be float32, bfloat16 or float16; got {self.dtype!r}",
+        )
+        _require(
+            self.device == "auto" or self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
+            f"model.device must be auto, cpu, cuda or cuda:N; got {self.device!r}",
+        )
         _require(self.lora_r >= 1, f"model.lora_r must be >= 1; got {self.lora_r}")
         _require(0 <= self.lora_dropout < 1, f"model.lora_dropout must be in [0, 1); got {self.lora_dropout}")
-        _require(bool(self.lora_target_modules.strip()), "model.lora_target_modules must name modules or be 'all-linear'")
+        _require(
+            bool(self.lora_target_modules.strip()), "model.lora_target_modules must name modules or be 'all-linear'"
+        )
 
 
 @dataclass
 class DataConfig:
-    train: str = _help("offline data with teacher traces (JSONL, parquet, a directory or a Hub dataset; flat or LUFFY schema), or 'tiny'", "tiny")
-    test: str | None = _help("evaluation problems (JSONL with problem, answer), 'tiny', or none (evaluate on --benchmarks)", "tiny")
-    val: str | None = _help("validation problems, disjoint from train and test: what `redrl sweep` chooses learning rates on "
-                            "('tiny': the embedded default's)", None)
+    train: str = _help(
+        "offline data with teacher traces (JSONL, parquet, a directory or a Hub dataset; flat or LUFFY schema), or 'tiny'",
+        "tiny",
+    )
+    test: str | None = _help(
+        "evaluation problems (JSONL with problem, answer), 'tiny', or none (evaluate on --benchmarks)", "tiny"
+    )
+    val: str | None = _help(
+        "validation problems, disjoint from train and test: what `redrl sweep` chooses learning rates on "
+        "('tiny': the embedded default's)",
+        None,
+    )
     grader: str = _help("answer grader, used by the training reward and evaluation alike", "integer")
-    system_prompt: str | None = _help("system message put before every problem (unset: the record's own, if any; '': none)", None)
+    system_prompt: str | None = _help(
+        "system message put before every problem (unset: the record's own, if any; '': none)", None
+    )
     problem_template: str = _help("the user message, with {problem} standing for the problem text", "{problem}")
     chat_template: str | None = _help("a Jinja chat template (text or a file path) replacing the tokenizer's", None)
     chat_template_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "extra arguments of apply_chat_template, e.g. {enable_thinking: false}"})
-    response_prefix: str | None = _help("text that starts every response, put after the generation prompt (e.g. '<think>\\n'); "
-                                        "teacher traces that begin with it lose it, so both continue the same prompt", None)
-    failed_grading: str = _help("a rollout whose grading raised or overran its timeout: ungraded (left out of its group's "
-                                "advantages, counted) or wrong (reward 0: a slow or malformed answer is penalised)", "ungraded")
-    max_prompt_tokens: int | None = _help("training prompts longer than this many tokens are left out and counted (None: keep all)", None)
+        default_factory=dict, metadata={"help": "extra arguments of apply_chat_template, e.g. {enable_thinking: false}"}
+    )
+    response_prefix: str | None = _help(
+        "text that starts every response, put after the generation prompt (e.g. '<think>\\n'); "
+        "teacher traces that begin with it lose it, so both continue the same prompt",
+        None,
+    )
+    failed_grading: str = _help(
+        "a rollout whose grading raised or overran its timeout: ungraded (left out of its group's "
+        "advantages, counted) or wrong (reward 0: a slow or malformed answer is penalised)",
+        "ungraded",
+    )
+    max_prompt_tokens: int | None = _help(
+        "training prompts longer than this many tokens are left out and counted (None: keep all)", None
+    )
 
     def prompt_kwargs(self) -> dict:
         """Keyword arguments of :func:`redrl.modeling.encode_prompt` (besides the system prompt)."""
-        return {"problem_template": self.problem_template, "chat_template": self.chat_template,
-                "template_kwargs": self.chat_template_kwargs, "response_prefix": self.response_prefix}
+        return {
+            "problem_template": self.problem_template,
+            "chat_template": self.chat_template,
+            "template_kwargs": self.chat_template_kwargs,
+            "response_prefix": self.response_prefix,
+        }
 
     def system_for(self, record: dict) -> str | None:
         """The system message of a record: the config's, else the record's own (``''``: none)."""
@@ -94,12 +146,22 @@ class DataConfig:
         from redrl.rewards import GRADERS
 
         _require(self.grader in GRADERS, f"data.grader must be one of {', '.join(GRADERS)}; got {self.grader!r}")
-        _require(self.failed_grading in ("ungraded", "wrong"), f"data.failed_grading must be ungraded or wrong; got {self.failed_grading!r}")
-        _require(isinstance(self.chat_template_kwargs, dict),
-                 f"data.chat_template_kwargs must be a mapping; got {self.chat_template_kwargs!r}")
-        _require("{problem}" in self.problem_template, f"data.problem_template must contain {{problem}}; got {self.problem_template!r}")
-        _require(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
-                 f"data.max_prompt_tokens must be >= 1; got {self.max_prompt_tokens}")
+        _require(
+            self.failed_grading in ("ungraded", "wrong"),
+            f"data.failed_grading must be ungraded or wrong; got {self.failed_grading!r}",
+        )
+        _require(
+            isinstance(self.chat_template_kwargs, dict),
+            f"data.chat_template_kwargs must be a mapping; got {self.chat_template_kwargs!r}",
+        )
+        _require(
+            "{problem}" in self.problem_template,
+            f"data.problem_template must contain {{problem}}; got {self.problem_template!r}",
+        )
+        _require(
+            self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+            f"data.max_prompt_tokens must be >= 1; got {self.max_prompt_tokens}",
+        )
 
 
 @dataclass
@@ -108,20 +170,35 @@ class RolloutConfig:
     temperature: float = _help("sampling temperature of rollouts", 1.0)
     max_new_tokens: int = _help("generation budget per rollout; longer teacher traces are truncated to it", 160)
     batch_size: int = _help("rows generated at once", 256)
-    engine: str = _help("sampling engine: hf (transformers generate), fast (redrl's KV-cache sampler for Llama/Qwen2-style "
-                        "models; generate serves, with a warning, where it cannot) or vllm (colocated, CUDA, "
-                        "`pip install redrl[vllm]`)", "hf")
-    old_logp: str = _help("log-probs of the importance ratio's denominator: recompute (by the trainer) or sampler (the engine's own; "
-                          "fast or vllm)", "recompute")
-    vllm_gpu_memory_utilization: float = _help("vllm: share of GPU memory vLLM may take (the rest is for training)", 0.3)
+    engine: str = _help(
+        "sampling engine: hf (transformers generate), fast (redrl's KV-cache sampler for Llama/Qwen2-style "
+        "models; generate serves, with a warning, where it cannot) or vllm (colocated, CUDA, "
+        "`pip install redrl[vllm]`)",
+        "hf",
+    )
+    old_logp: str = _help(
+        "log-probs of the importance ratio's denominator: recompute (by the trainer) or sampler (the engine's own; "
+        "fast or vllm)",
+        "recompute",
+    )
+    vllm_gpu_memory_utilization: float = _help(
+        "vllm: share of GPU memory vLLM may take (the rest is for training)", 0.3
+    )
 
     def __post_init__(self):
         _require(self.engine in ("hf", "fast", "vllm"), f"rollout.engine must be hf, fast or vllm; got {self.engine!r}")
-        _require(self.old_logp in ("recompute", "sampler"), f"rollout.old_logp must be recompute or sampler; got {self.old_logp!r}")
-        _require(self.old_logp == "recompute" or self.engine in ("fast", "vllm"),
-                 "rollout.old_logp=sampler needs an engine that reports log-probs: rollout.engine=fast or vllm")
-        _require(0 < self.vllm_gpu_memory_utilization < 1,
-                 f"rollout.vllm_gpu_memory_utilization must be in (0, 1); got {self.vllm_gpu_memory_utilization}")
+        _require(
+            self.old_logp in ("recompute", "sampler"),
+            f"rollout.old_logp must be recompute or sampler; got {self.old_logp!r}",
+        )
+        _require(
+            self.old_logp == "recompute" or self.engine in ("fast", "vllm"),
+            "rollout.old_logp=sampler needs an engine that reports log-probs: rollout.engine=fast or vllm",
+        )
+        _require(
+            0 < self.vllm_gpu_memory_utilization < 1,
+            f"rollout.vllm_gpu_memory_utilization must be in (0, 1); got {self.vllm_gpu_memory_utilization}",
+        )
         _require(self.group_size >= 1, f"rollout.group_size must be >= 1; got {self.group_size}")
         _require(self.temperature > 0, f"rollout.temperature must be > 0; got {self.temperature}")
         _require(self.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1; got {self.max_new_tokens}")
@@ -131,8 +208,11 @@ class RolloutConfig:
 @dataclass
 class OptimConfig:
     lr: float | None = _help("AdamW learning rate (null: the method's value in optim.lr_sweep)", 2e-4)
-    lr_sweep: str | None = _help("a `redrl sweep` file (path, or a file shipped in configs/ such as tiny-lr.json): with optim.lr "
-                                 "null, each method takes the learning rate chosen for it on the validation split", None)
+    lr_sweep: str | None = _help(
+        "a `redrl sweep` file (path, or a file shipped in configs/ such as tiny-lr.json): with optim.lr "
+        "null, each method takes the learning rate chosen for it on the validation split",
+        None,
+    )
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
     warmup_steps: int = _help("linear warm-up steps", 5)
@@ -144,13 +224,21 @@ class OptimConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         _require(self.lr is None or self.lr > 0, f"optim.lr must be > 0; got {self.lr}")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas must be two numbers in [0, 1); got {self.betas}")
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optim.betas must be two numbers in [0, 1); got {self.betas}",
+        )
         _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {self.weight_decay}")
         _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}")
-        _require(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        _require(
+            self.warmup_ratio is None or 0 <= self.warmup_ratio < 1,
+            f"optim.warmup_ratio must be in [0, 1); got {self.warmup_ratio}",
+        )
         _require(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
-        _require(self.schedule in ("constant", "linear", "cosine"),
-                 f"optim.schedule must be constant, linear or cosine; got {self.schedule!r}")
+        _require(
+            self.schedule in ("constant", "linear", "cosine"),
+            f"optim.schedule must be constant, linear or cosine; got {self.schedule!r}",
+        )
         _require(self.max_grad_norm >= 0, f"optim.max_grad_norm must be >= 0; got {self.max_grad_norm}")
 
 
@@ -159,7 +247,9 @@ class LossConfig:
     eps_low: float = _help("lower clip range of the on-policy ratio", 0.2)
     eps_high: float = _help("upper clip range of the on-policy ratio", 0.2)
     aggregation: str = _help(f"loss aggregation: {', '.join(AGGREGATIONS)}", "seq-mean-token-mean")
-    norm_constant: float | None = _help("constant normaliser of seq-mean-token-sum-norm (default: max_new_tokens)", None)
+    norm_constant: float | None = _help(
+        "constant normaliser of seq-mean-token-sum-norm (default: max_new_tokens)", None
+    )
     advantage_scale: str = _help(f"advantage scale: {', '.join(ADVANTAGE_SCALES)} (none = Dr.GRPO)", "std")
     advantage_eps: float = _help("added to the group std", 1e-6)
     accuracy_includes_offline: bool = _help("group accuracy r̄ also averages the teacher row (the authors' code)", False)
@@ -167,25 +257,46 @@ class LossConfig:
     clip_offline: bool = _help("clip the offline ratio too", False)
     luffy_gamma: float = _help("LUFFY's shaping constant γ", 0.1)
     regulator_ema: float | None = _help("EMA factor for the regulator's entropies (None = off)", None)
-    regulator_max_weight: float | None = _help("upper clip of the regulator's weight w (Eq. 11); null = rollout.group_size, "
-                                               "the paper's G", None)
-    kl_coef: float = _help("KL-to-reference coefficient (TRL's beta): adds beta times the k3 estimate of KL(π || π_ref) on "
-                           "rollout tokens, π_ref the frozen starting model; 0 = off, no reference model is loaded", 0.0)
+    regulator_max_weight: float | None = _help(
+        "upper clip of the regulator's weight w (Eq. 11); null = rollout.group_size, the paper's G", None
+    )
+    kl_coef: float = _help(
+        "KL-to-reference coefficient (TRL's beta): adds beta times the k3 estimate of KL(π || π_ref) on "
+        "rollout tokens, π_ref the frozen starting model; 0 = off, no reference model is loaded",
+        0.0,
+    )
 
     def __post_init__(self):
-        _require(self.aggregation in AGGREGATIONS, f"loss.aggregation must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
-        _require(self.advantage_scale in ADVANTAGE_SCALES,
-                 f"loss.advantage_scale must be one of {', '.join(ADVANTAGE_SCALES)}; got {self.advantage_scale!r}")
-        _require(self.offline_ratio is None or self.offline_ratio in OFFLINE_RATIOS,
-                 f"loss.offline_ratio must be one of {', '.join(OFFLINE_RATIOS)}; got {self.offline_ratio!r}")
-        _require(self.eps_low >= 0 and self.eps_high >= 0, f"loss.eps_low/eps_high must be >= 0; got {self.eps_low}, {self.eps_high}")
-        _require(self.norm_constant is None or self.norm_constant > 0, f"loss.norm_constant must be > 0; got {self.norm_constant}")
+        _require(
+            self.aggregation in AGGREGATIONS,
+            f"loss.aggregation must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}",
+        )
+        _require(
+            self.advantage_scale in ADVANTAGE_SCALES,
+            f"loss.advantage_scale must be one of {', '.join(ADVANTAGE_SCALES)}; got {self.advantage_scale!r}",
+        )
+        _require(
+            self.offline_ratio is None or self.offline_ratio in OFFLINE_RATIOS,
+            f"loss.offline_ratio must be one of {', '.join(OFFLINE_RATIOS)}; got {self.offline_ratio!r}",
+        )
+        _require(
+            self.eps_low >= 0 and self.eps_high >= 0,
+            f"loss.eps_low/eps_high must be >= 0; got {self.eps_low}, {self.eps_high}",
+        )
+        _require(
+            self.norm_constant is None or self.norm_constant > 0,
+            f"loss.norm_constant must be > 0; got {self.norm_constant}",
+        )
         _require(self.advantage_eps >= 0, f"loss.advantage_eps must be >= 0; got {self.advantage_eps}")
         _require(self.luffy_gamma > 0, f"loss.luffy_gamma must be > 0; got {self.luffy_gamma}")
-        _require(self.regulator_ema is None or 0 <= self.regulator_ema < 1,
-                 f"loss.regulator_ema must be in [0, 1) or null; got {self.regulator_ema}")
-        _require(self.regulator_max_weight is None or self.regulator_max_weight >= 1,
-                 f"loss.regulator_max_weight must be >= 1 or null; got {self.regulator_max_weight}")
+        _require(
+            self.regulator_ema is None or 0 <= self.regulator_ema < 1,
+            f"loss.regulator_ema must be in [0, 1) or null; got {self.regulator_ema}",
+        )
+        _require(
+            self.regulator_max_weight is None or self.regulator_max_weight >= 1,
+            f"loss.regulator_max_weight must be >= 1 or null; got {self.regulator_max_weight}",
+        )
         _require(self.kl_coef >= 0, f"loss.kl_coef must be >= 0; got {self.kl_coef}")
 
 
@@ -193,19 +304,32 @@ class LossConfig:
 class TrainConfig:
     method: str = _help("training method (see `redrl train --help`)", "red")
     steps: int = _help("optimizer steps (one rollout batch each)", 120)
-    epochs: float | None = _help("passes over the training prompts; replaces steps when set (steps = ceil(epochs * prompts / prompts_per_step))", None)
+    epochs: float | None = _help(
+        "passes over the training prompts; replaces steps when set (steps = ceil(epochs * prompts / prompts_per_step))",
+        None,
+    )
     prompts_per_step: int = _help("prompts per step; each brings G rollouts and one teacher row", 8)
     micro_batch_size: int = _help("rows per forward/backward pass (gradients are accumulated)", 64)
-    chunk_size: int = _help("response positions per chunk of the vocabulary projection (memory: ~3 x chunk x vocabulary floats)", 512)
+    chunk_size: int = _help(
+        "response positions per chunk of the vocabulary projection (memory: ~3 x chunk x vocabulary floats)", 512
+    )
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
     out: str = _help("output directory (metrics.jsonl, checkpoints)", "runs/red")
     save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)
     keep_last: int = _help("keep only the N newest checkpoints (0 = all; the newest complete one is never deleted)", 0)
-    resume: bool = _help("continue from the newest complete checkpoint in train.out (from step 0 when there is none)", False)
+    resume: bool = _help(
+        "continue from the newest complete checkpoint in train.out (from step 0 when there is none)", False
+    )
     max_consecutive_skips: int = _help("stop after this many steps in a row with a non-finite loss or gradient", 5)
-    mixed_precision: str = _help("autocast of forward passes and rollouts: no, bf16 or fp16 (fp16 with loss scaling, CUDA only)", "no")
-    gradient_checkpointing: bool = _help("recompute activations in the backward pass (less memory, about a third more compute)", False)
-    log_every_rank: bool = _help("every process also writes its own view (w, entropies, prompts) to OUT/metrics-rankR.jsonl", False)
+    mixed_precision: str = _help(
+        "autocast of forward passes and rollouts: no, bf16 or fp16 (fp16 with loss scaling, CUDA only)", "no"
+    )
+    gradient_checkpointing: bool = _help(
+        "recompute activations in the backward pass (less memory, about a third more compute)", False
+    )
+    log_every_rank: bool = _help(
+        "every process also writes its own view (w, entropies, prompts) to OUT/metrics-rankR.jsonl", False
+    )
 
     def __post_init__(self):
         from redrl.methods import METHODS
@@ -218,8 +342,14 @@ class TrainConfig:
         _require(self.chunk_size >= 1, f"train.chunk_size must be >= 1; got {self.chunk_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
         _require(self.keep_last >= 0, f"train.keep_last must be >= 0; got {self.keep_last}")
-        _require(self.max_consecutive_skips >= 1, f"train.max_consecutive_skips must be >= 1; got {self.max_consecutive_skips}")
-        _require(self.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}")
+        _require(
+            self.max_consecutive_skips >= 1,
+            f"train.max_consecutive_skips must be >= 1; got {self.max_consecutive_skips}",
+        )
+        _require(
+            self.mixed_precision in ("no", "bf16", "fp16"),
+            f"train.mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}",
+        )
 
 
 @dataclass
@@ -240,25 +370,45 @@ class EvalConfig:
 class BaselinesConfig:
     """Settings that only some baselines read; each names the paper it comes from."""
 
-    staged_sft_fraction: float = _help("sft_grpo: share of train.steps spent on SFT before GRPO starts from its checkpoint", 0.5)
+    staged_sft_fraction: float = _help(
+        "sft_grpo: share of train.steps spent on SFT before GRPO starts from its checkpoint", 0.5
+    )
     staged_sft_lr: float | None = _help("sft_grpo: learning rate of the SFT stage (None: optim.lr)", None)
-    relift_buffer: int = _help("relift: prompts with all rollouts wrong collected before one SFT step on their traces (arXiv 2506.07527)", 8)
-    relift_entropy_coef: float = _help("relift: entropy bonus of its SFT step, NLL - coef*H (arXiv 2506.07527: 0.001)", 0.001)
+    relift_buffer: int = _help(
+        "relift: prompts with all rollouts wrong collected before one SFT step on their traces (arXiv 2506.07527)", 8
+    )
+    relift_entropy_coef: float = _help(
+        "relift: entropy bonus of its SFT step, NLL - coef*H (arXiv 2506.07527: 0.001)", 0.001
+    )
     bread_fractions: tuple[float, ...] = _help(
-        "bread: teacher-prefix fractions tried, shortest first, when all rollouts of a prompt fail (arXiv 2506.17211)", (0.25, 0.5, 0.75))
+        "bread: teacher-prefix fractions tried, shortest first, when all rollouts of a prompt fail (arXiv 2506.17211)",
+        (0.25, 0.5, 0.75),
+    )
     srft_sft_coef: float = _help("srft: w_sft = coef*stopgrad(exp(-H)) (arXiv 2506.19767: 0.5)", 0.5)
     srft_rl_coef: float = _help("srft: w_rl = coef*stopgrad(exp(-H)) (arXiv 2506.19767: 0.1)", 0.1)
 
     def __post_init__(self):
-        _require(0 < self.staged_sft_fraction < 1, f"baselines.staged_sft_fraction must be in (0, 1); got {self.staged_sft_fraction}")
-        _require(self.staged_sft_lr is None or self.staged_sft_lr > 0, f"baselines.staged_sft_lr must be > 0; got {self.staged_sft_lr}")
+        _require(
+            0 < self.staged_sft_fraction < 1,
+            f"baselines.staged_sft_fraction must be in (0, 1); got {self.staged_sft_fraction}",
+        )
+        _require(
+            self.staged_sft_lr is None or self.staged_sft_lr > 0,
+            f"baselines.staged_sft_lr must be > 0; got {self.staged_sft_lr}",
+        )
         _require(self.relift_buffer >= 1, f"baselines.relift_buffer must be >= 1; got {self.relift_buffer}")
-        _require(len(self.bread_fractions) >= 1 and all(0 < f < 1 for f in self.bread_fractions),
-                 f"baselines.bread_fractions must be fractions in (0, 1); got {self.bread_fractions}")
+        _require(
+            len(self.bread_fractions) >= 1 and all(0 < f < 1 for f in self.bread_fractions),
+            f"baselines.bread_fractions must be fractions in (0, 1); got {self.bread_fractions}",
+        )
         self.bread_fractions = tuple(sorted(self.bread_fractions))
-        _require(self.relift_entropy_coef >= 0, f"baselines.relift_entropy_coef must be >= 0; got {self.relift_entropy_coef}")
-        _require(self.srft_sft_coef >= 0 and self.srft_rl_coef >= 0,
-                 f"baselines.srft_sft_coef/srft_rl_coef must be >= 0; got {self.srft_sft_coef}, {self.srft_rl_coef}")
+        _require(
+            self.relift_entropy_coef >= 0, f"baselines.relift_entropy_coef must be >= 0; got {self.relift_entropy_coef}"
+        )
+        _require(
+            self.srft_sft_coef >= 0 and self.srft_rl_coef >= 0,
+            f"baselines.srft_sft_coef/srft_rl_coef must be >= 0; got {self.srft_sft_coef}, {self.srft_rl_coef}",
+        )
 
 
 @dataclass
@@ -275,7 +425,9 @@ class CompareConfig:
         _require(self.steps >= 2, f"compare.steps must be >= 2; got {self.steps}")
         _require(self.seeds >= 1, f"compare.seeds must be >= 1; got {self.seeds}")
         _require(self.eval_k >= 1, f"compare.eval_k must be >= 1; got {self.eval_k}")
-        _require(self.group_size is None or self.group_size >= 2, f"compare.group_size must be >= 2; got {self.group_size}")
+        _require(
+            self.group_size is None or self.group_size >= 2, f"compare.group_size must be >= 2; got {self.group_size}"
+        )
         _require(self.entropy_prompts >= 1, f"compare.entropy_prompts must be >= 1; got {self.entropy_prompts}")
 
 
@@ -295,9 +447,17 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "optim": OptimConfig,
-             "loss": LossConfig, "train": TrainConfig, "eval": EvalConfig,
-             "baselines": BaselinesConfig, "compare": CompareConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "rollout": RolloutConfig,
+    "optim": OptimConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "baselines": BaselinesConfig,
+    "compare": CompareConfig,
+}
 
 
 def preset_path(name: str) -> Path:
@@ -341,7 +501,9 @@ def _coerce(section: str, cls, body: dict) -> dict:
             else:
                 raise TypeError
         except (TypeError, ValueError):
-            raise ValueError(f"{section}.{name} must be {getattr(expected, '__name__', expected)}; got {value!r}") from None
+            raise ValueError(
+                f"{section}.{name} must be {getattr(expected, '__name__', expected)}; got {value!r}"
+            ) from None
         out[name] = value
     return out
 
@@ -418,7 +580,9 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(body) - known
         if unknown:
-            raise ValueError(f"unknown config key {section}.{sorted(unknown)[0]}; {section} has {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown config key {section}.{sorted(unknown)[0]}; {section} has {', '.join(sorted(known))}"
+            )
         sections[section] = cls(**_coerce(section, cls, body))
     cfg = Config(**sections)
     if cfg.optim.lr is None and cfg.optim.lr_sweep:

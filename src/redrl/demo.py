@@ -25,15 +25,25 @@ def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[st
     base_path, _, test_path = resolve_paths(cfg, progress=progress)
     problems = load_problems(test_path)
     if progress:
-        print(f"evaluating the base on {len(problems)} test problems (avg@{cfg.eval.k}, temperature {cfg.eval.temperature}) ...", flush=True)
+        print(
+            f"evaluating the base on {len(problems)} test problems (avg@{cfg.eval.k}, temperature {cfg.eval.temperature}) ...",
+            flush=True,
+        )
     results = {"base": evaluate_model(base_path, problems, cfg, seed=seed, progress=progress)}
     final = train(cfg, progress=progress)
     results["red"] = evaluate_model(str(final), problems, cfg, seed=seed, progress=progress)
 
     table = format_table(results)
     summary = {
-        "methods": {name: {"accuracy": r["accuracy"], "length": r["length"], f"pass@{cfg.eval.k}": r[f"pass@{cfg.eval.k}"],
-                           "by_level": r["by_level"]} for name, r in results.items()},
+        "methods": {
+            name: {
+                "accuracy": r["accuracy"],
+                "length": r["length"],
+                f"pass@{cfg.eval.k}": r[f"pass@{cfg.eval.k}"],
+                "by_level": r["by_level"],
+            }
+            for name, r in results.items()
+        },
         "seconds": time.perf_counter() - started,
         "eval": {"k": cfg.eval.k, "temperature": cfg.eval.temperature, "problems": len(problems)},
         "checkpoint": str(final),

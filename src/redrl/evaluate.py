@@ -18,7 +18,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-__all__ = ["eval_settings", "evaluate", "evaluate_benchmarks", "evaluate_model", "format_benchmark_table", "format_table", "pass_at_k", "summarize"]
+__all__ = [
+    "eval_settings",
+    "evaluate",
+    "evaluate_benchmarks",
+    "evaluate_model",
+    "format_benchmark_table",
+    "format_table",
+    "pass_at_k",
+    "summarize",
+]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -37,11 +46,11 @@ def summarize(problems: list[dict], rewards: list[list[float | None]], lengths: 
     ``rewards[i]`` and ``lengths[i]`` hold the ``k`` samples of ``problems[i]``; ``by_level`` groups
     problems by their ``level`` field (absent: no per-level rows).
     """
+
     def aggregate(indices: list[int]) -> dict:
         gradable = [i for i in indices if all(r is not None for r in rewards[i])]
         if not gradable:
-            return {"accuracy": math.nan, f"pass@{k}": math.nan, "length": math.nan, "n": 0,
-                    "ungradable": len(indices)}
+            return {"accuracy": math.nan, f"pass@{k}": math.nan, "length": math.nan, "n": 0, "ungradable": len(indices)}
         correct = [sum(rewards[i]) for i in gradable]
         return {
             "accuracy": sum(c / k for c in correct) / len(gradable),
@@ -93,8 +102,14 @@ def evaluate(
     from redrl.rollout import make_generator
 
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
-    generator = make_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size,
-                               mixed_precision=mixed_precision)
+    generator = make_generator(
+        engine,
+        model,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        batch_size=batch_size,
+        mixed_precision=mixed_precision,
+    )
     responses = []
     step = max(1, batch_size // k)
     iterator = range(0, len(prompts), step)
@@ -103,7 +118,9 @@ def evaluate(
 
         iterator = tqdm(iterator, desc="evaluating", leave=False, dynamic_ncols=True)
     for start in iterator:
-        responses += generator.generate(prompts[start : start + step], k, temperature=temperature, max_new_tokens=max_new_tokens)
+        responses += generator.generate(
+            prompts[start : start + step], k, temperature=temperature, max_new_tokens=max_new_tokens
+        )
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     rewards, failed = [], set()
     for i, p in enumerate(problems):
@@ -119,9 +136,20 @@ def evaluate(
         rewards.append(row)
     lengths = [[len(responses[i * k + j]) for j in range(k)] for i in range(len(problems))]
     if samples is not None:
-        samples += [{"index": i, "problem": p["problem"], "answer": p["answer"], "sample": j, "completion": texts[i * k + j],
-                     "reward": rewards[i][j], "grading_failed": (i, j) in failed, "length": lengths[i][j]}
-                    for i, p in enumerate(problems) for j in range(k)]
+        samples += [
+            {
+                "index": i,
+                "problem": p["problem"],
+                "answer": p["answer"],
+                "sample": j,
+                "completion": texts[i * k + j],
+                "reward": rewards[i][j],
+                "grading_failed": (i, j) in failed,
+                "length": lengths[i][j],
+            }
+            for i, p in enumerate(problems)
+            for j in range(k)
+        ]
     return {**summarize(problems, rewards, lengths, k), "grading_failures": len(failed)}
 
 
@@ -134,8 +162,15 @@ def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress:
     model, tokenizer = load_model_and_tokenizer(path, **cfg.model.load_kwargs())
     torch.manual_seed(seed)
     return evaluate(
-        model, tokenizer, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
-        max_new_tokens=cfg.eval.max_new_tokens, grader=cfg.data.grader, progress=progress, **eval_settings(cfg),
+        model,
+        tokenizer,
+        problems,
+        k=cfg.eval.k,
+        temperature=cfg.eval.temperature,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        grader=cfg.data.grader,
+        progress=progress,
+        **eval_settings(cfg),
     )
 
 
@@ -167,11 +202,23 @@ def evaluate_benchmarks(
         problems = load_benchmark(name, data_dir)[:limit]
         protocol = BENCHMARKS.get(name)
         bench_k = k or (protocol.k if protocol else cfg.eval.k)
-        bench_t = temperature if temperature is not None else (protocol.temperature if protocol else cfg.eval.temperature)
+        bench_t = (
+            temperature if temperature is not None else (protocol.temperature if protocol else cfg.eval.temperature)
+        )
         torch.manual_seed(seed)
         samples: list[dict] = []
-        result = evaluate(model, tokenizer, problems, k=bench_k, temperature=bench_t, max_new_tokens=cfg.eval.max_new_tokens,
-                          grader=grader, progress=progress, samples=samples, **eval_settings(cfg))
+        result = evaluate(
+            model,
+            tokenizer,
+            problems,
+            k=bench_k,
+            temperature=bench_t,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            grader=grader,
+            progress=progress,
+            samples=samples,
+            **eval_settings(cfg),
+        )
         results[name] = {**result, "k": bench_k, "temperature": bench_t}
         all_samples += [{"benchmark": name, **sample} for sample in samples]
     return results, all_samples
@@ -180,9 +227,13 @@ def evaluate_benchmarks(
 def eval_settings(cfg) -> dict:
     """:func:`evaluate`'s prompt and hardware arguments from a config: the config's prompt format, as
     training uses it (evaluation problems carry no system message of their own)."""
-    return {"system_prompt": cfg.data.system_prompt or None, "prompt_format": cfg.data.prompt_kwargs(),
-            "batch_size": cfg.eval.batch_size, "mixed_precision": cfg.train.mixed_precision,
-            "engine": "fast" if cfg.rollout.engine == "fast" else "hf"}
+    return {
+        "system_prompt": cfg.data.system_prompt or None,
+        "prompt_format": cfg.data.prompt_kwargs(),
+        "batch_size": cfg.eval.batch_size,
+        "mixed_precision": cfg.train.mixed_precision,
+        "engine": "fast" if cfg.rollout.engine == "fast" else "hf",
+    }
 
 
 def format_benchmark_table(model: str, results: dict[str, dict]) -> str:
@@ -196,8 +247,10 @@ def format_benchmark_table(model: str, results: dict[str, dict]) -> str:
         cells += [f"{100 * result['accuracy']:.2f}", f"{result['length']:.0f}"]
     accuracies = [r["accuracy"] for r in results.values() if not math.isnan(r["accuracy"])]
     lengths = [r["length"] for r in results.values() if not math.isnan(r["length"])]
-    cells += [f"{100 * sum(accuracies) / len(accuracies):.2f}" if accuracies else "-",
-              f"{sum(lengths) / len(lengths):.0f}" if lengths else "-"]
+    cells += [
+        f"{100 * sum(accuracies) / len(accuracies):.2f}" if accuracies else "-",
+        f"{sum(lengths) / len(lengths):.0f}" if lengths else "-",
+    ]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(cells) + " |"])
 
 

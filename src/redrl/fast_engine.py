@@ -39,8 +39,14 @@ def _layer_plan(layer) -> _LayerPlan:
         plan.qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
         plan.qkv_sizes = tuple(p.out_features for p in projections)
     gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
-    if (type(gate) is plain and type(up) is plain and gate.bias is None and up.bias is None
-            and type(getattr(mlp, "down_proj", None)) is plain and hasattr(mlp, "act_fn")):
+    if (
+        type(gate) is plain
+        and type(up) is plain
+        and gate.bias is None
+        and up.bias is None
+        and type(getattr(mlp, "down_proj", None)) is plain
+        and hasattr(mlp, "act_fn")
+    ):
         plan.gate_up = torch.cat([gate.weight, up.weight])
     return plan
 
@@ -96,7 +102,9 @@ class FastGenerator:
         reason = None
         if kind not in self.SUPPORTED:
             reason = f"model type {kind!r} is not one of {', '.join(self.SUPPORTED)}"
-        elif getattr(config, "use_sliding_window", False) or (kind == "mistral" and getattr(config, "sliding_window", None)):
+        elif getattr(config, "use_sliding_window", False) or (
+            kind == "mistral" and getattr(config, "sliding_window", None)
+        ):
             reason = "sliding-window attention is not implemented"
         elif getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
             reason = "logit soft-capping is not implemented"
@@ -106,15 +114,18 @@ class FastGenerator:
             raise ValueError(f"rollout.engine=fast: {reason}; use rollout.engine=hf for this model")
         self._inner = inner
 
-    def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> list[list[int]]:
         return self.generate_with_logprobs(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)[0]
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Nothing to copy: it samples from the trained model's own modules."""
 
     @torch.no_grad()
-    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[list[float]]]:
+    def generate_with_logprobs(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> tuple[list[list[int]], list[list[float]]]:
         """As :meth:`HFGenerator.generate`, with each sampled token's log-probability."""
         rows = [list(p) for p in prompts for _ in range(n)]
         responses: list[list[int]] = [[] for _ in rows]
@@ -126,7 +137,9 @@ class FastGenerator:
             with autocast(device, self.mixed_precision):
                 for start in range(0, len(rows), self.batch_size):
                     index = list(range(start, min(start + self.batch_size, len(rows))))
-                    self._batch([rows[i] for i in index], index, responses, logprobs, temperature, max_new_tokens, device)
+                    self._batch(
+                        [rows[i] for i in index], index, responses, logprobs, temperature, max_new_tokens, device
+                    )
         finally:
             self.model.train(was_training)
         return responses, logprobs
@@ -141,18 +154,23 @@ class FastGenerator:
         ids = torch.full((B, width), self.pad_id, dtype=torch.long, device=device)
         valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # key positions that hold real tokens
         for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt):] = torch.tensor(prompt, device=device)
-            valid[i, width - len(prompt):width] = True
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            valid[i, width - len(prompt) : width] = True
         pads = width - torch.tensor([len(p) for p in prompts], device=device)
         attn = layers[0].self_attn
         heads, kv_heads = inner.config.num_attention_heads, inner.config.num_key_value_heads
         head_dim = getattr(attn, "head_dim", inner.config.hidden_size // heads)
-        scaling = getattr(attn, "scaling", head_dim ** -0.5)
+        scaling = getattr(attn, "scaling", head_dim**-0.5)
         x = body.embed_tokens(ids)
         cos_table, sin_table = body.rotary_emb(x, torch.arange(total, device=device)[None])
         cos_table, sin_table = cos_table[0], sin_table[0]
-        cache = [(torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device),
-                  torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device)) for _ in layers]
+        cache = [
+            (
+                torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device),
+                torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device),
+            )
+            for _ in layers
+        ]
 
         plans = [_layer_plan(layer) for layer in layers]  # fused weights, taken afresh: the model trains between calls
 
@@ -192,7 +210,9 @@ class FastGenerator:
                     scores = (q * scaling) @ keys.transpose(-1, -2)
                     out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values
                 else:
-                    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
+                    out = torch.nn.functional.scaled_dot_product_attention(
+                        q, keys, values, attn_mask=mask, scale=scaling
+                    )
                 hidden = residual + layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, length, heads * head_dim))
                 h = layer.post_attention_layernorm(hidden)
                 if plan.gate_up is not None:

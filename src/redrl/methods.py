@@ -49,35 +49,109 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "red": Method("red", rollouts=True, offline=True, offline_ratio="shift", regulator=True,
-                  source="RED, arXiv 2508.16677: policy shift (Eq. 8) + entropy regulator (Eqs. 9, 11) in Eq. 10"),
-    "grpo": Method("grpo", rollouts=True, offline=False,
-                   source="GRPO, arXiv 2402.03300: group-normalised advantages, clipped surrogate, no teacher"),
-    "sft": Method("sft", rollouts=False, offline=True, objective="sft",
-                  source="supervised fine-tuning: token-mean NLL of the teacher traces"),
-    "sft_grpo": Method("sft_grpo", rollouts=True, offline=True, stages=("sft", "grpo"),
-                       source="staged SFT -> GRPO (the usual two-stage recipe): SFT, then GRPO from its final checkpoint"),
-    "srft": Method("srft", rollouts=True, offline=True, objective="srft",
-                   source="SRFT, arXiv 2506.19767, as its paper writes it: entropy-weighted NLL and clipped RL on the demonstration, "
-                          "w_rl-weighted NLL on correct rollouts, log π on wrong ones"),
-    "relift": Method("relift", rollouts=True, offline=False, on_all_fail="sft_buffer",
-                     source="ReLIFT, arXiv 2506.07527: GRPO, with one SFT step (NLL - 0.001·H) on the teacher traces of "
-                            "buffered prompts whose rollouts all failed"),
-    "bread": Method("bread", rollouts=True, offline=False, on_all_fail="teacher_prefix",
-                    source="BREAD, arXiv 2506.17211: GRPO; a group whose rollouts all fail is re-sampled after the shortest "
-                           "teacher prefix that lets one succeed; loss on the student's tokens only"),
-    "mixpolicy": Method("mixpolicy", rollouts=True, offline=True, offline_ratio="one",
-                        source="mixed-policy GRPO with π_off = 1 (the teacher row's ratio is π), as the RED paper's MixPolicy baseline"),
-    "onpolicy_offline": Method("onpolicy_offline", rollouts=True, offline=True, offline_ratio="on_policy",
-                               source="teacher row treated as on-policy, π_off = stopgrad(π): advantage-weighted log π"),
-    "luffy": Method("luffy", rollouts=True, offline=True, offline_ratio="luffy",
-                    source="LUFFY, arXiv 2504.14945: shaping f(π) = π/(π+γ), γ = loss.luffy_gamma, unclipped, mixed group advantage"),
-    "red_entropy": Method("red_entropy", rollouts=True, offline=True, offline_ratio="one", regulator=True,
-                          source="RED ablation I, arXiv 2508.16677 Table 2: entropy regulator on, no policy shift (π_off = 1)"),
-    "red_shift": Method("red_shift", rollouts=True, offline=True, offline_ratio="shift", regulator=False,
-                        source="RED ablation II, arXiv 2508.16677 Table 2: policy shift on, w = 1"),
+    "red": Method(
+        "red",
+        rollouts=True,
+        offline=True,
+        offline_ratio="shift",
+        regulator=True,
+        source="RED, arXiv 2508.16677: policy shift (Eq. 8) + entropy regulator (Eqs. 9, 11) in Eq. 10",
+    ),
+    "grpo": Method(
+        "grpo",
+        rollouts=True,
+        offline=False,
+        source="GRPO, arXiv 2402.03300: group-normalised advantages, clipped surrogate, no teacher",
+    ),
+    "sft": Method(
+        "sft",
+        rollouts=False,
+        offline=True,
+        objective="sft",
+        source="supervised fine-tuning: token-mean NLL of the teacher traces",
+    ),
+    "sft_grpo": Method(
+        "sft_grpo",
+        rollouts=True,
+        offline=True,
+        stages=("sft", "grpo"),
+        source="staged SFT -> GRPO (the usual two-stage recipe): SFT, then GRPO from its final checkpoint",
+    ),
+    "srft": Method(
+        "srft",
+        rollouts=True,
+        offline=True,
+        objective="srft",
+        source="SRFT, arXiv 2506.19767, as its paper writes it: entropy-weighted NLL and clipped RL on the demonstration, "
+        "w_rl-weighted NLL on correct rollouts, log π on wrong ones",
+    ),
+    "relift": Method(
+        "relift",
+        rollouts=True,
+        offline=False,
+        on_all_fail="sft_buffer",
+        source="ReLIFT, arXiv 2506.07527: GRPO, with one SFT step (NLL - 0.001·H) on the teacher traces of "
+        "buffered prompts whose rollouts all failed",
+    ),
+    "bread": Method(
+        "bread",
+        rollouts=True,
+        offline=False,
+        on_all_fail="teacher_prefix",
+        source="BREAD, arXiv 2506.17211: GRPO; a group whose rollouts all fail is re-sampled after the shortest "
+        "teacher prefix that lets one succeed; loss on the student's tokens only",
+    ),
+    "mixpolicy": Method(
+        "mixpolicy",
+        rollouts=True,
+        offline=True,
+        offline_ratio="one",
+        source="mixed-policy GRPO with π_off = 1 (the teacher row's ratio is π), as the RED paper's MixPolicy baseline",
+    ),
+    "onpolicy_offline": Method(
+        "onpolicy_offline",
+        rollouts=True,
+        offline=True,
+        offline_ratio="on_policy",
+        source="teacher row treated as on-policy, π_off = stopgrad(π): advantage-weighted log π",
+    ),
+    "luffy": Method(
+        "luffy",
+        rollouts=True,
+        offline=True,
+        offline_ratio="luffy",
+        source="LUFFY, arXiv 2504.14945: shaping f(π) = π/(π+γ), γ = loss.luffy_gamma, unclipped, mixed group advantage",
+    ),
+    "red_entropy": Method(
+        "red_entropy",
+        rollouts=True,
+        offline=True,
+        offline_ratio="one",
+        regulator=True,
+        source="RED ablation I, arXiv 2508.16677 Table 2: entropy regulator on, no policy shift (π_off = 1)",
+    ),
+    "red_shift": Method(
+        "red_shift",
+        rollouts=True,
+        offline=True,
+        offline_ratio="shift",
+        regulator=False,
+        source="RED ablation II, arXiv 2508.16677 Table 2: policy shift on, w = 1",
+    ),
 }
 
 #: The paper's Table 2 rows in its order: what ``redrl compare --methods all`` runs.
-COMPARED: tuple[str, ...] = ("sft", "grpo", "sft_grpo", "mixpolicy", "onpolicy_offline", "luffy", "srft", "relift",
-                             "bread", "red_entropy", "red_shift", "red")
+COMPARED: tuple[str, ...] = (
+    "sft",
+    "grpo",
+    "sft_grpo",
+    "mixpolicy",
+    "onpolicy_offline",
+    "luffy",
+    "srft",
+    "relift",
+    "bread",
+    "red_entropy",
+    "red_shift",
+    "red",
+)

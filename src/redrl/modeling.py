@@ -16,8 +16,19 @@ from redrl.objectives import token_logprobs_and_entropy, token_logprobs_and_entr
 if TYPE_CHECKING:
     from redrl.config import Config
 
-__all__ = ["TokenScorer", "apply_lora", "autocast", "encode_prompt", "encode_response", "load_frozen_model", "load_model_and_tokenizer", "prepare_model",
-           "resolve_device", "response_logprobs", "trainable_parameters"]
+__all__ = [
+    "TokenScorer",
+    "apply_lora",
+    "autocast",
+    "encode_prompt",
+    "encode_response",
+    "load_frozen_model",
+    "load_model_and_tokenizer",
+    "prepare_model",
+    "resolve_device",
+    "response_logprobs",
+    "trainable_parameters",
+]
 
 
 def _unwrap(model):
@@ -39,7 +50,12 @@ def _plain_linear_head(model) -> bool:
 
 
 def response_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, *, chunk_size: int = 1024,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
     full_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logp, entropy)``, each ``[N, S-1]``, of ``input_ids[:, 1:]``; zero outside ``loss_mask``.
@@ -60,8 +76,11 @@ def response_logprobs(
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
         head = inner.get_output_embeddings()
         logp_sel, entropy_sel = token_logprobs_and_entropy_from_hidden(
-            hidden[loss_mask].unsqueeze(0), head.weight, targets[loss_mask].unsqueeze(0),
-            bias=head.bias, chunk_size=chunk_size,
+            hidden[loss_mask].unsqueeze(0),
+            head.weight,
+            targets[loss_mask].unsqueeze(0),
+            bias=head.bias,
+            chunk_size=chunk_size,
         )
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
@@ -91,8 +110,9 @@ class TokenScorer(torch.nn.Module):
         self._no_split_modules = getattr(_unwrap(model), "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
-        return response_logprobs(self.model, input_ids, attention_mask, loss_mask, chunk_size=self.chunk_size,
-                                 full_logits=self.full_logits)
+        return response_logprobs(
+            self.model, input_ids, attention_mask, loss_mask, chunk_size=self.chunk_size, full_logits=self.full_logits
+        )
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -105,7 +125,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"model.device={name} but torch sees no CUDA device (torch {torch.__version__}); use cpu or auto")
+            raise ValueError(
+                f"model.device={name} but torch sees no CUDA device (torch {torch.__version__}); use cpu or auto"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"model.device={name} but there are {torch.cuda.device_count()} CUDA devices")
     return device
@@ -119,9 +141,13 @@ def autocast(device: torch.device, mixed_precision: str = "no"):
     if mixed_precision not in ("bf16", "fp16"):
         raise ValueError(f"mixed precision must be no, bf16 or fp16; got {mixed_precision!r}")
     if mixed_precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.mixed_precision=fp16 needs a CUDA device; this run is on {device.type} (use bf16 or no)")
+        raise ValueError(
+            f"train.mixed_precision=fp16 needs a CUDA device; this run is on {device.type} (use bf16 or no)"
+        )
     if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"train.mixed_precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16; use fp16")
+        raise ValueError(
+            f"train.mixed_precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16; use fp16"
+        )
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
 
 
@@ -141,8 +167,15 @@ def _model_config(path: str, overrides: dict, trust_remote_code: bool):
     return config
 
 
-def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implementation: str | None = None,
-                             trust_remote_code: bool = False, device: str = "auto", config_overrides: dict | None = None):
+def load_model_and_tokenizer(
+    path: str,
+    *,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    device: str = "auto",
+    config_overrides: dict | None = None,
+):
     """A causal LM (on ``device``, see :func:`resolve_device`) and its tokenizer from a local
     directory or the Hugging Face Hub.
 
@@ -161,12 +194,20 @@ def load_model_and_tokenizer(path: str, *, dtype: str = "float32", attn_implemen
         try:
             from peft import PeftModel
         except ImportError:
-            raise ImportError(f"{path} holds a LoRA adapter; loading it needs peft: pip install 'redrl[peft]'") from None
+            raise ImportError(
+                f"{path} holds a LoRA adapter; loading it needs peft: pip install 'redrl[peft]'"
+            ) from None
         base_path = json.loads(adapter.read_text()).get("base_model_name_or_path")
         if not base_path:
             raise ValueError(f"{adapter} names no base_model_name_or_path")
-        base, _ = load_model_and_tokenizer(base_path, dtype=dtype, attn_implementation=attn_implementation,
-                                           trust_remote_code=trust_remote_code, device=device, config_overrides=config_overrides)
+        base, _ = load_model_and_tokenizer(
+            base_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            config_overrides=config_overrides,
+        )
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
         model.name_or_path = str(path)  # a later adapter on top records this directory as its base
     else:
@@ -203,7 +244,11 @@ def apply_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.05, ta
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ImportError("model.use_peft needs peft: pip install 'redrl[peft]'") from None
-    targets = target_modules if target_modules == "all-linear" else [name.strip() for name in target_modules.split(",") if name.strip()]
+    targets = (
+        target_modules
+        if target_modules == "all-linear"
+        else [name.strip() for name in target_modules.split(",") if name.strip()]
+    )
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
@@ -224,9 +269,16 @@ def _template_text(chat_template: str) -> str:
     return path.read_text()
 
 
-def encode_prompt(tokenizer, problem: str, system_prompt: str | None = None, *, problem_template: str = "{problem}",
-                  chat_template: str | None = None, template_kwargs: dict | None = None,
-                  response_prefix: str | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer,
+    problem: str,
+    system_prompt: str | None = None,
+    *,
+    problem_template: str = "{problem}",
+    chat_template: str | None = None,
+    template_kwargs: dict | None = None,
+    response_prefix: str | None = None,
+) -> list[int]:
     """Token ids of the chat-formatted problem, ending where the assistant's answer begins.
 
     The user message is ``problem_template`` with the problem put in for ``{problem}``;
@@ -237,8 +289,9 @@ def encode_prompt(tokenizer, problem: str, system_prompt: str | None = None, *, 
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": problem_template.replace("{problem}", problem)})
     template = _template_text(chat_template) if chat_template else None
-    text = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False,
-                                         **(template_kwargs or {}))
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=template, add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
+    )
     return tokenizer(text + (response_prefix or ""), add_special_tokens=False).input_ids
 
 
@@ -246,7 +299,7 @@ def encode_response(tokenizer, text: str, response_prefix: str | None = None) ->
     """Token ids of an assistant answer, closed by the end-of-sequence token; a leading
     ``response_prefix`` is dropped (the prompt already ends with it)."""
     if response_prefix and text.startswith(response_prefix):
-        text = text[len(response_prefix):]
+        text = text[len(response_prefix) :]
     return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
@@ -263,7 +316,12 @@ def prepare_model(cfg: Config, model_path: str, device: torch.device | None = No
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.use_peft:
-        model = apply_lora(model, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha, dropout=cfg.model.lora_dropout,
-                           target_modules=cfg.model.lora_target_modules)
+        model = apply_lora(
+            model,
+            r=cfg.model.lora_r,
+            alpha=cfg.model.lora_alpha,
+            dropout=cfg.model.lora_dropout,
+            target_modules=cfg.model.lora_target_modules,
+        )
     model.train()
     return model, tokenizer

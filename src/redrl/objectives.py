@@ -261,7 +261,9 @@ def group_advantages(rewards, group_size: int, *, scale: str = "std", eps: float
     return advantages.reshape(-1)
 
 
-def group_accuracy(rewards, is_offline: torch.Tensor, group_size: int, *, include_offline: bool = False) -> torch.Tensor:
+def group_accuracy(
+    rewards, is_offline: torch.Tensor, group_size: int, *, include_offline: bool = False
+) -> torch.Tensor:
     """Per-group accuracy ``r̄`` broadcast to each row: the input of RED's policy shift (Eq. 8).
 
     ``r̄_g = mean of R_i over the gradable on-policy rows i of group g`` (the default, the paper's
@@ -760,30 +762,74 @@ class Objective:
 
 def _red_objective(x: LossInputs, s: LossSettings):
     """:func:`red_loss` (Eq. 10)."""
-    return red_loss(x.logp, x.old_logp, x.advantages, x.response_mask, x.is_offline, x.group_accuracy, x.w,
-                    eps_low=s.eps_low, eps_high=s.eps_high, offline_ratio=s.offline_ratio, gamma=s.gamma,
-                    aggregation=s.aggregation, clip_offline=s.clip_offline, norm_constant=s.norm_constant,
-                    ref_logp=x.ref_logp, kl_coef=s.kl_coef)
+    return red_loss(
+        x.logp,
+        x.old_logp,
+        x.advantages,
+        x.response_mask,
+        x.is_offline,
+        x.group_accuracy,
+        x.w,
+        eps_low=s.eps_low,
+        eps_high=s.eps_high,
+        offline_ratio=s.offline_ratio,
+        gamma=s.gamma,
+        aggregation=s.aggregation,
+        clip_offline=s.clip_offline,
+        norm_constant=s.norm_constant,
+        ref_logp=x.ref_logp,
+        kl_coef=s.kl_coef,
+    )
 
 
 def _sft_objective(x: LossInputs, s: LossSettings):
     """:func:`sft_loss`, with ReLIFT's entropy bonus when ``sft_entropy_coef`` is set."""
-    return sft_loss(x.logp, x.response_mask, entropy=x.entropy, entropy_coef=s.sft_entropy_coef, aggregation=s.aggregation,
-                    norm_constant=s.norm_constant), {}
+    return sft_loss(
+        x.logp,
+        x.response_mask,
+        entropy=x.entropy,
+        entropy_coef=s.sft_entropy_coef,
+        aggregation=s.aggregation,
+        norm_constant=s.norm_constant,
+    ), {}
 
 
 def _srft_objective(x: LossInputs, s: LossSettings):
     """:func:`srft_loss`, its entropy ``H`` the step's mean rollout entropy."""
-    return srft_loss(x.logp, x.old_logp, x.advantages, x.rewards, x.response_mask, x.is_offline, torch.tensor(x.h_rl),
-                     eps_low=s.eps_low, eps_high=s.eps_high, sft_coef=s.srft_sft_coef, rl_coef=s.srft_rl_coef,
-                     aggregation=s.aggregation, norm_constant=s.norm_constant)
+    return srft_loss(
+        x.logp,
+        x.old_logp,
+        x.advantages,
+        x.rewards,
+        x.response_mask,
+        x.is_offline,
+        torch.tensor(x.h_rl),
+        eps_low=s.eps_low,
+        eps_high=s.eps_high,
+        sft_coef=s.srft_sft_coef,
+        rl_coef=s.srft_rl_coef,
+        aggregation=s.aggregation,
+        norm_constant=s.norm_constant,
+    )
 
 
 #: Every objective by name (``Method.objective``). Adding one: a function here with its
 #: hand-computed test, and an entry in this dict.
 LOSSES: dict[str, Objective] = {
-    "red": Objective(_red_objective, ("loss_on", "loss_off", "clip_fraction", "ratio_mean", "offline_ratio_mean", "pi_off_mean",
-                                      "offline_pi_mean", "kl_ref"), kl_to_reference=True),
+    "red": Objective(
+        _red_objective,
+        (
+            "loss_on",
+            "loss_off",
+            "clip_fraction",
+            "ratio_mean",
+            "offline_ratio_mean",
+            "pi_off_mean",
+            "offline_pi_mean",
+            "kl_ref",
+        ),
+        kl_to_reference=True,
+    ),
     "sft": Objective(_sft_objective, ()),
     "srft": Objective(_srft_objective, ("sft_demo", "rl_demo", "positive", "negative", "w_sft", "w_rl")),
 }

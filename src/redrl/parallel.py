@@ -36,7 +36,7 @@ class Parallel:
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def create(cls, device: str = "auto") -> "Parallel":
+    def create(cls, device: str = "auto") -> Parallel:
         """The accelerator of this launch. Without CUDA (or with ``device='cpu'``) processes talk over
         gloo on the CPU; a single process keeps ``device`` as configured (``cuda:1`` included)."""
         from accelerate import Accelerator
@@ -45,7 +45,9 @@ class Parallel:
 
         accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
         world = accelerator.num_processes
-        return cls(accelerator, accelerator.process_index, world, accelerator.device if world > 1 else resolve_device(device))
+        return cls(
+            accelerator, accelerator.process_index, world, accelerator.device if world > 1 else resolve_device(device)
+        )
 
     @property
     def is_main(self) -> bool:
@@ -58,8 +60,10 @@ class Parallel:
     def share(self, items: list) -> list:
         """This process's contiguous share of ``items`` (the same list on every process)."""
         if len(items) % self.world:
-            raise ValueError(f"{len(items)} prompts cannot be split evenly over {self.world} processes; "
-                             f"make train.prompts_per_step a multiple of {self.world}")
+            raise ValueError(
+                f"{len(items)} prompts cannot be split evenly over {self.world} processes; "
+                f"make train.prompts_per_step a multiple of {self.world}"
+            )
         size = len(items) // self.world
         return items[self.rank * size : (self.rank + 1) * size]
 

@@ -25,13 +25,18 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def resolve_paths(cfg: Config, *, need_train: bool = True, need_test: bool = True,
-                  progress: bool = True) -> tuple[str, str, str]:
+def resolve_paths(
+    cfg: Config, *, need_train: bool = True, need_test: bool = True, progress: bool = True
+) -> tuple[str, str, str]:
     """``(model, train data, test data)``, building the embedded default for any that is ``tiny``
     (data that is not needed is returned as ``""``; ``progress``: the build's progress bar)."""
     if need_test and not cfg.data.test:
         raise ValueError("data.test is not set: give test problems (--data FILE) or evaluate on --benchmarks")
-    model, train_data, test_data = cfg.model.path, cfg.data.train if need_train else "", cfg.data.test if need_test else ""
+    model, train_data, test_data = (
+        cfg.model.path,
+        cfg.data.train if need_train else "",
+        cfg.data.test if need_test else "",
+    )
     if model != "tiny":
         resolve_model(model)
     for name, value in (("data.train", train_data), ("data.test", test_data)):

@@ -23,15 +23,34 @@ from pathlib import Path
 
 from redrl.methods import METHODS
 
-__all__ = ["Comparison", "Verdict", "diff_probs", "format_results_table", "judge_claims", "plot_curves", "token_change_html",
-           "write_outputs"]
+__all__ = [
+    "Comparison",
+    "Verdict",
+    "diff_probs",
+    "format_results_table",
+    "judge_claims",
+    "plot_curves",
+    "token_change_html",
+    "write_outputs",
+]
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
 #: Display names in the paper's Table 2 order.
-NAMES = {"sft": "SFT", "grpo": "GRPO", "sft_grpo": "SFT→GRPO", "mixpolicy": "MixPolicy (π_off=1)",
-         "onpolicy_offline": "on-policy offline (π_off=π)", "luffy": "LUFFY", "srft": "SRFT", "relift": "ReLIFT",
-         "bread": "BREAD", "red_entropy": "RED-(I)", "red_shift": "RED-(II)", "red": "RED"}
+NAMES = {
+    "sft": "SFT",
+    "grpo": "GRPO",
+    "sft_grpo": "SFT→GRPO",
+    "mixpolicy": "MixPolicy (π_off=1)",
+    "onpolicy_offline": "on-policy offline (π_off=π)",
+    "luffy": "LUFFY",
+    "srft": "SRFT",
+    "relift": "ReLIFT",
+    "bread": "BREAD",
+    "red_entropy": "RED-(I)",
+    "red_shift": "RED-(II)",
+    "red": "RED",
+}
 
 
 def finite_values(values) -> list[float]:
@@ -82,8 +101,10 @@ class Comparison:
         if d is None:
             return f"{self.what}: no data"
         spread = "no spread (one seed)" if se is None else f"2·se {2 * se:.3g}"
-        return (f"{self.what}: {statistics.fmean(a):.3g} vs {statistics.fmean(b):.3g} "
-                f"(margin in the claimed direction {d:+.3g}, {spread}; n = {len(a)}, {len(b)}) → {self.verdict()}")
+        return (
+            f"{self.what}: {statistics.fmean(a):.3g} vs {statistics.fmean(b):.3g} "
+            f"(margin in the claimed direction {d:+.3g}, {spread}; n = {len(a)}, {len(b)}) → {self.verdict()}"
+        )
 
 
 @dataclass
@@ -123,11 +144,17 @@ def judge_claims(results: dict) -> list[Verdict]:
     have = results["methods"]
 
     def acc(a: str, b: str) -> Comparison:
-        return Comparison(f"accuracy {NAMES.get(a, a)} > {NAMES.get(b, b)}", _seeds(results, a, "accuracy"),
-                          _seeds(results, b, "accuracy"), binomial_n=n)
+        return Comparison(
+            f"accuracy {NAMES.get(a, a)} > {NAMES.get(b, b)}",
+            _seeds(results, a, "accuracy"),
+            _seeds(results, b, "accuracy"),
+            binomial_n=n,
+        )
 
     def length(a: str, b: str) -> Comparison:
-        return Comparison(f"LEN {NAMES.get(a, a)} > {NAMES.get(b, b)}", _seeds(results, a, "length"), _seeds(results, b, "length"))
+        return Comparison(
+            f"LEN {NAMES.get(a, a)} > {NAMES.get(b, b)}", _seeds(results, a, "length"), _seeds(results, b, "length")
+        )
 
     def dyn(key: str, a: str, b: str, words: str, lower: bool = False) -> Comparison:
         return Comparison(words, _dyn(results, a, key), _dyn(results, b, key), lower=lower)
@@ -137,38 +164,69 @@ def judge_claims(results: dict) -> list[Verdict]:
     def add(claim: str, text: str, comparisons: list[Comparison], note: str = "") -> None:
         verdicts.append(Verdict(claim, text, _combine(comparisons), comparisons, note))
 
-    add("C1", "SFT is more accurate than GRPO, with much longer responses.", [acc("sft", "grpo"), length("sft", "grpo")],
-        "LEN of SFT / GRPO: " + _ratio(have, "sft", "grpo", "length_mean"))
+    add(
+        "C1",
+        "SFT is more accurate than GRPO, with much longer responses.",
+        [acc("sft", "grpo"), length("sft", "grpo")],
+        "LEN of SFT / GRPO: " + _ratio(have, "sft", "grpo", "length_mean"),
+    )
     add("C2", "SFT→GRPO beats both SFT and GRPO.", [acc("sft_grpo", "sft"), acc("sft_grpo", "grpo")])
-    add("C3", "Unified methods (LUFFY, SRFT, RED) beat staged ones (ReLIFT, BREAD).",
-        [acc(u, s) for u in ("luffy", "srft", "red") for s in ("relift", "bread")])
+    add(
+        "C3",
+        "Unified methods (LUFFY, SRFT, RED) beat staged ones (ReLIFT, BREAD).",
+        [acc(u, s) for u in ("luffy", "srft", "red") for s in ("relift", "bread")],
+    )
     others = [m for m in have if m != "red"] or ["sft"]
-    add("C4", "RED is the most accurate, with shorter responses than SFT.",
-        [acc("red", m) for m in others] + [Comparison("LEN RED < SFT", _seeds(results, "red", "length"), _seeds(results, "sft", "length"), lower=True)])
-    add("C5", "π_off = 1 (MixPolicy) collapses entropy; π_off = π collapses accuracy mid-training.",
-        [dyn("h_rl_late", "mixpolicy", "red", "late H_rl MixPolicy < RED", lower=True),
-         dyn("accuracy_drawdown", "onpolicy_offline", "red", "rollout-accuracy drawdown on-policy offline > RED")],
-        "drawdown: the largest fall of the 5-step moving average of the rollouts' accuracy below its running peak")
-    add("C6", "With the policy shift, H_rl and H_sft stay higher and close; the regulator steadies their ratio.",
-        [dyn("h_rl_late", "red", "red_entropy", "late H_rl RED > RED-(I) (no shift)"),
-         dyn("h_sft_late", "red", "red_entropy", "late H_sft RED > RED-(I) (no shift)"),
-         dyn("log_gap_late", "red", "red_entropy", "late |log(H_sft/H_rl)| RED < RED-(I)", lower=True),
-         dyn("ratio_cv", "red", "red_shift", "CV of H_sft/H_rl RED < RED-(II) (w = 1)", lower=True)])
+    add(
+        "C4",
+        "RED is the most accurate, with shorter responses than SFT.",
+        [acc("red", m) for m in others]
+        + [Comparison("LEN RED < SFT", _seeds(results, "red", "length"), _seeds(results, "sft", "length"), lower=True)],
+    )
+    add(
+        "C5",
+        "π_off = 1 (MixPolicy) collapses entropy; π_off = π collapses accuracy mid-training.",
+        [
+            dyn("h_rl_late", "mixpolicy", "red", "late H_rl MixPolicy < RED", lower=True),
+            dyn("accuracy_drawdown", "onpolicy_offline", "red", "rollout-accuracy drawdown on-policy offline > RED"),
+        ],
+        "drawdown: the largest fall of the 5-step moving average of the rollouts' accuracy below its running peak",
+    )
+    add(
+        "C6",
+        "With the policy shift, H_rl and H_sft stay higher and close; the regulator steadies their ratio.",
+        [
+            dyn("h_rl_late", "red", "red_entropy", "late H_rl RED > RED-(I) (no shift)"),
+            dyn("h_sft_late", "red", "red_entropy", "late H_sft RED > RED-(I) (no shift)"),
+            dyn("log_gap_late", "red", "red_entropy", "late |log(H_sft/H_rl)| RED < RED-(I)", lower=True),
+            dyn("ratio_cv", "red", "red_shift", "CV of H_sft/H_rl RED < RED-(II) (w = 1)", lower=True),
+        ],
+    )
     phases = results.get("entropy_phases") or {}
 
     def phase(name: str, key: str) -> list[float]:
         return [row.get(key) for row in (phases.get(name) or {}).get("seeds", [])]
 
     def relative_drop(name: str, key: str) -> list[float]:
-        return [(b - p) / b for b, p in zip(phase("base", key), phase(name, key))
-                if finite_values([b, p]) == [b, p] and b > 0]
+        return [
+            (b - p) / b
+            for b, p in zip(phase("base", key), phase(name, key))
+            if finite_values([b, p]) == [b, p] and b > 0
+        ]
 
-    add("C7", "RL lowers RL entropy but not SFT entropy; SFT lowers both.",
-        [Comparison("H_rl base > after RL", phase("base", "h_rl"), phase("rl", "h_rl")),
-         Comparison("relative drop under RL: H_rl's > H_sft's", relative_drop("rl", "h_rl"), relative_drop("rl", "h_sft")),
-         Comparison("H_rl base > after SFT", phase("base", "h_rl"), phase("sft", "h_rl")),
-         Comparison("H_sft base > after SFT", phase("base", "h_sft"), phase("sft", "h_sft"))],
-        "from the entropy-across-phases table; 'not SFT entropy' is judged as: RL lowers H_rl by a larger fraction than H_sft")
+    add(
+        "C7",
+        "RL lowers RL entropy but not SFT entropy; SFT lowers both.",
+        [
+            Comparison("H_rl base > after RL", phase("base", "h_rl"), phase("rl", "h_rl")),
+            Comparison(
+                "relative drop under RL: H_rl's > H_sft's", relative_drop("rl", "h_rl"), relative_drop("rl", "h_sft")
+            ),
+            Comparison("H_rl base > after SFT", phase("base", "h_rl"), phase("sft", "h_rl")),
+            Comparison("H_sft base > after SFT", phase("base", "h_sft"), phase("sft", "h_sft")),
+        ],
+        "from the entropy-across-phases table; 'not SFT entropy' is judged as: RL lowers H_rl by a larger fraction than H_sft",
+    )
     add("C8", "Each ablation falls below full RED.", [acc("red", "red_entropy"), acc("red", "red_shift")])
     return verdicts
 
@@ -203,7 +261,9 @@ def format_results_table(results: dict) -> str:
     rows = list(results["methods"].items())
     ranks = []
     for _, get in columns:
-        means = sorted({get(e).get("accuracy_mean") for _, e in rows if get(e).get("accuracy_mean") is not None}, reverse=True)
+        means = sorted(
+            {get(e).get("accuracy_mean") for _, e in rows if get(e).get("accuracy_mean") is not None}, reverse=True
+        )
         ranks.append(means[:2])
     header = ["method"] + [name for name, _ in columns] + ["LEN"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -234,16 +294,26 @@ def format_phases_table(phases: dict) -> str:
             cells = []
             for key in ("h_rl", "h_sft"):
                 values = finite_values(row.get(key) for row in seeds)
-                cells.append(_cell(statistics.fmean(values) if values else None,
-                                   statistics.stdev(values) if len(values) > 1 else None, 1, 3))
+                cells.append(
+                    _cell(
+                        statistics.fmean(values) if values else None,
+                        statistics.stdev(values) if len(values) > 1 else None,
+                        1,
+                        3,
+                    )
+                )
             lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
 #: The per-step curves plotted: metrics.jsonl key → (file name, axis label).
-CURVES = {"h_rl": ("h_rl", "H_rl (mean token entropy of rollouts)"), "h_sft": ("h_sft", "H_sft (mean token entropy of teacher traces)"),
-          "w": ("w", "w (entropy regulator weight)"), "online_accuracy": ("accuracy", "rollout accuracy (training prompts)"),
-          "online_length": ("length", "rollout length (tokens)")}
+CURVES = {
+    "h_rl": ("h_rl", "H_rl (mean token entropy of rollouts)"),
+    "h_sft": ("h_sft", "H_sft (mean token entropy of teacher traces)"),
+    "w": ("w", "w (entropy regulator weight)"),
+    "online_accuracy": ("accuracy", "rollout accuracy (training prompts)"),
+    "online_length": ("length", "rollout length (tokens)"),
+}
 
 
 def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, float] = (7.5, 4.2)) -> list[Path]:
@@ -306,7 +376,9 @@ def _learning_rates(settings: dict) -> str:
     if not isinstance(lr, dict):
         return f"lr {lr}"
     source = f" (chosen on validation: `{settings['lr_sweep']}`)" if settings.get("lr_sweep") else ""
-    return "learning rates " + ", ".join(f"{name} {value:.3g}" for name, value in lr.items() if value is not None) + source
+    return (
+        "learning rates " + ", ".join(f"{name} {value:.3g}" for name, value in lr.items() if value is not None) + source
+    )
 
 
 def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> str:
@@ -346,10 +418,15 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
             lines.append(f"- note: {v.note}")
         lines.append("")
     if results.get("entropy_phases"):
-        lines += ["## Entropy across phases (the paper's Table 1)", "",
-                  "Mean token entropy of rollouts of the same training prompts (H_rl) and of their teacher traces (H_sft), "
-                  "mean ± std over seeds; each phase trains as many steps as a comparison run.", "",
-                  format_phases_table(results["entropy_phases"]), ""]
+        lines += [
+            "## Entropy across phases (the paper's Table 1)",
+            "",
+            "Mean token entropy of rollouts of the same training prompts (H_rl) and of their teacher traces (H_sft), "
+            "mean ± std over seeds; each phase trains as many steps as a comparison run.",
+            "",
+            format_phases_table(results["entropy_phases"]),
+            "",
+        ]
     if plots:
         lines += ["## Dynamics", "", "Mean over seeds per step; the shaded band is the min–max over seeds.", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
@@ -360,13 +437,18 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
 def _scale_note(results: dict) -> list[str]:
     """A warning, computed from the numbers, when no method got above the base it started from."""
     base = (results.get("base") or {}).get("accuracy_mean")
-    means = {name: e.get("accuracy_mean") for name, e in results["methods"].items() if e.get("accuracy_mean") is not None}
+    means = {
+        name: e.get("accuracy_mean") for name, e in results["methods"].items() if e.get("accuracy_mean") is not None
+    }
     if base is None or not means or max(means.values()) >= base:
         return []
     best = max(means, key=means.get)
-    return [f"**Every method ends below the base** ({100 * base:.1f}%; best: {NAMES.get(best, best)} at "
-            f"{100 * means[best]:.1f}%). At this budget the runs measure how much each method disturbs the base, "
-            "not how far it extends it; read the verdicts below with that in mind.", ""]
+    return [
+        f"**Every method ends below the base** ({100 * base:.1f}%; best: {NAMES.get(best, best)} at "
+        f"{100 * means[best]:.1f}%). At this budget the runs measure how much each method disturbs the base, "
+        "not how far it extends it; read the verdicts below with that in mind.",
+        "",
+    ]
 
 
 def write_outputs(results: dict, out: Path) -> dict[str, Path]:
@@ -405,7 +487,9 @@ def token_change_html(tokens: list[str], p_a: list[float], p_b: list[float], *, 
     )
 
 
-def diff_probs(model_a: str, model_b: str, text: str, *, problem: str | None = None, system_prompt: str | None = None) -> str:
+def diff_probs(
+    model_a: str, model_b: str, text: str, *, problem: str | None = None, system_prompt: str | None = None
+) -> str:
     """The HTML of :func:`token_change_html` for ``text`` read as a response by two models.
 
     With ``problem``, the text is scored as the answer to that chat-formatted problem (as in

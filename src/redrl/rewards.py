@@ -78,13 +78,17 @@ def _math_verify(region: str, answer: str, timeout: int) -> float | None:
     from math_verify import LatexExtractionConfig, parse, verify
 
     latex = [LatexExtractionConfig(boxed_match_priority=0)]
-    gold = parse(answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", extraction_config=latex, parsing_timeout=timeout)
+    gold = parse(
+        answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", extraction_config=latex, parsing_timeout=timeout
+    )
     if not gold:
         return None
     boxed = extract_boxed(region)
     # The last \boxed{} first (math-verify alone would merge every boxed answer into a set); without
     # one, math-verify's anchors ("the final answer is $...$") on the text after the reasoning.
-    predicted = parse(f"\\boxed{{{boxed}}}" if boxed is not None else region, extraction_config=latex, parsing_timeout=timeout)
+    predicted = parse(
+        f"\\boxed{{{boxed}}}" if boxed is not None else region, extraction_config=latex, parsing_timeout=timeout
+    )
     if not predicted:
         return 0.0
     return 1.0 if verify(gold, predicted, timeout_seconds=timeout) else 0.0
@@ -135,8 +139,12 @@ class _Verifier:
         import sys
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "redrl.rewards"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, bufsize=1,
+            [sys.executable, "-m", "redrl.rewards"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
             start_new_session=True,  # a Ctrl-C at the terminal stops training at a step boundary, not the grader
         )
         self.ready = False
@@ -163,7 +171,9 @@ class _Verifier:
                 self._kill()
                 raise RuntimeError("the math-verify process did not start (is math-verify installed?)")
             self.ready = True
-        self.process.stdin.write(json.dumps({"region": region, "answer": answer, "timeout": max(1, int(timeout))}) + "\n")
+        self.process.stdin.write(
+            json.dumps({"region": region, "answer": answer, "timeout": max(1, int(timeout))}) + "\n"
+        )
         self.process.stdin.flush()
         line = self._readline(timeout)
         if line:

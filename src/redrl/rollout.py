@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,11 +38,13 @@ class Generator(Protocol):
     recomputes them). ``sync_weights`` copies the trained weights into an engine that holds its own
     copy (a no-op for engines that sample from the trained model itself)."""
 
-    def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                 max_new_tokens: int = 256) -> list[list[int]]: ...
+    def generate(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> list[list[int]]: ...
 
-    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[list[float] | None]]: ...
+    def generate_with_logprobs(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> tuple[list[list[int]], list[list[float] | None]]: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None: ...
 
@@ -104,7 +106,11 @@ class HFGenerator:
                     for i, prompt in enumerate(chunk):  # left padding: every prompt ends at the last column
                         input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
                         attention_mask[i, width - len(prompt) :] = 1
-                    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+                    sampling = (
+                        dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+                        if temperature > 0
+                        else dict(do_sample=False)
+                    )
                     with autocast(device, self.mixed_precision):
                         output = self.model.generate(
                             input_ids=input_ids.to(device),
@@ -121,8 +127,9 @@ class HFGenerator:
             self.model.train(was_training)
         return responses
 
-    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[None]]:
+    def generate_with_logprobs(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> tuple[list[list[int]], list[None]]:
         """:meth:`generate`; ``generate`` reports no log-probabilities (``None`` per row: recomputed)."""
         responses = self.generate(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)
         return responses, [None] * len(responses)
@@ -131,8 +138,17 @@ class HFGenerator:
         """Nothing to copy: it samples from the trained model itself."""
 
 
-def make_generator(engine: str, model, eos_id: int, pad_id: int, *, batch_size: int = 256, mixed_precision: str = "no",
-                   parameters: Callable[[], ContextManager] | None = None, sharded: bool = False) -> Generator:
+def make_generator(
+    engine: str,
+    model,
+    eos_id: int,
+    pad_id: int,
+    *,
+    batch_size: int = 256,
+    mixed_precision: str = "no",
+    parameters: Callable[[], ContextManager] | None = None,
+    sharded: bool = False,
+) -> Generator:
     """The in-process engine named ``engine`` (``fast`` or ``hf``) for ``model``.
 
     The one fallback rule: ``fast`` serves where it can, an architecture it implements with every
@@ -152,23 +168,41 @@ def make_generator(engine: str, model, eos_id: int, pad_id: int, *, batch_size: 
     return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision, parameters=parameters)
 
 
-def build_generator(cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None) -> Generator:
+def build_generator(
+    cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None
+) -> Generator:
     """The training run's engine (``rollout.engine``): vLLM started with the weights being trained
     (adapters merged), else :func:`make_generator`."""
     if cfg.rollout.engine == "vllm":
         if par.distributed:
-            raise ValueError("rollout.engine=vllm runs in single-process training for now; use rollout.engine=hf with several processes")
+            raise ValueError(
+                "rollout.engine=vllm runs in single-process training for now; use rollout.engine=hf with several processes"
+            )
         precision = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.train.mixed_precision, cfg.model.dtype)
         generator = VLLMGenerator.create(
-            model_path, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, dtype=precision,
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, max_model_len=longest_prompt + cfg.rollout.max_new_tokens,
-            seed=cfg.train.seed, trust_remote_code=cfg.model.trust_remote_code, config_overrides=cfg.model.config_overrides,
+            model_path,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            dtype=precision,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            max_model_len=longest_prompt + cfg.rollout.max_new_tokens,
+            seed=cfg.train.seed,
+            trust_remote_code=cfg.model.trust_remote_code,
+            config_overrides=cfg.model.config_overrides,
         )
         generator.sync_weights(model)
         return generator
     parameters = (lambda: par.full_parameters(scorer)) if scorer is not None else None
-    return make_generator(cfg.rollout.engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=cfg.rollout.batch_size,
-                          mixed_precision=cfg.train.mixed_precision, parameters=parameters, sharded=par.sharded)
+    return make_generator(
+        cfg.rollout.engine,
+        model,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        batch_size=cfg.rollout.batch_size,
+        mixed_precision=cfg.train.mixed_precision,
+        parameters=parameters,
+        sharded=par.sharded,
+    )
 
 
 def _cuda_available() -> bool:
@@ -195,7 +229,11 @@ def _full_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     model.merge_adapter()
     try:
         state = model.get_base_model().state_dict()
-        return [(name.replace(".base_layer.", "."), tensor.detach().clone()) for name, tensor in state.items() if "lora_" not in name]
+        return [
+            (name.replace(".base_layer.", "."), tensor.detach().clone())
+            for name, tensor in state.items()
+            if "lora_" not in name
+        ]
     finally:
         model.unmerge_adapter()
 
@@ -219,9 +257,19 @@ class VLLMGenerator:
     pad_id: int
 
     @classmethod
-    def create(cls, model_path: str, *, eos_id: int, pad_id: int, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
-               max_model_len: int | None = None, seed: int = 0, trust_remote_code: bool = False,
-               config_overrides: dict | None = None) -> "VLLMGenerator":
+    def create(
+        cls,
+        model_path: str,
+        *,
+        eos_id: int,
+        pad_id: int,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        config_overrides: dict | None = None,
+    ) -> VLLMGenerator:
         if not _cuda_available():
             raise ValueError("rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf")
         try:
@@ -233,9 +281,16 @@ class VLLMGenerator:
         # The engine runs in this process, so weights can be handed over without copies between processes.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs = {"hf_overrides": dict(config_overrides)} if config_overrides else {}
-        llm = vllm.LLM(model=_root_model(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code, enable_prefix_caching=True,
-                       **kwargs)
+        llm = vllm.LLM(
+            model=_root_model(model_path),
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            enable_prefix_caching=True,
+            **kwargs,
+        )
         return cls(llm, eos_id, pad_id)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -251,13 +306,15 @@ class VLLMGenerator:
             load(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
         self.llm.reset_prefix_cache()
 
-    def generate_with_logprobs(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               max_new_tokens: int = 256) -> tuple[list[list[int]], list[list[float]]]:
+    def generate_with_logprobs(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> tuple[list[list[int]], list[list[float]]]:
         """As :meth:`HFGenerator.generate`, with the sampler's log-probability of each token."""
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                                stop_token_ids=[self.eos_id], logprobs=0)
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, stop_token_ids=[self.eos_id], logprobs=0
+        )
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         responses, logprobs = [], []
         for request in outputs:
@@ -272,5 +329,7 @@ class VLLMGenerator:
                 logprobs.append(values)
         return responses, logprobs
 
-    def generate(self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
+    ) -> list[list[int]]:
         return self.generate_with_logprobs(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens)[0]

@@ -49,7 +49,9 @@ def train_staged(cfg: Config, method: Method, train_stage: Callable[..., Path], 
         stage_out = out / f"stage-{index}-{name}"
         lr = cfg.baselines.staged_sft_lr if name == "sft" and cfg.baselines.staged_sft_lr else cfg.optim.lr
         stage_cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, path=model_path), optim=dataclasses.replace(cfg.optim, lr=lr),
+            cfg,
+            model=dataclasses.replace(cfg.model, path=model_path),
+            optim=dataclasses.replace(cfg.optim, lr=lr),
             train=dataclasses.replace(cfg.train, method=name, steps=stage_steps, epochs=None, out=str(stage_out)),
         )
         finished = stage_out / "final"

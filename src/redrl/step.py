@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from redrl.config import Config
     from redrl.methods import Method
 
-__all__ = ["LOSS_METRICS", "build_scheduler", "loss_settings", "measure_entropies", "micro_batches", "optimization_step", "step_record"]
+__all__ = [
+    "LOSS_METRICS",
+    "build_scheduler",
+    "loss_settings",
+    "measure_entropies",
+    "micro_batches",
+    "optimization_step",
+    "step_record",
+]
 
 
 @dataclass
@@ -47,7 +55,10 @@ def _entropy_sums(passes: list[_Pass]) -> list[float]:
     out = []
     for offline in (False, True):
         select = [p.rows.loss_mask() & (p.rows.is_offline.unsqueeze(-1) == offline) for p in passes]
-        out += [sum(float((p.entropy.detach() * m).sum()) for p, m in zip(passes, select)), sum(int(m.sum()) for m in select)]
+        out += [
+            sum(float((p.entropy.detach() * m).sum()) for p, m in zip(passes, select)),
+            sum(int(m.sum()) for m in select),
+        ]
     return out
 
 
@@ -81,19 +92,43 @@ def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) ->
         return LossSettings(aggregation="token-mean", sft_entropy_coef=sft_entropy_coef)
     loss = cfg.loss
     return LossSettings(
-        aggregation=loss.aggregation, norm_constant=loss.norm_constant or cfg.rollout.max_new_tokens,
-        eps_low=loss.eps_low, eps_high=loss.eps_high, offline_ratio=loss.offline_ratio or method.offline_ratio,
-        gamma=loss.luffy_gamma, clip_offline=loss.clip_offline, kl_coef=loss.kl_coef, srft_sft_coef=cfg.baselines.srft_sft_coef,
-        srft_rl_coef=cfg.baselines.srft_rl_coef, sft_entropy_coef=sft_entropy_coef,
+        aggregation=loss.aggregation,
+        norm_constant=loss.norm_constant or cfg.rollout.max_new_tokens,
+        eps_low=loss.eps_low,
+        eps_high=loss.eps_high,
+        offline_ratio=loss.offline_ratio or method.offline_ratio,
+        gamma=loss.luffy_gamma,
+        clip_offline=loss.clip_offline,
+        kl_coef=loss.kl_coef,
+        srft_sft_coef=cfg.baselines.srft_sft_coef,
+        srft_rl_coef=cfg.baselines.srft_rl_coef,
+        sft_entropy_coef=sft_entropy_coef,
     )
 
 
-def _loss(objective: Objective, settings: LossSettings, current: _Pass, old_logp: torch.Tensor, w: float, h_rl: float,
-          ref_logp: torch.Tensor | None = None):
+def _loss(
+    objective: Objective,
+    settings: LossSettings,
+    current: _Pass,
+    old_logp: torch.Tensor,
+    w: float,
+    h_rl: float,
+    ref_logp: torch.Tensor | None = None,
+):
     rows = current.rows
-    inputs = LossInputs(logp=current.logp, old_logp=old_logp, entropy=current.entropy, response_mask=rows.loss_mask(),
-                        advantages=rows.advantages, rewards=rows.rewards, is_offline=rows.is_offline,
-                        group_accuracy=rows.group_accuracy, w=w, h_rl=h_rl, ref_logp=ref_logp)
+    inputs = LossInputs(
+        logp=current.logp,
+        old_logp=old_logp,
+        entropy=current.entropy,
+        response_mask=rows.loss_mask(),
+        advantages=rows.advantages,
+        rewards=rows.rewards,
+        is_offline=rows.is_offline,
+        group_accuracy=rows.group_accuracy,
+        w=w,
+        h_rl=h_rl,
+        ref_logp=ref_logp,
+    )
     return objective.fn(inputs, settings)
 
 
@@ -102,8 +137,17 @@ LOSS_METRICS = tuple(dict.fromkeys(name for objective in LOSSES.values() for nam
 
 
 def optimization_step(
-    scorer, optimizer, scheduler, regulator: EntropyRegulator, batch: Batch, method: Method, cfg: Config, *,
-    sft_entropy_coef: float = 0.0, scaler: torch.amp.GradScaler | None = None, par: Parallel | None = None,
+    scorer,
+    optimizer,
+    scheduler,
+    regulator: EntropyRegulator,
+    batch: Batch,
+    method: Method,
+    cfg: Config,
+    *,
+    sft_entropy_coef: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
+    par: Parallel | None = None,
     reference: torch.nn.Module | None = None,
 ) -> dict:
     """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
@@ -144,8 +188,10 @@ def optimization_step(
     if cfg.rollout.old_logp == "sampler" and batch.sampler_logp is not None:
         # The sampler's own log-probs for rollout tokens (the importance ratio then also corrects
         # any mismatch between the sampling engine and the trainer); recomputed ones elsewhere.
-        old_logps = [torch.where(torch.isnan(rows.sampler_logp), old, rows.sampler_logp.to(old.dtype))
-                     for rows, old in zip(micro, old_logps)]
+        old_logps = [
+            torch.where(torch.isnan(rows.sampler_logp), old, rows.sampler_logp.to(old.dtype))
+            for rows, old in zip(micro, old_logps)
+        ]
     units = [int(aggregation_units(rows.loss_mask(), aggregation)) for rows in micro]
     rl_sum, rl_count, sft_sum, sft_count, total_units = par.sum([*_entropy_sums(passes), sum(units)])
     h_rl = rl_sum / rl_count if rl_count else math.nan
@@ -201,17 +247,39 @@ def optimization_step(
     if not finite or scaler_skipped:
         optimizer.zero_grad(set_to_none=True)
         regulator.load_state_dict(regulator_before)
-        return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": math.nan, "delta_h_sft": math.nan,
-                "w": math.nan, "grad_norm": grad_norm, "lr": lr, "skipped": int(not finite), "scaler_skipped": scaler_skipped}
+        return {
+            "loss": loss_value,
+            **summed,
+            "h_rl": h_rl,
+            "h_sft": h_sft,
+            "delta_h_rl": math.nan,
+            "delta_h_sft": math.nan,
+            "w": math.nan,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "skipped": int(not finite),
+            "scaler_skipped": scaler_skipped,
+        }
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_value, **summed, "h_rl": h_rl, "h_sft": h_sft, "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
-            "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan, "w": w,
-            "grad_norm": grad_norm, "lr": lr, "skipped": 0, "scaler_skipped": 0}
+    return {
+        "loss": loss_value,
+        **summed,
+        "h_rl": h_rl,
+        "h_sft": h_sft,
+        "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
+        "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan,
+        "w": w,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "skipped": 0,
+        "scaler_skipped": 0,
+    }
 
 
 def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int, *, min_ratio: float = 0.0):
     """Linear warm-up, then constant, linear or cosine decay from lr to ``lr * min_ratio``."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -225,8 +293,16 @@ def build_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded: list[float], eos_id: int,
-                 rollout_seconds: float, train_seconds: float, extra: dict) -> dict:
+def step_record(
+    par: Parallel,
+    batch: Batch,
+    rollouts: list[list[int]],
+    graded: list[float],
+    eos_id: int,
+    rollout_seconds: float,
+    train_seconds: float,
+    extra: dict,
+) -> dict:
     """The step's data metrics, summed over processes before averaging (so every rank agrees)."""
     online, lengths = ~batch.is_offline, batch.response_lengths().double()
     known = ~torch.isnan(batch.rewards)
@@ -239,13 +315,18 @@ def step_record(par: Parallel, batch: Batch, rollouts: list[list[int]], graded: 
     }
     counters = {key: extra[key] for key in ("bread_failed_groups", "bread_rescued", "reward_failures") if key in extra}
     prefix_sum = extra["bread_prefix"] * extra["bread_rescued"] if extra.get("bread_rescued") else 0.0
-    flat = [v for pair in local.values() for v in pair] + list(counters.values()) + [
-        prefix_sum, sum(map(len, rollouts)), float(batch.attention_mask.sum())]
+    flat = (
+        [v for pair in local.values() for v in pair]
+        + list(counters.values())
+        + [prefix_sum, sum(map(len, rollouts)), float(batch.attention_mask.sum())]
+    )
     reduced = par.sum(flat)
-    record = {key: reduced[2 * i] / reduced[2 * i + 1] if reduced[2 * i + 1] else math.nan for i, key in enumerate(local)}
-    rest = reduced[2 * len(local):]
+    record = {
+        key: reduced[2 * i] / reduced[2 * i + 1] if reduced[2 * i + 1] else math.nan for i, key in enumerate(local)
+    }
+    rest = reduced[2 * len(local) :]
     record.update({key: int(value) for key, value in zip(counters, rest)})
-    prefix_total, rollout_tokens, train_tokens = rest[len(counters):]
+    prefix_total, rollout_tokens, train_tokens = rest[len(counters) :]
     if "bread_rescued" in counters:
         record["bread_prefix"] = prefix_total / record["bread_rescued"] if record["bread_rescued"] else math.nan
     record["rollout_tokens_per_s"] = rollout_tokens / par.max(rollout_seconds) if rollout_tokens else math.nan

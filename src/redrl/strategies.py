@@ -25,7 +25,17 @@ if TYPE_CHECKING:
     from redrl.data.training import PromptSampler
     from redrl.parallel import Parallel
 
-__all__ = ["Plain", "ReliftBuffer", "StepPlan", "StepRollouts", "Strategy", "TeacherPrefix", "build_strategy", "check_strategy", "teacher_prefix_rollouts"]
+__all__ = [
+    "Plain",
+    "ReliftBuffer",
+    "StepPlan",
+    "StepRollouts",
+    "Strategy",
+    "TeacherPrefix",
+    "build_strategy",
+    "check_strategy",
+    "teacher_prefix_rollouts",
+]
 
 
 @dataclass
@@ -135,29 +145,64 @@ class TeacherPrefix(Plain):
     """BREAD: after grading, every all-fail group is sampled again after teacher prefixes
     (:func:`teacher_prefix_rollouts`); re-sampled groups have no sampler log-probs (recomputed)."""
 
-    def __init__(self, method: Method, generator, tokenizer, *, fractions: tuple[float, ...], temperature: float,
-                 max_new_tokens: int, grader: str):
+    def __init__(
+        self,
+        method: Method,
+        generator,
+        tokenizer,
+        *,
+        fractions: tuple[float, ...],
+        temperature: float,
+        max_new_tokens: int,
+        grader: str,
+    ):
         super().__init__(method)
         self.generator, self.tokenizer = generator, tokenizer
-        self.fractions, self.temperature, self.max_new_tokens, self.grader = fractions, temperature, max_new_tokens, grader
+        self.fractions, self.temperature, self.max_new_tokens, self.grader = (
+            fractions,
+            temperature,
+            max_new_tokens,
+            grader,
+        )
 
     def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
         before = step.prompts
         step.prompts, step.rollouts, step.rewards, stats = teacher_prefix_rollouts(
-            self.generator, self.tokenizer, step.prompts, step.rollouts, step.rewards, step.teacher, step.answers,
-            group_size=step.group_size, fractions=self.fractions, temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens, grader=self.grader,
+            self.generator,
+            self.tokenizer,
+            step.prompts,
+            step.rollouts,
+            step.rewards,
+            step.teacher,
+            step.answers,
+            group_size=step.group_size,
+            fractions=self.fractions,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            grader=self.grader,
         )
         if step.logprobs is not None:
             G = step.group_size
-            step.logprobs = [None if step.prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(step.logprobs)]
+            step.logprobs = [
+                None if step.prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(step.logprobs)
+            ]
         return stats
 
 
 def teacher_prefix_rollouts(
-    generator, tokenizer, prompts: list[list[int]], rollouts: list[list[int]], rewards: list[float | None],
-    teacher: list[list[int]], answers: list[str], *, group_size: int, fractions: tuple[float, ...], temperature: float,
-    max_new_tokens: int, grader: str,
+    generator,
+    tokenizer,
+    prompts: list[list[int]],
+    rollouts: list[list[int]],
+    rewards: list[float | None],
+    teacher: list[list[int]],
+    answers: list[str],
+    *,
+    group_size: int,
+    fractions: tuple[float, ...],
+    temperature: float,
+    max_new_tokens: int,
+    grader: str,
 ) -> tuple[list[list[int]], list[list[int]], list[float | None], dict]:
     """BREAD's branched rollouts (arXiv 2506.17211) for the groups whose ``G`` rollouts all failed.
 
@@ -181,7 +226,9 @@ def teacher_prefix_rollouts(
         budget = max_new_tokens - min(len(prefix) for prefix in prefixes.values())
         if budget < 1:
             break
-        samples = generator.generate([prompts[i] + prefixes[i] for i in pending], G, temperature=temperature, max_new_tokens=budget)
+        samples = generator.generate(
+            [prompts[i] + prefixes[i] for i in pending], G, temperature=temperature, max_new_tokens=budget
+        )
         still = []
         for slot, i in enumerate(pending):
             continuations = [row[: max_new_tokens - len(prefixes[i])] for row in samples[slot * G : (slot + 1) * G]]
@@ -195,18 +242,25 @@ def teacher_prefix_rollouts(
             else:
                 still.append(i)
         pending = still
-    stats = {"bread_failed_groups": failed, "bread_rescued": len(rescued_fractions),
-             "bread_prefix": sum(rescued_fractions) / len(rescued_fractions) if rescued_fractions else math.nan}
+    stats = {
+        "bread_failed_groups": failed,
+        "bread_rescued": len(rescued_fractions),
+        "bread_prefix": sum(rescued_fractions) / len(rescued_fractions) if rescued_fractions else math.nan,
+    }
     return prompts, rollouts, rewards, stats
 
 
 def check_strategy(method: Method, baselines, par: Parallel) -> None:
     """Refuse, before any model is loaded, a strategy this launch cannot run."""
     if method.on_all_fail == "sft_buffer" and baselines.relift_buffer % par.world:
-        raise ValueError(f"baselines.relift_buffer ({baselines.relift_buffer}) must be a multiple of the {par.world} processes")
+        raise ValueError(
+            f"baselines.relift_buffer ({baselines.relift_buffer}) must be a multiple of the {par.world} processes"
+        )
     if method.on_all_fail == "teacher_prefix" and par.sharded:
-        raise ValueError("bread re-samples only where groups failed, but gathering sharded weights for generation needs "
-                         "every process; run it with DDP (configs/accelerate/ddp.yaml)")
+        raise ValueError(
+            "bread re-samples only where groups failed, but gathering sharded weights for generation needs "
+            "every process; run it with DDP (configs/accelerate/ddp.yaml)"
+        )
 
 
 def build_strategy(method: Method, baselines, rollout, *, generator, tokenizer, grader: str) -> Strategy:
@@ -214,6 +268,13 @@ def build_strategy(method: Method, baselines, rollout, *, generator, tokenizer, 
     if method.on_all_fail == "sft_buffer":
         return ReliftBuffer(method, baselines.relift_buffer, baselines.relift_entropy_coef)
     if method.on_all_fail == "teacher_prefix":
-        return TeacherPrefix(method, generator, tokenizer, fractions=baselines.bread_fractions, temperature=rollout.temperature,
-                             max_new_tokens=rollout.max_new_tokens, grader=grader)
+        return TeacherPrefix(
+            method,
+            generator,
+            tokenizer,
+            fractions=baselines.bread_fractions,
+            temperature=rollout.temperature,
+            max_new_tokens=rollout.max_new_tokens,
+            grader=grader,
+        )
     return Plain(method)

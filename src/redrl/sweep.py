@@ -28,7 +28,16 @@ import time
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["DEFAULT_GRID", "ladder_neighbour", "read_sweep", "require_learning_rate", "run_sweep", "select", "swept_learning_rates", "task_key"]
+__all__ = [
+    "DEFAULT_GRID",
+    "ladder_neighbour",
+    "read_sweep",
+    "require_learning_rate",
+    "run_sweep",
+    "select",
+    "swept_learning_rates",
+    "task_key",
+]
 
 #: Log-spaced over a factor of 33 (the 1-3-10 ladder): the grid every method starts from.
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
@@ -96,8 +105,10 @@ def swept_learning_rates(cfg) -> tuple[float, float | None]:
     body = read_sweep(cfg.optim.lr_sweep)
     key = task_key(cfg)
     if body["task"] != key:
-        raise ValueError(f"optim.lr_sweep {cfg.optim.lr_sweep} was chosen for task {body['task']}, not this one ({key}): "
-                         "run `redrl sweep` for this task or set optim.lr")
+        raise ValueError(
+            f"optim.lr_sweep {cfg.optim.lr_sweep} was chosen for task {body['task']}, not this one ({key}): "
+            "run `redrl sweep` for this task or set optim.lr"
+        )
     method = METHODS[cfg.train.method]
     wanted = list(method.stages[::-1]) if method.stages else [method.name]
     missing = [name for name in wanted if name not in body["chosen"]]
@@ -160,8 +171,10 @@ def run_sweep(
     def log(message: str) -> None:
         print(message, flush=True)
 
-    log(f"redrl sweep: {len(methods)} methods x learning rates {', '.join(map(_lr_name, grid))}, {steps} steps each, seed {seed}; "
-        f"chosen on the validation split (avg@{eval_k})")
+    log(
+        f"redrl sweep: {len(methods)} methods x learning rates {', '.join(map(_lr_name, grid))}, {steps} steps each, seed {seed}; "
+        f"chosen on the validation split (avg@{eval_k})"
+    )
     tried: dict[str, dict[float, float]] = {m: {} for m in methods}
     records: dict[tuple[str, float], dict] = {}
     todo = {m: list(grid) for m in methods}
@@ -170,11 +183,18 @@ def run_sweep(
         tasks = []
         for method, values in todo.items():
             for lr in values:
-                values_set = {"train": {"method": method, "steps": steps, "seed": seed,
-                                        "out": str(out / "runs" / method / f"lr-{_lr_name(lr)}")},
-                              "optim": {"lr": lr}, "eval": {"k": eval_k}}
+                values_set = {
+                    "train": {
+                        "method": method,
+                        "steps": steps,
+                        "seed": seed,
+                        "out": str(out / "runs" / method / f"lr-{_lr_name(lr)}"),
+                    },
+                    "optim": {"lr": lr},
+                    "eval": {"k": eval_k},
+                }
                 tasks.append(((method, lr), (config, list(overrides), method, values_set, "val")))
-        for (method, lr), (record, line) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
+        for (method, lr), (record, _line) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
             records[method, lr] = record
             tried[method][lr] = record["accuracy"]
         todo = {m: [] for m in methods}
@@ -185,22 +205,37 @@ def run_sweep(
                 if new not in tried[method]:
                     todo[method].append(new)
                     extensions[method] += 1
-                    log(f"  {method}: best value {_lr_name(best)} on the grid's {'lower' if edge < 0 else 'upper'} edge; "
-                        f"trying {_lr_name(new)}")
+                    log(
+                        f"  {method}: best value {_lr_name(best)} on the grid's {'lower' if edge < 0 else 'upper'} edge; "
+                        f"trying {_lr_name(new)}"
+                    )
     chosen = {m: select(tried[m])[0] for m in methods}
     body = {
         "task": task_key(shared),
         "command": command or "redrl sweep",
         "date": time.strftime("%Y-%m-%d"),
         "rule": "same grid for every method, final checkpoint, avg@k on the validation split; an edge winner "
-                "extends its grid by the next 1-3-10 value (at most max_extensions times)",
-        "settings": {"steps": steps, "seed": seed, "eval_k": eval_k, "group_size": shared.rollout.group_size,
-                     "prompts_per_step": shared.train.prompts_per_step, "grid": list(grid), "max_extensions": max_extensions,
-                     "config": config, "overrides": list(overrides)},
+        "extends its grid by the next 1-3-10 value (at most max_extensions times)",
+        "settings": {
+            "steps": steps,
+            "seed": seed,
+            "eval_k": eval_k,
+            "group_size": shared.rollout.group_size,
+            "prompts_per_step": shared.train.prompts_per_step,
+            "grid": list(grid),
+            "max_extensions": max_extensions,
+            "config": config,
+            "overrides": list(overrides),
+        },
         "chosen": chosen,
         "validation": {m: {_lr_name(lr): acc for lr, acc in sorted(tried[m].items())} for m in methods},
-        "by_level": {m: {_lr_name(lr): {level: r["accuracy"] for level, r in records[m, lr]["by_level"].items()}
-                         for lr in sorted(tried[m])} for m in methods},
+        "by_level": {
+            m: {
+                _lr_name(lr): {level: r["accuracy"] for level, r in records[m, lr]["by_level"].items()}
+                for lr in sorted(tried[m])
+            }
+            for m in methods
+        },
         "seconds": time.perf_counter() - started,
     }
     text = json.dumps(body, indent=2) + "\n"
@@ -217,7 +252,10 @@ def run_sweep(
 def format_sweep(body: dict) -> str:
     """Markdown: validation accuracy (%) of every method at every learning rate, the chosen one in bold."""
     values = sorted({float(lr) for accuracies in body["validation"].values() for lr in accuracies})
-    lines = ["| method | " + " | ".join(_lr_name(v) for v in values) + " | chosen |", "|---|" + "---|" * (len(values) + 1)]
+    lines = [
+        "| method | " + " | ".join(_lr_name(v) for v in values) + " | chosen |",
+        "|---|" + "---|" * (len(values) + 1),
+    ]
     for method, accuracies in body["validation"].items():
         cells = []
         for v in values:

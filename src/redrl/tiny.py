@@ -104,7 +104,14 @@ class TinySpec:
     teacher_recheck_prob: float = 0.3
     fact_sheets: int = 3000  # raw-text pages of level-1 facts, one per line
     facts_per_sheet: int = 8
-    prompted_per_level: tuple[int, ...] = (0, 300, 300, 600, 600, 600)  # chat rows asked to think step by step, answered so
+    prompted_per_level: tuple[int, ...] = (
+        0,
+        300,
+        300,
+        600,
+        600,
+        600,
+    )  # chat rows asked to think step by step, answered so
     prompted_system: str = "Think step by step."
     hidden_size: int = 128
     num_layers: int = 4
@@ -135,10 +142,17 @@ class TinyAssets:
 def _write_task(spec: TinySpec, root: Path) -> None:
     per_level = (spec.train_per_level, spec.pretrain_per_level, spec.base_step_share, spec.prompted_per_level)
     if not all(len(counts) == len(spec.levels) for counts in per_level):
-        raise ValueError("TinySpec.train_per_level, pretrain_per_level, base_step_share and prompted_per_level need one value per level")
+        raise ValueError(
+            "TinySpec.train_per_level, pretrain_per_level, base_step_share and prompted_per_level need one value per level"
+        )
     test = generate_problems(spec.seed * 3 + 1, spec.test_per_level, spec.levels, max_value=spec.max_value)
-    val = generate_problems(spec.seed * 3 + 2, spec.val_per_level, spec.levels, exclude={p["problem"] for p in test},
-                            max_value=spec.max_value)
+    val = generate_problems(
+        spec.seed * 3 + 2,
+        spec.val_per_level,
+        spec.levels,
+        exclude={p["problem"] for p in test},
+        max_value=spec.max_value,
+    )
     held_out = {p["problem"] for p in test + val}
     # Train, validation and test are disjoint. Pretraining avoids the held-out problems of levels
     # >= 2 and may share problems with the train split, as a real pretraining corpus would. Level-1
@@ -146,19 +160,36 @@ def _write_task(spec: TinySpec, root: Path) -> None:
     # model knows its addition table, so level 1 measures that the base has its facts.
     train, pretrain = [], []
     for level, n_train, n_pretrain in zip(spec.levels, spec.train_per_level, spec.pretrain_per_level):
-        train += generate_problems(spec.seed * 100 + level, n_train, [level], exclude=held_out, max_value=spec.max_value)
-        pretrain += generate_problems(spec.seed * 100 + 50 + level, n_pretrain, [level],
-                                      exclude=held_out if level > 1 else set(), distinct=False,
-                                      max_value=spec.max_value)
+        train += generate_problems(
+            spec.seed * 100 + level, n_train, [level], exclude=held_out, max_value=spec.max_value
+        )
+        pretrain += generate_problems(
+            spec.seed * 100 + 50 + level,
+            n_pretrain,
+            [level],
+            exclude=held_out if level > 1 else set(),
+            distinct=False,
+            max_value=spec.max_value,
+        )
     random.Random(spec.seed).shuffle(train)
     rng = random.Random(spec.seed)
     write_jsonl(
-        ({"problem": p["problem"], "answer": p["answer"], "level": p["level"],
-          "distill": teacher_trace(p["steps"], rng, spec.teacher_recheck_prob)} for p in train),
+        (
+            {
+                "problem": p["problem"],
+                "answer": p["answer"],
+                "level": p["level"],
+                "distill": teacher_trace(p["steps"], rng, spec.teacher_recheck_prob),
+            }
+            for p in train
+        ),
         root / "train.jsonl",
     )
     for name, split in (("val", val), ("test", test)):
-        write_jsonl(({"problem": p["problem"], "answer": p["answer"], "level": p["level"]} for p in split), root / f"{name}.jsonl")
+        write_jsonl(
+            ({"problem": p["problem"], "answer": p["answer"], "level": p["level"]} for p in split),
+            root / f"{name}.jsonl",
+        )
     share = dict(zip(spec.levels, spec.base_step_share))
     rows = []
     for p in pretrain:
@@ -166,12 +197,21 @@ def _write_task(spec: TinySpec, root: Path) -> None:
         response = step_solution(p["steps"], rng, spec.base_recheck_prob) if stepwise else direct_answer(p["steps"])
         rows.append({"problem": p["problem"], "answer": p["answer"], "response": response, "level": p["level"]})
     for level, count in zip(spec.levels, spec.prompted_per_level):
-        for p in generate_problems(spec.seed * 100 + 70 + level, count, [level], exclude=held_out, distinct=False,
-                                   max_value=spec.max_value):
-            rows.append({"problem": p["problem"], "answer": p["answer"], "system": spec.prompted_system,
-                         "response": step_solution(p["steps"], rng, spec.base_recheck_prob), "level": p["level"]})
-    sheets = generate_problems(spec.seed * 100 + 99, spec.fact_sheets * spec.facts_per_sheet, [1], distinct=False,
-                               max_value=spec.max_value)
+        for p in generate_problems(
+            spec.seed * 100 + 70 + level, count, [level], exclude=held_out, distinct=False, max_value=spec.max_value
+        ):
+            rows.append(
+                {
+                    "problem": p["problem"],
+                    "answer": p["answer"],
+                    "system": spec.prompted_system,
+                    "response": step_solution(p["steps"], rng, spec.base_recheck_prob),
+                    "level": p["level"],
+                }
+            )
+    sheets = generate_problems(
+        spec.seed * 100 + 99, spec.fact_sheets * spec.facts_per_sheet, [1], distinct=False, max_value=spec.max_value
+    )
     for i in range(spec.fact_sheets):
         facts = sheets[i * spec.facts_per_sheet : (i + 1) * spec.facts_per_sheet]
         rows.append({"text": "\n".join(fact_line(p["steps"][0]) for p in facts)})
@@ -219,8 +259,9 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     bar = tqdm(range(spec.pretrain_steps), desc="pretraining the tiny base", disable=not progress, leave=False)
     for _ in bar:
         rows = rng.sample(range(len(records)), spec.pretrain_batch)
-        input_ids, attention_mask, response_mask = collate([prompts[i] for i in rows], [responses[i] for i in rows],
-                                                           tokenizer.pad_token_id)
+        input_ids, attention_mask, response_mask = collate(
+            [prompts[i] for i in rows], [responses[i] for i in rows], tokenizer.pad_token_id
+        )
         loss_mask = response_mask[:, 1:]
         logp, _ = response_logprobs(model, input_ids, attention_mask, loss_mask)
         loss = sft_loss(logp, loss_mask)
@@ -306,10 +347,18 @@ def build_base(*, seed: int | None = None, install: bool = False, progress: bool
     key, shipped = shipped_base()
     if key == spec.key():
         candidates = {"shipped": shipped} | candidates
-    results = {name: evaluate_model(str(path), problems, cfg, seed=0, progress=progress) for name, path in candidates.items()}
-    summary = {"key": spec.key(), "base": str(assets.base), "build_seconds": built_seconds,
-               "validation": {name: {"accuracy": r["accuracy"], "by_level": {lv: v["accuracy"] for lv, v in r["by_level"].items()}}
-                              for name, r in results.items()}}
+    results = {
+        name: evaluate_model(str(path), problems, cfg, seed=0, progress=progress) for name, path in candidates.items()
+    }
+    summary = {
+        "key": spec.key(),
+        "base": str(assets.base),
+        "build_seconds": built_seconds,
+        "validation": {
+            name: {"accuracy": r["accuracy"], "by_level": {lv: v["accuracy"] for lv, v in r["by_level"].items()}}
+            for name, r in results.items()
+        },
+    }
     if install:
         target = Path(str(shipped))
         shutil.rmtree(target, ignore_errors=True)

@@ -99,13 +99,28 @@ class Run:
 
     def loop_state(self) -> dict:
         """The loop's own state, saved with every checkpoint."""
-        return {**self.strategy.state_dict(), "skipped_in_a_row": self.skipped_in_a_row, "skipped_total": self.skipped_total,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        return {
+            **self.strategy.state_dict(),
+            "skipped_in_a_row": self.skipped_in_a_row,
+            "skipped_total": self.skipped_total,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
 
     def save(self, path: Path, step: int) -> None:
-        checkpoint.save_checkpoint(path, self.par, self.scorer, self.tokenizer, self.optimizer, self.scheduler, self.regulator,
-                                   self.sampler, step, config=self.cfg.to_dict(), keep_last=self.cfg.train.keep_last,
-                                   state=self.loop_state())
+        checkpoint.save_checkpoint(
+            path,
+            self.par,
+            self.scorer,
+            self.tokenizer,
+            self.optimizer,
+            self.scheduler,
+            self.regulator,
+            self.sampler,
+            step,
+            config=self.cfg.to_dict(),
+            keep_last=self.cfg.train.keep_last,
+            state=self.loop_state(),
+        )
 
 
 def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
@@ -117,16 +132,24 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         _writable(out)
     check_strategy(method, cfg.baselines, par)
     if cfg.loss.kl_coef and not LOSSES[method.objective].kl_to_reference:
-        raise ValueError(f"loss.kl_coef: the {method.objective} objective of {method.name} has no KL-to-reference term; set it to 0")
+        raise ValueError(
+            f"loss.kl_coef: the {method.objective} objective of {method.name} has no KL-to-reference term; set it to 0"
+        )
     par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     resume_from = None
     if cfg.train.resume:
-        resume_from = checkpoint.find_latest(out, warn=lambda line: print(line, file=sys.stderr) if par.is_main else None)
+        resume_from = checkpoint.find_latest(
+            out, warn=lambda line: print(line, file=sys.stderr) if par.is_main else None
+        )
         if par.is_main:
-            print(f"redrl: resuming from {resume_from}" if resume_from else f"redrl: no complete checkpoint in {out}; starting from step 0",
-                  file=sys.stderr)
+            print(
+                f"redrl: resuming from {resume_from}"
+                if resume_from
+                else f"redrl: no complete checkpoint in {out}; starting from step 0",
+                file=sys.stderr,
+            )
     if par.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -144,32 +167,64 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
 
     # Optimizer, schedule, rollout engine, regulator and strategy.
     sampler = PromptSampler(len(data.records), cfg.train.seed)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    scorer, optimizer = par.prepare(TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3), optimizer,
-                                    micro_batch_size=cfg.train.micro_batch_size)
+    optimizer = torch.optim.AdamW(
+        trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
+    scorer, optimizer = par.prepare(
+        TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3),
+        optimizer,
+        micro_batch_size=cfg.train.micro_batch_size,
+    )
     generator = build_generator(cfg, model, tokenizer, model_path, par, max(map(len, data.prompts)), scorer)
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None
-    regulator = EntropyRegulator(max_weight=cfg.loss.regulator_max_weight or cfg.rollout.group_size, ema=cfg.loss.regulator_ema)
-    strategy = build_strategy(method, cfg.baselines, cfg.rollout, generator=generator, tokenizer=tokenizer, grader=cfg.data.grader)
+    regulator = EntropyRegulator(
+        max_weight=cfg.loss.regulator_max_weight or cfg.rollout.group_size, ema=cfg.loss.regulator_ema
+    )
+    strategy = build_strategy(
+        method, cfg.baselines, cfg.rollout, generator=generator, tokenizer=tokenizer, grader=cfg.data.grader
+    )
     reference = None
     if cfg.loss.kl_coef:  # π_ref: the model this run starts from, frozen
         kwargs = cfg.model.load_kwargs() | ({"device": str(par.device)} if par.device is not None else {})
         reference = TokenScorer(load_frozen_model(model_path, **kwargs)[0], cfg.train.chunk_size)
-    run = Run(cfg, method, par, out, model, tokenizer, scorer, optimizer, scheduler, scaler, regulator, sampler, generator, strategy,
-              data, steps, reference)
+    run = Run(
+        cfg,
+        method,
+        par,
+        out,
+        model,
+        tokenizer,
+        scorer,
+        optimizer,
+        scheduler,
+        scaler,
+        regulator,
+        sampler,
+        generator,
+        strategy,
+        data,
+        steps,
+        reference,
+    )
     if resume_from is not None:
-        body = checkpoint.load_training_state(resume_from, optimizer=optimizer, scheduler=scheduler, regulator=regulator,
-                                              sampler=sampler)
+        body = checkpoint.load_training_state(
+            resume_from, optimizer=optimizer, scheduler=scheduler, regulator=regulator, sampler=sampler
+        )
         loop = body["state"]
         if loop.get("processes", 1) != par.world:
-            raise ValueError(f"{resume_from} was written by {loop.get('processes')} processes; resume it with as many (now {par.world})")
+            raise ValueError(
+                f"{resume_from} was written by {loop.get('processes')} processes; resume it with as many (now {par.world})"
+            )
         run.start = int(body["step"])
         strategy.load_state_dict(loop)
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = lr  # also where no optimizer state was saved (sharded runs)
-        run.skipped_in_a_row, run.skipped_total = int(loop.get("skipped_in_a_row", 0)), int(loop.get("skipped_total", 0))
+        run.skipped_in_a_row, run.skipped_total = (
+            int(loop.get("skipped_in_a_row", 0)),
+            int(loop.get("skipped_total", 0)),
+        )
         if scaler is not None and loop.get("scaler"):
             scaler.load_state_dict(loop["scaler"])
         checkpoint.load_rng(resume_from, par.rank)  # last: nothing above draws random numbers after this
@@ -208,8 +263,14 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
         kept = _load_metrics(rank_path, run.start)
         rank_path.write_text("".join(line + "\n" for line in kept))
         rank_file = open(rank_path, "a")
-    bar = tqdm(range(run.start + 1, steps + 1), desc=f"train {method.name}", disable=not (progress and par.is_main), dynamic_ncols=True,
-               initial=run.start, total=steps)
+    bar = tqdm(
+        range(run.start + 1, steps + 1),
+        desc=f"train {method.name}",
+        disable=not (progress and par.is_main),
+        dynamic_ncols=True,
+        initial=run.start,
+        total=steps,
+    )
     try:
         for step in bar:
             started = time.perf_counter()
@@ -223,36 +284,61 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             # log-probs when the importance ratio uses them).
             rollouts, logprobs = [], None
             if plan.method.rollouts and cfg.rollout.old_logp == "sampler":
-                rollouts, logprobs = run.generator.generate_with_logprobs(step_prompts, G, temperature=cfg.rollout.temperature,
-                                                                          max_new_tokens=cfg.rollout.max_new_tokens)
+                rollouts, logprobs = run.generator.generate_with_logprobs(
+                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens
+                )
             elif plan.method.rollouts:
-                rollouts = run.generator.generate(step_prompts, G, temperature=cfg.rollout.temperature,
-                                                  max_new_tokens=cfg.rollout.max_new_tokens)
+                rollouts = run.generator.generate(
+                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens
+                )
 
             # 2. Grade them with the evaluation's grader (a grader error or timeout: ungraded, counted);
             # the strategy acts on groups whose rollouts all failed.
-            texts = tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
+            texts = (
+                tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []
+            )  # ([] decodes to [''])
             checked = [grade_checked(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
             wrong_if_failed = cfg.data.failed_grading == "wrong"
             rewards = [0.0 if failed and wrong_if_failed else reward for reward, failed in checked]
             graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
-            groups = StepRollouts(chosen, step_prompts, answers, [data.teacher[i] for i in chosen], rollouts, rewards, logprobs, G)
+            groups = StepRollouts(
+                chosen, step_prompts, answers, [data.teacher[i] for i in chosen], rollouts, rewards, logprobs, G
+            )
             extra = run.strategy.after_grading(groups, plan, par)
             rollout_seconds = time.perf_counter() - started
 
             # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
             batch = assemble_batch(
-                groups.prompts, groups.rollouts, groups.rewards, groups.teacher, [data.teacher_reward(i) for i in chosen],
-                group_size=G, method=plan.method, pad_id=tokenizer.pad_token_id, advantage_scale=cfg.loss.advantage_scale,
-                advantage_eps=cfg.loss.advantage_eps, accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
+                groups.prompts,
+                groups.rollouts,
+                groups.rewards,
+                groups.teacher,
+                [data.teacher_reward(i) for i in chosen],
+                group_size=G,
+                method=plan.method,
+                pad_id=tokenizer.pad_token_id,
+                advantage_scale=cfg.loss.advantage_scale,
+                advantage_eps=cfg.loss.advantage_eps,
+                accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
                 rollout_logprobs=groups.logprobs,
             )
             extra["reward_failures"] = sum(rewards_module.FAILURES.values()) - failures_before
 
             # 4. Loss and one optimizer step (skipped, and counted, when the loss or gradient is not finite).
             train_started = time.perf_counter()
-            stats = optimization_step(run.scorer, run.optimizer, run.scheduler, run.regulator, batch, plan.method, cfg,
-                                      sft_entropy_coef=plan.sft_entropy_coef, scaler=run.scaler, par=par, reference=run.reference)
+            stats = optimization_step(
+                run.scorer,
+                run.optimizer,
+                run.scheduler,
+                run.regulator,
+                batch,
+                plan.method,
+                cfg,
+                sft_entropy_coef=plan.sft_entropy_coef,
+                scaler=run.scaler,
+                par=par,
+                reference=run.reference,
+            )
             if not stats["skipped"]:
                 run.generator.sync_weights(run.model)  # the next rollouts come from the updated policy
             train_seconds = time.perf_counter() - train_started
@@ -260,21 +346,46 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             run.skipped_total += stats["skipped"]
 
             # 5. Log (numbers summed over processes; the main process writes them).
-            record = {"step": step, **step_record(par, batch, groups.rollouts, graded, tokenizer.eos_token_id, rollout_seconds,
-                                                  train_seconds, extra), **stats, "skipped_total": run.skipped_total}
+            record = {
+                "step": step,
+                **step_record(
+                    par, batch, groups.rollouts, graded, tokenizer.eos_token_id, rollout_seconds, train_seconds, extra
+                ),
+                **stats,
+                "skipped_total": run.skipped_total,
+            }
             record["step_time"] = time.perf_counter() - started
             record.update(run.strategy.record(plan, extra))
             if rank_file:
-                rank_file.write(json.dumps({"step": step, "rank": par.rank, "w": stats["w"], "h_rl": stats["h_rl"],
-                                            "h_sft": stats["h_sft"], "prompts": chosen}) + "\n")
+                rank_file.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "rank": par.rank,
+                            "w": stats["w"],
+                            "h_rl": stats["h_rl"],
+                            "h_sft": stats["h_sft"],
+                            "prompts": chosen,
+                        }
+                    )
+                    + "\n"
+                )
                 rank_file.flush()
             if metrics_file:
                 metrics_file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
                 metrics_file.flush()
-            bar.set_postfix({key: f"{record[key]:.3g}" for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")
-                             if isinstance(record.get(key), float) and math.isfinite(record[key])})
+            bar.set_postfix(
+                {
+                    key: f"{record[key]:.3g}"
+                    for key in ("online_accuracy", "w", "h_rl", "h_sft", "online_length")
+                    if isinstance(record.get(key), float) and math.isfinite(record[key])
+                }
+            )
             if stats["skipped"] and par.is_main:
-                warnings.warn(f"step {step}: non-finite loss or gradient, update skipped ({run.skipped_in_a_row} in a row)", stacklevel=2)
+                warnings.warn(
+                    f"step {step}: non-finite loss or gradient, update skipped ({run.skipped_in_a_row} in a row)",
+                    stacklevel=2,
+                )
 
             # 6. Checkpoint; stop when asked to, or when the numbers keep failing.
             path = out / f"checkpoint-{step}"
@@ -282,8 +393,10 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 run.save(path, step)
             if run.skipped_in_a_row >= cfg.train.max_consecutive_skips:
                 run.save(path, step)  # the weights are still those of the last good update
-                raise NonFiniteTraining(f"{run.skipped_in_a_row} steps in a row (up to step {step}) had a non-finite loss or "
-                                        f"gradient; training stopped with the last good weights in {path}")
+                raise NonFiniteTraining(
+                    f"{run.skipped_in_a_row} steps in a row (up to step {step}) had a non-finite loss or "
+                    f"gradient; training stopped with the last good weights in {path}"
+                )
             if par.max(float(bool(requested))) > 0:
                 if not path.exists():
                     run.save(path, step)

@@ -24,7 +24,15 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["direct_answer", "fact_line", "generate_problems", "make_problem", "step_solution", "teacher_trace", "write_jsonl"]
+__all__ = [
+    "direct_answer",
+    "fact_line",
+    "generate_problems",
+    "make_problem",
+    "step_solution",
+    "teacher_trace",
+    "write_jsonl",
+]
 
 _OPERAND = (1, 9)  # every number after the first, one digit
 MAX_VALUE = 19  # the first number and every intermediate value lie in [0, max_value]
@@ -101,7 +109,12 @@ def direct_answer(steps: list[tuple[int, str, int, int]]) -> str:
 
 
 def generate_problems(
-    seed: int, per_level: int, levels: Iterable[int], exclude: set[str] = frozenset(), *, distinct: bool = True,
+    seed: int,
+    per_level: int,
+    levels: Iterable[int],
+    exclude: set[str] = frozenset(),
+    *,
+    distinct: bool = True,
     max_value: int = MAX_VALUE,
 ) -> list[dict]:
     """``per_level`` problems of each level, none of whose text is in ``exclude``.

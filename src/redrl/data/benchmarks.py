@@ -46,9 +46,11 @@ def benchmark_dir(data_dir: str | Path | None = None) -> Path:
     """The directory holding ``NAME.jsonl`` for each benchmark."""
     chosen = data_dir or os.environ.get("REDRL_BENCHMARK_DIR")
     if not chosen:
-        raise FileNotFoundError("no benchmark directory: pass --benchmark-dir (data_dir=) or set REDRL_BENCHMARK_DIR "
-                                "to a folder with aime24.jsonl, aime25.jsonl, amc2023.jsonl, math500.jsonl, "
-                                "minervamath.jsonl, olympiadbench.jsonl")
+        raise FileNotFoundError(
+            "no benchmark directory: pass --benchmark-dir (data_dir=) or set REDRL_BENCHMARK_DIR "
+            "to a folder with aime24.jsonl, aime25.jsonl, amc2023.jsonl, math500.jsonl, "
+            "minervamath.jsonl, olympiadbench.jsonl"
+        )
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"benchmark directory not found: {path}")

@@ -41,8 +41,10 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if (state["size"], state["seed"]) != (self.size, self.seed):
-            raise ValueError(f"the checkpoint's prompt order ({state['size']} prompts, seed {state['seed']}) does not match "
-                             f"this run's ({self.size} prompts, seed {self.seed}): different data or train.seed")
+            raise ValueError(
+                f"the checkpoint's prompt order ({state['size']} prompts, seed {state['seed']}) does not match "
+                f"this run's ({self.size} prompts, seed {self.seed}): different data or train.seed"
+            )
         self.position = int(state["position"])
 
 
@@ -80,15 +82,20 @@ def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
         if not keep:
             raise ValueError(f"every prompt of {path} is longer than data.max_prompt_tokens={limit}")
         if len(keep) < len(records):
-            warnings.warn(f"{len(records) - len(keep)} of {len(records)} prompts are longer than data.max_prompt_tokens={limit} "
-                          "tokens and are left out", stacklevel=2)
+            warnings.warn(
+                f"{len(records) - len(keep)} of {len(records)} prompts are longer than data.max_prompt_tokens={limit} "
+                "tokens and are left out",
+                stacklevel=2,
+            )
         records, prompts = [records[i] for i in keep], [prompts[i] for i in keep]
     teacher = [encode_response(tokenizer, r["distill"], cfg.data.response_prefix) for r in records]
     budget = cfg.rollout.max_new_tokens
     truncated = sum(len(trace) > budget for trace in teacher)
     if truncated:
-        warnings.warn(f"{truncated} of {len(records)} teacher traces exceed rollout.max_new_tokens={budget} and are truncated to it",
-                      stacklevel=2)
+        warnings.warn(
+            f"{truncated} of {len(records)} teacher traces exceed rollout.max_new_tokens={budget} and are truncated to it",
+            stacklevel=2,
+        )
     return TrainingData(
         records=records,
         prompts=prompts,
