@@ -15,7 +15,7 @@ from redrl.methods import METHODS
 from redrl.modeling import TokenScorer, load_model_and_tokenizer, response_logprobs
 from redrl.regulator import EntropyRegulator
 from redrl.rollout import HFGenerator, VLLMGenerator
-from redrl.step import build_scheduler, optimization_step
+from redrl.step import StepSettings, build_scheduler, loss_settings, optimization_step
 from redrl.trainer import train
 
 
@@ -117,7 +117,8 @@ def test_the_ratio_uses_the_samplers_logprobs_when_asked(tiny_assets):
             EntropyRegulator(max_weight=2),
             batch,
             METHODS["red"],
-            cfg,
+            StepSettings.from_config(cfg),
+            loss_settings(cfg, METHODS["red"]),
         )
     assert results["recompute"]["ratio_mean"] == pytest.approx(1.0)
     assert results["exact"]["ratio_mean"] == pytest.approx(1.0, abs=1e-5)

@@ -399,7 +399,15 @@ def test_a_non_finite_step_under_a_loss_scaler_does_not_break_the_next(tiny_asse
     scheduler = step_module.build_scheduler(optimizer, "constant", 0, 3)
     scaler, regulator, real = torch.amp.GradScaler("cpu"), EntropyRegulator(max_weight=2), step_module._loss
     step = lambda: step_module.optimization_step(
-        TokenScorer(model), optimizer, scheduler, regulator, batch, METHODS["red"], cfg, scaler=scaler
+        TokenScorer(model),
+        optimizer,
+        scheduler,
+        regulator,
+        batch,
+        METHODS["red"],
+        step_module.StepSettings.from_config(cfg),
+        step_module.loss_settings(cfg, METHODS["red"]),
+        scaler=scaler,
     )
     monkeypatch.setattr(step_module, "_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
     assert step()["skipped"] == 1

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOSS_METRICS",
+    "StepSettings",
     "build_scheduler",
     "loss_settings",
     "measure_entropies",
@@ -83,6 +84,26 @@ def measure_entropies(scorer, batch: Batch, micro_batch_size: int, mixed_precisi
             passes.append(_forward(scorer, rows))
     rl_sum, rl_count, sft_sum, sft_count = _entropy_sums(passes)
     return (rl_sum / rl_count if rl_count else math.nan), (sft_sum / sft_count if sft_count else math.nan)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What one optimization step needs besides the batch and the loss: micro-batch rows, autocast
+    precision, whether rollout tokens take the sampler's log-probs as ``old_logp``, gradient clip."""
+
+    micro_batch_size: int = 64
+    mixed_precision: str = "no"
+    sampler_logp: bool = False
+    max_grad_norm: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> StepSettings:
+        return cls(
+            micro_batch_size=cfg.train.micro_batch_size,
+            mixed_precision=cfg.train.mixed_precision,
+            sampler_logp=cfg.rollout.old_logp == "sampler",
+            max_grad_norm=cfg.optim.max_grad_norm,
+        )
 
 
 def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) -> LossSettings:
@@ -143,9 +164,9 @@ def optimization_step(
     regulator: EntropyRegulator,
     batch: Batch,
     method: Method,
-    cfg: Config,
+    step: StepSettings,
+    loss: LossSettings,
     *,
-    sft_entropy_coef: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
     par: Parallel | None = None,
     reference: torch.nn.Module | None = None,
@@ -153,9 +174,10 @@ def optimization_step(
     """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
 
     ``scorer`` is a :class:`redrl.modeling.TokenScorer` (wrapped by ``par`` when several processes
-    train). Forward passes and the loss run under ``cfg.train.mixed_precision`` autocast on the
-    model's device; ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients.
-    ``sft_entropy_coef`` adds ``-coef·H`` to the SFT objective (ReLIFT's SFT step). ``reference`` (a
+    train). ``method`` names the objective (:data:`redrl.objectives.LOSSES`) and whether the
+    regulator weighs the teacher rows; ``loss`` is that objective's settings (:func:`loss_settings`).
+    Forward passes and the loss run under ``step.mixed_precision`` autocast on the model's device;
+    ``scaler`` (fp16) scales the loss and skips steps with non-finite gradients. ``reference`` (a
     frozen :class:`redrl.modeling.TokenScorer`) scores the rows for the KL-to-reference term when
     ``loss.kl_coef`` is set and the objective has one.
 
@@ -166,14 +188,14 @@ def optimization_step(
     par = par or Parallel(None)
     device = next(scorer.parameters()).device
     batch = batch.to(device)
-    precision = cfg.train.mixed_precision
+    precision = step.mixed_precision
 
     def forward(rows: Batch) -> _Pass:
         with autocast(device, precision):
             return _forward(scorer, rows)
 
-    micro = micro_batches(batch, cfg.train.micro_batch_size)
-    objective, settings = LOSSES[method.objective], loss_settings(cfg, method, sft_entropy_coef)
+    micro = micro_batches(batch, step.micro_batch_size)
+    objective, settings = LOSSES[method.objective], loss
     aggregation = settings.aggregation
 
     if len(micro) == 1:
@@ -185,7 +207,7 @@ def optimization_step(
         with torch.no_grad():
             passes = [forward(rows) for rows in micro]
         old_logps = [p.logp for p in passes]
-    if cfg.rollout.old_logp == "sampler" and batch.sampler_logp is not None:
+    if step.sampler_logp and batch.sampler_logp is not None:
         # The sampler's own log-probs for rollout tokens (the importance ratio then also corrects
         # any mismatch between the sampling engine and the trainer); recomputed ones elsewhere.
         old_logps = [
@@ -227,7 +249,7 @@ def optimization_step(
     summed = {name: total / weight if weight else math.nan for name, total, weight in zip(LOSS_METRICS, sums, weights)}
     if scaler:
         scaler.unscale_(optimizer)
-    grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), cfg.optim.max_grad_norm)
+    grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), step.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     # A non-finite loss or gradient skips the update: weights, optimizer, schedule and regulator stay
     # as they were. Under fp16 the loss scaler skips overflowing steps itself (reported as

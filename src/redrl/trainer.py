@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,15 +41,15 @@ from redrl.data.training import PromptSampler, TrainingData, prepare_data, total
 from redrl.errors import NonFiniteTraining, TrainingStopped
 from redrl.methods import METHODS, Method
 from redrl.modeling import TokenScorer, load_frozen_model, prepare_model, trainable_parameters
-from redrl.objectives import LOSSES
+from redrl.objectives import LOSSES, LossSettings
 from redrl.parallel import Parallel
 from redrl.paths import resolve_paths
 from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade_checked
 from redrl.rollout import build_generator
 from redrl.staged import train_staged
-from redrl.step import build_scheduler, optimization_step, step_record
-from redrl.strategies import StepRollouts, Strategy, build_strategy, check_strategy
+from redrl.step import StepSettings, build_scheduler, loss_settings, optimization_step, step_record
+from redrl.strategies import StepPlan, StepRollouts, Strategy, build_strategy, check_strategy
 
 __all__ = ["NonFiniteTraining", "Run", "TrainingStopped", "setup", "train"]
 
@@ -93,9 +93,18 @@ class Run:
     data: TrainingData
     steps: int
     reference: TokenScorer | None = None
+    step_settings: StepSettings = field(default_factory=StepSettings)
     start: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
+    _losses: dict = field(default_factory=dict, repr=False)
+
+    def loss_settings(self, plan: StepPlan) -> LossSettings:
+        """The settings of the step's objective, built from the config once per method and entropy bonus."""
+        key = (plan.method.name, plan.sft_entropy_coef)
+        if key not in self._losses:
+            self._losses[key] = loss_settings(self.cfg, plan.method, plan.sft_entropy_coef)
+        return self._losses[key]
 
     def loop_state(self) -> dict:
         """The loop's own state, saved with every checkpoint."""
@@ -207,6 +216,7 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         data,
         steps,
         reference,
+        StepSettings.from_config(cfg),
     )
     if resume_from is not None:
         body = checkpoint.load_training_state(
@@ -333,8 +343,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 run.regulator,
                 batch,
                 plan.method,
-                cfg,
-                sft_entropy_coef=plan.sft_entropy_coef,
+                run.step_settings,
+                run.loss_settings(plan),
                 scaler=run.scaler,
                 par=par,
                 reference=run.reference,
