@@ -347,11 +347,6 @@ def test_bad_options_are_clear_errors():
         red_loss(**hand_batch(), aggregation="sum")
 
 
-def test_docstring_lists_every_option():
-    for name in (*OFFLINE_RATIOS, *AGGREGATIONS):
-        assert f'"{name}"' in red_loss.__doc__, name
-
-
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_unequal_micro_batches_weighted_by_units_give_the_full_batch(aggregation):
     # What the trainer does with gradient accumulation: loss_k · units_k / Σ units, any split.

@@ -70,31 +70,9 @@ def tiny_config(tiny_assets, tmp_path, method, **train):
     )
 
 
-def test_methods_are_the_papers_variants():
-    # DESIGN.md's table: which teacher ratio and weight each method uses (RED-(I) and RED-(II) are
-    # the two halves of RED; MixPolicy and LUFFY differ from RED only in the teacher ratio).
-    settings = {name: (m.rollouts, m.offline, m.objective, m.offline_ratio, m.regulator) for name, m in METHODS.items()}
-    assert settings["red"] == (True, True, "red", "shift", True)
-    assert settings["red_entropy"] == (True, True, "red", "one", True)
-    assert settings["red_shift"] == (True, True, "red", "shift", False)
-    assert settings["mixpolicy"] == (True, True, "red", "one", False)
-    assert settings["onpolicy_offline"] == (True, True, "red", "on_policy", False)
-    assert settings["luffy"] == (True, True, "red", "luffy", False)
-    assert settings["grpo"][:2] == (True, False) and settings["sft"][:3] == (False, True, "sft")
-    assert settings["srft"][:3] == (True, True, "srft")
-    assert (METHODS["relift"].rollouts, METHODS["relift"].offline, METHODS["relift"].on_all_fail) == (
-        True,
-        False,
-        "sft_buffer",
-    )
-    assert (METHODS["bread"].rollouts, METHODS["bread"].offline, METHODS["bread"].on_all_fail) == (
-        True,
-        False,
-        "teacher_prefix",
-    )
-    assert METHODS["sft_grpo"].stages == ("sft", "grpo")
-    assert all(m.source for m in METHODS.values())
-    assert sorted(COMPARED) == sorted(METHODS) and len(COMPARED) == 12  # the paper's Table 2 rows
+def test_compare_runs_every_method_once():
+    assert sorted(COMPARED) == sorted(METHODS) and len(COMPARED) == len(set(COMPARED))
+    assert all(m.source for m in METHODS.values())  # every method names where it comes from
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -124,7 +102,7 @@ def test_each_method_trains_logs_and_saves(tiny_assets, tmp_path, method):
         "loss",
     ):
         assert key in records[-1], key  # every method logs the same keys (null where undefined)
-    assert all(math.isfinite(r["loss"]) and r["grad_norm"] >= 0 for r in records)
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
     if not METHODS[method].rollouts:  # no rollouts, no rollout accuracy (not a 0.0 from grading nothing)
         assert all(r["online_accuracy"] is None and r["h_rl"] is None for r in records)
     staged = bool(METHODS[method].stages)
