@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser(
         "build-base",
-        help="pretrain the embedded default's base from scratch (about 15 minutes on 2 cores) "
+        help="pretrain the embedded default's base from scratch (8 to 15 minutes on 2 cores) "
         "and compare it with the shipped one on the validation split",
     )
     build.add_argument(

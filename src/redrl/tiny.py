@@ -293,7 +293,7 @@ def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True, rebuild:
 
     The task's files are written from the spec's seed in seconds. The base for the default spec
     ships with redrl (``redrl/assets/tiny-base``, built by ``redrl build-base``) and is copied;
-    any other spec, or ``rebuild``, pretrains it here (about 15 minutes on 2 CPU cores). A rebuilt
+    any other spec, or ``rebuild``, pretrains it here (8 to 15 minutes on 2 CPU cores). A rebuilt
     base goes to its own cache entry (``<key>-rebuilt``), so it never replaces the shipped one."""
     spec = spec or TinySpec()
     key, shipped = shipped_base()
