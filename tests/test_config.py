@@ -194,3 +194,36 @@ def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
     nested.write_text("train:\n  steps: 3\n  steps: 4\n")
     with pytest.raises(ValueError, match="line 3: key 'steps' is written twice"):
         load_config(str(nested))
+
+
+def test_set_reads_a_value_as_its_fields_type():
+    # A string field takes the text as written: YAML 1.1 would read "no" as false and refuse it.
+    cfg = load_config(
+        "tiny", ["train.mixed_precision=no", "data.system_prompt=off", "optim.lr=1e-3", "train.resume=true"]
+    )
+    assert cfg.train.mixed_precision == "no" and cfg.data.system_prompt == "off"
+    assert cfg.optim.lr == 1e-3 and cfg.train.resume is True
+    with pytest.raises(ValueError, match="train.resume must be bool; got 'yes'"):
+        load_config("tiny", ["train.resume=yes"])  # only true / false are booleans (YAML 1.2)
+
+
+def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("train:\n  steps: [3\n  method: red\n")
+    with pytest.raises(ValueError, match=r"broken.yaml: line \d+: not valid YAML") as error:
+        load_config(str(preset))
+    assert "\n" not in str(error.value)
+    yes = tmp_path / "yes.yaml"
+    yes.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(str(yes)).train.mixed_precision == "no"
+
+
+def test_debug_works_anywhere_on_the_command_line(tmp_path, capsys):
+    from redrl.cli import main
+
+    missing = str(tmp_path / "nothing")
+    assert main(["eval", "--model", missing]) == 2
+    assert "error:" in capsys.readouterr().err
+    for argv in (["--debug", "eval", "--model", missing], ["eval", "--model", missing, "--debug"]):
+        with pytest.raises(FileNotFoundError):
+            main(argv)

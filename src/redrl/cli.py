@@ -448,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args([a for a in given if a != "--debug"])  # --debug counts wherever it stands
+    args.debug = "--debug" in given
     if args.command is None:
         parser.print_help()
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -508,16 +509,18 @@ def _coerce(section: str, cls, body: dict) -> dict:
     return out
 
 
-def _parse_override(text: str) -> tuple[str, str, Any]:
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ValueError(f"--set expects section.key=value; got {text!r}")
-    key, value = text.split("=", 1)
-    section, name = key.split(".", 1)
-    return section, name, yaml.safe_load(value)
-
-
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key written twice in one mapping (plain YAML keeps the last one silently)."""
+    """Safe YAML with the YAML 1.2 core schema's booleans (only true / false: ``no``, ``off`` and
+    ``yes`` stay strings, as ``train.mixed_precision: no`` means) that refuses a key written twice in
+    one mapping (plain YAML keeps the last one silently)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -533,10 +536,42 @@ def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def read_yaml(path: Path):
-    """A YAML file's contents; a key written twice is an error naming the file, the line and the key."""
+def _load_yaml(text: str):
     try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where}not valid YAML ({problem})") from None
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` from the command line, the value read as the field's declared type:
+    a string field takes the text as written (``train.mixed_precision=no``; quoted text and ``null``
+    are read as YAML), other fields read it as YAML (numbers, true / false, null, lists)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ValueError(f"--set expects section.key=value; got {text!r}")
+    key, value = text.split("=", 1)
+    section, name = key.split(".", 1)
+    cls = _SECTIONS.get(section)
+    expected = typing.get_type_hints(cls).get(name) if cls is not None else None
+    union = typing.get_origin(expected) in (typing.Union, types.UnionType)
+    text = expected is str or (union and str in typing.get_args(expected))  # str or str | None, not dict[str, ...]
+    quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+    if text and not quoted and value.strip() not in ("null", "~", ""):
+        return section, name, value
+    try:
+        return section, name, _load_yaml(value)
+    except ValueError as error:
+        raise ValueError(f"--set {key}: {error}") from None
+
+
+def read_yaml(path: Path):
+    """A YAML file's contents (YAML 1.2 core booleans); malformed YAML or a key written twice is an
+    error in one line naming the file and the line."""
+    try:
+        return _load_yaml(path.read_text())
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
