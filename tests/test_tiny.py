@@ -82,3 +82,66 @@ def test_the_default_base_ships_and_is_copied_not_pretrained(tmp_path, monkeypat
     }
     assert len(splits["val"]) == len(splits["test"]) == 300
     assert not splits["val"] & splits["test"] and not splits["train"] & (splits["val"] | splits["test"])
+
+
+def test_two_processes_build_the_embedded_default_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from redrl.tiny import TinySpec, ensure_tiny\n"
+        "spec = TinySpec(levels=(1, 2), train_per_level=(20, 20), test_per_level=4, val_per_level=4,\n"
+        "    pretrain_per_level=(64, 64), base_step_share=(0.0, 0.5), prompted_per_level=(0, 16), hidden_size=32,\n"
+        "    num_layers=2, num_heads=2, intermediate_size=64, pretrain_steps=300, pretrain_batch=16, fact_sheets=8,\n"
+        "    facts_per_sheet=4)\n"
+        "print(ensure_tiny(spec).root)\n"
+    )
+    cache = tmp_path / "cache"
+    (cache / "tiny-leftover.building-1").mkdir(parents=True)  # not this spec's: left alone
+    env = {**os.environ, "REDRL_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    roots = {out.strip() for out, _ in outputs}
+    assert len(roots) == 1  # both use the same entry
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("redrl: built ") == 1  # built once; the other process waited and reused it
+    assert "waiting for it" in logs and "reusing" in logs
+    assert "pretraining the tiny base: step 300/300" in logs  # not a terminal: a line per tenth of pretraining
+    root = roots.pop()
+    assert (cache / root.split("/")[-1] / "DONE").is_file()
+    assert not list(cache.glob(root.split("/")[-1] + ".building-*"))  # nothing half-built left behind
+
+
+def test_an_interrupted_build_leaves_nothing_the_next_one_trips_on(tmp_path, monkeypatch):
+    import redrl.tiny as tiny
+
+    monkeypatch.setenv("REDRL_CACHE", str(tmp_path))
+    spec = tiny.TinySpec(
+        levels=(1, 2),
+        train_per_level=(20, 20),
+        test_per_level=4,
+        val_per_level=4,
+        pretrain_per_level=(64, 64),
+        base_step_share=(0.0, 0.5),
+        prompted_per_level=(0, 16),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        pretrain_steps=3,
+        pretrain_batch=16,
+        fact_sheets=8,
+        facts_per_sheet=4,
+    )
+    stale = tmp_path / f"{spec.key()}.building-424242"  # a build killed mid-way (SIGKILL: no clean-up ran)
+    (stale / "base").mkdir(parents=True)
+    (stale / "train.jsonl").write_text("half a file")
+    assets = tiny.ensure_tiny(spec, progress=False)
+    assert (assets.root / "DONE").is_file() and not stale.exists()

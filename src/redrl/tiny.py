@@ -27,12 +27,14 @@ RL, in three kinds of rows:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,8 +258,10 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     )
     rng = random.Random(spec.seed)
     model.train()
-    bar = tqdm(range(spec.pretrain_steps), desc="pretraining the tiny base", disable=not progress, leave=False)
-    for _ in bar:
+    on_terminal = progress and sys.stderr.isatty()
+    bar = tqdm(range(spec.pretrain_steps), desc="pretraining the tiny base", disable=not on_terminal, leave=False)
+    say, every = _say(progress and not on_terminal), max(1, spec.pretrain_steps // 10)  # elsewhere: a line per tenth
+    for step in bar:
         rows = rng.sample(range(len(records)), spec.pretrain_batch)
         input_ids, attention_mask, response_mask = collate(
             [prompts[i] for i in rows], [responses[i] for i in rows], tokenizer.pad_token_id
@@ -271,6 +275,8 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % every == 0:
+            say(f"pretraining the tiny base: step {step + 1}/{spec.pretrain_steps}, loss {loss.item():.3f}")
     (root / "pretrain_loss.txt").write_text(f"{loss.item():.4f}\n")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -288,39 +294,82 @@ def shipped_base() -> tuple[str | None, Path]:
     return json.loads(manifest.read_text())["key"], root
 
 
+def _say(progress: bool):
+    """One line per phase of a build on stderr (logs, CI, notebooks see them; ``progress=False`` is quiet)."""
+    return (lambda line: print(f"redrl: {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, say):
+    """Hold ``<root>.lock`` while building ``root``: a second process waits (and says so), then
+    finds the finished build and reuses it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, builds may repeat side by side
+        yield
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another process is building {root.name}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True, rebuild: bool = False) -> TinyAssets:
     """Build (or reuse from the cache) the arithmetic task and the tiny base student.
 
     The task's files are written from the spec's seed in seconds. The base for the default spec
     ships with redrl (``redrl/assets/tiny-base``, built by ``redrl build-base``) and is copied;
     any other spec, or ``rebuild``, pretrains it here (8 to 15 minutes on 2 CPU cores). A rebuilt
-    base goes to its own cache entry (``<key>-rebuilt``), so it never replaces the shipped one."""
+    base goes to its own cache entry (``<key>-rebuilt``), so it never replaces the shipped one.
+
+    One process builds a cache entry at a time (a file lock; the others wait, then reuse it). A
+    build is written beside its entry and renamed into place when complete, so an interrupted one
+    leaves no entry behind, and its leftovers are removed by the next build."""
     spec = spec or TinySpec()
     key, shipped = shipped_base()
     use_shipped = key == spec.key() and not rebuild
     assets = TinyAssets(cache_dir() / (spec.key() + ("-rebuilt" if rebuild else "")))
     if (assets.root / "DONE").exists():
         return assets
-    staging = assets.root.with_name(assets.root.name + f".building-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    started = time.perf_counter()
-    try:
-        _write_task(spec, staging)
+    say = _say(progress)
+    with _build_lock(assets.root, say):
+        if (assets.root / "DONE").exists():  # built by the process we waited for
+            say(f"reusing {assets.root}")
+            return assets
+        for leftover in assets.root.parent.glob(assets.root.name + ".building-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # an interrupted build's; nobody else builds now
         if use_shipped:
-            shutil.copytree(shipped, staging / "base", ignore=shutil.ignore_patterns("spec.json"))
+            say(f"unpacking the embedded default (task and shipped base) into {assets.root}")
         else:
-            _pretrain(spec, staging, staging / "base", progress)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (staging / "spec.json").write_text(json.dumps(asdict(spec) | {"key": spec.key()}, indent=2))
-    how = "copied the shipped base" if use_shipped else "pretrained the base"
-    (staging / "DONE").write_text(f"{how}; {time.perf_counter() - started:.0f} s\n")
-    try:
+            say(
+                f"building the embedded default into {assets.root}: the task, then pretraining its base "
+                "(8 to 15 minutes on 2 CPU cores)"
+            )
+        staging = assets.root.with_name(assets.root.name + f".building-{os.getpid()}")
+        staging.mkdir(parents=True)
+        started = time.perf_counter()
+        try:
+            _write_task(spec, staging)
+            if use_shipped:
+                shutil.copytree(shipped, staging / "base", ignore=shutil.ignore_patterns("spec.json"))
+            else:
+                _pretrain(spec, staging, staging / "base", progress)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (staging / "spec.json").write_text(json.dumps(asdict(spec) | {"key": spec.key()}, indent=2))
+        how = "copied the shipped base" if use_shipped else "pretrained the base"
+        seconds = time.perf_counter() - started
+        (staging / "DONE").write_text(f"{how}; {seconds:.0f} s\n")
         staging.rename(assets.root)
-    except OSError:  # another process finished first: use its copy
-        shutil.rmtree(staging, ignore_errors=True)
+        say(f"built {assets.root.name} in {seconds:.0f} s ({how})")
     return assets
 
 

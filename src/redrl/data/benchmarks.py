@@ -78,4 +78,10 @@ def resolve_benchmarks(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError("--benchmarks is empty: give 'all' or names such as aime24,math500")
+    for name in names:  # checked here, before any model is loaded or built
+        path = Path(name).expanduser()
+        if name not in BENCHMARKS and not (path.suffix in (".jsonl", ".json", ".parquet") or path.exists()):
+            raise ValueError(
+                f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARKS)}, 'all', or a JSONL/parquet path"
+            )
     return names
