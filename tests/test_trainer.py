@@ -291,3 +291,25 @@ def test_the_regulator_cap_is_its_own_key(tiny_assets, tmp_path):
         json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["w"] for r in records] == [1.0, 1.0, 1.0]
+
+
+def test_a_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(tiny_assets, tmp_path):
+    cfg = tiny_config(tiny_assets, tmp_path, "grpo", steps=2, save_every=1)
+    train(cfg, progress=False)
+    with pytest.raises(
+        ValueError, match=r"already holds a run \(.*final/.*\); pass --resume to continue it or --overwrite"
+    ):
+        train(cfg, progress=False)
+    cfg.train.overwrite = True
+    (tmp_path / "grpo" / "notes.txt").write_text("mine")  # not a run's file: kept
+    train(cfg, progress=False)
+    out = tmp_path / "grpo"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # one run's steps, not two
+    cfg.train.overwrite, cfg.train.resume = False, True
+    train(cfg, progress=False)  # resuming a finished run is allowed
+
+
+def test_the_default_output_directory_names_the_method():
+    assert load_config("tiny", ["train.method=sft"]).train.out == "runs/sft"
+    assert load_config("tiny", ["train.out=elsewhere"]).train.out == "elsewhere"

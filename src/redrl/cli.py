@@ -92,6 +92,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         values["keep_last"] = args.keep_last
     if args.resume:
         values["resume"] = True
+    if args.overwrite:
+        values["overwrite"] = True
+    if args.seed is not None:
+        values["seed"] = args.seed
     cfg = load_config(args.config, args.set, train=values)
     _quiet_transformers()
     final = train(cfg, progress=not args.no_progress)
@@ -315,7 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default="tiny", help="YAML config or preset (default: configs/tiny.yaml)")
     train.add_argument("--method", choices=sorted(METHODS), help="training method (default: the config's)")
     train.add_argument("--steps", type=int, help="optimizer steps (replaces train.epochs)")
-    train.add_argument("--out", help="output directory")
+    train.add_argument("--out", help="output directory (default: runs/METHOD)")
+    train.add_argument(
+        "--seed", type=int, help="seed of prompt order, sampling and initialisation (default: the config's)"
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (default: refuse, name the flags)"
+    )
     train.add_argument(
         "--save-every", type=int, metavar="K", help="save a checkpoint every K steps (crash-safe, see README)"
     )

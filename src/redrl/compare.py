@@ -201,7 +201,9 @@ def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path) -> dic
 
 
 def _with_compare_settings(config: str, overrides: list[str], **values) -> Config:
-    """The shared config with the comparison's own settings applied (``compare.group_size``)."""
+    """The shared config with the comparison's own settings applied (``compare.group_size``); a run
+    whose config changed is trained again in its own directory (``train.overwrite``)."""
+    values = {**values, "train": {**values.get("train", {}), "overwrite": True}}
     cfg = load_config(config, list(overrides), **values)
     if cfg.compare.group_size is None or cfg.compare.group_size == cfg.rollout.group_size:
         return cfg

@@ -315,7 +315,12 @@ class TrainConfig:
         "response positions per chunk of the vocabulary projection (memory: ~3 x chunk x vocabulary floats)", 512
     )
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
-    out: str = _help("output directory (metrics.jsonl, checkpoints)", "runs/red")
+    out: str | None = _help("output directory (metrics.jsonl, checkpoints); default runs/METHOD", None)
+    overwrite: bool = _help(
+        "replace a run already in train.out (its checkpoints, final model and metrics); without it, or "
+        "train.resume, a directory holding a run is refused",
+        False,
+    )
     save_every: int = _help("save a checkpoint every N steps (0 = only at the end)", 0)
     keep_last: int = _help("keep only the N newest checkpoints (0 = all; the newest complete one is never deleted)", 0)
     resume: bool = _help(
@@ -620,6 +625,8 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
             )
         sections[section] = cls(**_coerce(section, cls, body))
     cfg = Config(**sections)
+    if cfg.train.out is None:
+        cfg.train.out = f"runs/{cfg.train.method}"
     if cfg.optim.lr is None and cfg.optim.lr_sweep:
         from redrl.sweep import swept_learning_rates
 

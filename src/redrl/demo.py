@@ -19,7 +19,9 @@ def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[st
 
     started = time.perf_counter()
     out = Path(out)
-    cfg = load_config("tiny", list(overrides), train={"out": str(out / "red"), "seed": seed, "method": "red"})
+    cfg = load_config(
+        "tiny", list(overrides), train={"out": str(out / "red"), "seed": seed, "method": "red", "overwrite": True}
+    )
     if progress:
         print("redrl demo: building (or reusing) the tiny base and the teacher data ...", flush=True)
     base_path, _, test_path = resolve_paths(cfg, progress=progress)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -67,7 +68,8 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     require_learning_rate(cfg)
     method = METHODS[cfg.train.method]
     if method.stages:
-        _writable(Path(cfg.train.out))
+        if Parallel.create(cfg.model.device).is_main:
+            _claim(Path(cfg.train.out), resume=cfg.train.resume, overwrite=cfg.train.overwrite)
         return train_staged(cfg, method, _train_stage, progress=progress)
     return _train_stage(cfg, progress=progress)
 
@@ -138,7 +140,7 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     out = Path(cfg.train.out)
     par = Parallel.create(cfg.model.device)
     if par.is_main:
-        _writable(out)
+        _claim(out, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
     check_strategy(method, cfg.baselines, par)
     if cfg.loss.kl_coef and not LOSSES[method.objective].kl_to_reference:
         raise ValueError(
@@ -425,6 +427,29 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
 
 def _json_value(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+#: What a run leaves in its directory: the first four mark a run that took a step.
+_RUN_MARKS = ("final", "checkpoint-*", ".tmp-checkpoint-*", "stage-*")
+_RUN_FILES = (*_RUN_MARKS, "metrics.jsonl", "metrics-rank*.jsonl", "config.yaml")
+
+
+def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` this run's: refuse a directory that already holds a run (a checkpoint, a final
+    model or logged steps) unless resuming it, or (``overwrite``) remove that run's files first, so
+    no old checkpoint is taken for this run's. A run that stopped before its first step holds none."""
+    metrics = out / "metrics.jsonl"
+    held = sorted({path for pattern in _RUN_MARKS for path in out.glob(pattern)})
+    held += [metrics] if metrics.is_file() and metrics.stat().st_size else []
+    if held and not resume and not overwrite:
+        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in held[:4]) + (", ..." if len(held) > 4 else "")
+        raise ValueError(
+            f"train.out {out} already holds a run ({names}); pass --resume to continue it or --overwrite to replace it"
+        )
+    if overwrite and not resume:
+        for path in sorted({path for pattern in _RUN_FILES for path in out.glob(pattern)}):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _writable(out)
 
 
 def _writable(out: Path) -> None:
