@@ -227,3 +227,21 @@ def test_debug_works_anywhere_on_the_command_line(tmp_path, capsys):
     for argv in (["--debug", "eval", "--model", missing], ["eval", "--model", missing, "--debug"]):
         with pytest.raises(FileNotFoundError):
             main(argv)
+
+
+def test_config_command_prints_every_key_as_loadable_yaml(capsys):
+    import dataclasses
+
+    import yaml
+
+    from redrl.cli import main
+    from redrl.config import Config
+
+    assert main(["config", "--set", "train.method=sft"]) == 0
+    printed = capsys.readouterr().out
+    sections = yaml.safe_load(printed)
+    expected = load_config("tiny", ["train.method=sft"])
+    for section in dataclasses.fields(Config):
+        assert set(sections[section.name]) == {f.name for f in dataclasses.fields(getattr(expected, section.name))}
+    assert sections["train"]["out"] == "runs/sft" and "# str; training method" in printed
+    assert load_config(None, **sections) == expected  # what it prints is the config itself

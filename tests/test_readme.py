@@ -40,3 +40,24 @@ def test_cli_help_and_version():
     assert result.returncode == 0 and "usage: redrl" in result.stdout
     result = subprocess.run([sys.executable, "-m", "redrl", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("redrl ")
+
+
+def test_every_command_and_config_key_the_readme_shows_exists():
+    import dataclasses
+
+    from redrl.cli import build_parser
+    from redrl.config import Config
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    code = "\n".join(fenced_blocks("bash")) + "\n" + "\n".join(re.findall(r"`([^`\n]+)`", prose))
+    shown = set(re.findall(r"(?:^|[\s(])redrl ([a-z][a-z-]+)", code, flags=re.M))
+    assert {"demo", "train", "eval", "compare"} <= shown
+    assert shown <= commands, shown - commands
+    sections = {f.name: {g.name for g in dataclasses.fields(f.default_factory)} for f in dataclasses.fields(Config)}
+    keys = set(
+        re.findall(r"`(?:--set )?(model|data|rollout|optim|loss|train|eval|baselines|compare)\.([a-z_]+)", README)
+    )
+    assert keys, "the README names config keys"
+    missing = sorted(f"{s}.{k}" for s, k in keys if k not in sections[s])
+    assert not missing, missing

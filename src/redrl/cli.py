@@ -7,6 +7,7 @@ Each command is a small function that parses its flags and calls into the librar
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -256,6 +257,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from redrl.config import describe_config, load_config
+
+    print(describe_config(load_config(args.config, args.set)))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -289,6 +297,22 @@ def _cmd_diff_probs(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one worth saying and does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = (
+            action.default is None
+            or action.default is False
+            or action.default == []
+            or action.default == argparse.SUPPRESS
+        )
+        if "default" in text or quiet or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redrl",
@@ -302,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full traceback of an error (also: REDRL_DEBUG=1)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser = functools.partial(commands.add_parser, formatter_class=_Help)
     from redrl.methods import METHODS
 
     demo = commands.add_parser(
@@ -436,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build_base)
+
+    config = commands.add_parser(
+        "config", help="print every config key with its value, type and help (a preset, after --set overrides)"
+    )
+    config.add_argument("--config", default="tiny", help="YAML config or preset")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    config.set_defaults(func=_cmd_config)
 
     report = commands.add_parser("report", help="rebuild table.md, plots/ and report.md from a compare results.json")
     report.add_argument("results", help="path to results.json")

@@ -20,7 +20,7 @@ import yaml
 
 from redrl.objectives import ADVANTAGE_SCALES, AGGREGATIONS, OFFLINE_RATIOS
 
-__all__ = ["Config", "load_config", "preset_path", "read_yaml"]
+__all__ = ["Config", "describe_config", "load_config", "preset_path", "read_yaml"]
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kwargs):
@@ -638,3 +638,18 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
             if cfg.baselines.staged_sft_lr is None:
                 cfg.baselines.staged_sft_lr = staged_sft
     return cfg
+
+
+def describe_config(cfg: Config) -> str:
+    """Every key of ``cfg`` with its value, type and help, section by section (``redrl config``)."""
+    lines = []
+    for section, cls in _SECTIONS.items():
+        lines.append(f"{section}:")
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            value = getattr(getattr(cfg, section), item.name)
+            kind = getattr(hints[item.name], "__name__", None) or str(hints[item.name]).replace("typing.", "")
+            shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True).strip()
+            shown = shown.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"  {item.name}: {shown}  # {kind}; {item.metadata.get('help', '')}")
+    return "\n".join(lines)
