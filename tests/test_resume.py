@@ -168,6 +168,7 @@ def test_a_corrupted_newest_checkpoint_is_reported_and_skipped(tiny_assets, refe
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoint-12")  # the end-of-run checkpoint: checkpoint-8 is the newest now
     target = out / "checkpoint-8" / "optimizer.safetensors"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
@@ -197,12 +198,13 @@ def _cfg(tiny_assets, out, **train_values):
 def test_rotation_keeps_the_newest_and_never_the_only_good_one(tiny_assets, tmp_path):
     out = tmp_path / "run"
     train(_cfg(tiny_assets, out, steps=6, save_every=1, keep_last=2), progress=False)
-    assert sorted(p.name for _, p in checkpoint.list_checkpoints(out)) == ["checkpoint-4", "checkpoint-5"]
+    # the last step's state is a checkpoint too (final/ is the lean model)
+    assert sorted(p.name for _, p in checkpoint.list_checkpoints(out)) == ["checkpoint-5", "checkpoint-6"]
     # a broken newest checkpoint does not count: the only complete one survives any rotation
     (out / "checkpoint-9").mkdir()
     checkpoint.rotate(out, 1)
-    assert sorted(p.name for _, p in checkpoint.list_checkpoints(out)) == ["checkpoint-5", "checkpoint-9"]
-    assert checkpoint.find_latest(out, warn=lambda line: None) == out / "checkpoint-5"
+    assert sorted(p.name for _, p in checkpoint.list_checkpoints(out)) == ["checkpoint-6", "checkpoint-9"]
+    assert checkpoint.find_latest(out, warn=lambda line: None) == out / "checkpoint-6"
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_assets, tmp_path, monkeypatch, capsys):

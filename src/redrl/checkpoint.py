@@ -218,6 +218,15 @@ def load_training_state(folder: Path, *, optimizer, scheduler, regulator, sample
     return body
 
 
+def _same_modes(folder: Path) -> None:
+    """Give every file the mode a new file gets under this umask (some writers use 0600 temporary files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
+
+
 def save_checkpoint(
     path: Path,
     par,
@@ -232,6 +241,7 @@ def save_checkpoint(
     config: dict,
     keep_last: int = 0,
     state: dict | None = None,
+    model_card: str | None = None,
 ) -> None:
     """Write a complete checkpoint to ``path`` or leave the previous ones untouched (see above).
 
@@ -240,7 +250,12 @@ def save_checkpoint(
     it in the manifest and renames it into place. Under LoRA the model is the adapter and the base
     model's config. A sharded optimizer's state is not saved (those runs resume without it).
     ``config`` is the run's config as a dict; ``keep_last`` rotates ``checkpoint-N`` folders (0: keep
-    all); ``state`` holds the loop's own state (strategy, loss scaler, skip counters)."""
+    all); ``state`` holds the loop's own state (strategy, loss scaler, skip counters).
+
+    With ``model_card`` (the text of its ``README.md``) the folder is a model to ship, not a point to
+    resume from: weights, config, generation config, tokenizer and chat template, and the card; no
+    optimizer, generator or trainer state (those stay in ``checkpoint-N``)."""
+    lean = model_card is not None
     weights = par.state_dict(scorer) if par.sharded else None  # a collective: every rank takes part
     tmp = path.parent / f".tmp-{path.name}"
     failed = None
@@ -249,7 +264,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     par.wait()
     try:
-        save_rng(tmp, par.rank)
+        if not lean:
+            save_rng(tmp, par.rank)
     except Exception as error:  # noqa: BLE001 - OSError, or safetensors' own error on a full disk
         failed = error
     par.wait()  # every process's part is in place before the manifest lists it
@@ -265,17 +281,21 @@ def save_checkpoint(
             if hasattr(model, "peft_config"):
                 model.get_base_model().config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            save_training_state(
-                tmp,
-                step=step,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                regulator=regulator,
-                sampler=sampler,
-                state={**(state or {}), "processes": par.world},
-                config=config,
-                save_optimizer=not par.sharded,
-            )
+            if lean:
+                (tmp / "README.md").write_text(model_card)
+            else:
+                save_training_state(
+                    tmp,
+                    step=step,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    regulator=regulator,
+                    sampler=sampler,
+                    state={**(state or {}), "processes": par.world},
+                    config=config,
+                    save_optimizer=not par.sharded,
+                )
+            _same_modes(tmp)
             write_manifest(tmp)
     except Exception as error:  # noqa: BLE001 - as above
         failed = error

@@ -117,7 +117,8 @@ class Run:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
-    def save(self, path: Path, step: int) -> None:
+    def save(self, path: Path, step: int, model_card: str | None = None) -> None:
+        """A checkpoint to resume from, or with ``model_card`` the lean final model."""
         checkpoint.save_checkpoint(
             path,
             self.par,
@@ -131,6 +132,7 @@ class Run:
             config=self.cfg.to_dict(),
             keep_last=self.cfg.train.keep_last,
             state=self.loop_state(),
+            model_card=model_card,
         )
 
 
@@ -420,9 +422,56 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
+    if cfg.train.save_every and not (out / f"checkpoint-{steps}").exists():
+        run.save(out / f"checkpoint-{steps}", steps)  # the last step's state, for a later --resume
     final = out / "final"
-    run.save(final, steps)
+    run.save(final, steps, model_card=model_card(cfg, method, steps, _load_metrics(metrics_path, steps)[-1:]))
     return final
+
+
+def model_card(cfg: Config, method: Method, steps: int, last: list[str]) -> str:
+    """The ``README.md`` of a final model: what it is, how it was trained, the last step's numbers."""
+    from redrl import __version__
+
+    record = json.loads(last[0]) if last else {}
+    shown = [
+        ("online accuracy", "online_accuracy"),
+        ("H_rl", "h_rl"),
+        ("H_sft", "h_sft"),
+        ("w", "w"),
+        ("response length", "online_length"),
+    ]
+    numbers = ", ".join(f"{name} {record[key]:.3g}" for name, key in shown if isinstance(record.get(key), (int, float)))
+    base = cfg.model.path
+    front = ["---", "library_name: transformers", f"tags: [redrl, {method.name}]"]
+    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
+        front.append(f"base_model: {base}")
+    front.append("---")
+    return "\n".join(
+        [
+            *front,
+            "",
+            f"# {method.name} on {Path(cfg.data.train).name or cfg.data.train}",
+            "",
+            f"Trained with [redrl](https://arxiv.org/abs/2508.16677) {__version__}: method `{method.name}` ({method.source}).",
+            "",
+            f"- starting model: `{base}`",
+            f"- training data: `{cfg.data.train}`",
+            f"- {steps} optimizer steps of {cfg.train.prompts_per_step} prompts"
+            + (f" × {cfg.rollout.group_size} rollouts" if method.rollouts else "")
+            + (" + 1 teacher trace" if method.offline else "")
+            + f", learning rate {cfg.optim.lr:g}, seed {cfg.train.seed}",
+            f"- last step: {numbers}" if numbers else "- last step: no numbers logged",
+            "",
+            "Load it with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` (the chat",
+            "template is the tokenizer's). The run's whole config:",
+            "",
+            "```yaml",
+            yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip(),
+            "```",
+            "",
+        ]
+    )
 
 
 def _json_value(value):
