@@ -316,3 +316,26 @@ def test_a_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(tiny
 def test_the_default_output_directory_names_the_method():
     assert load_config("tiny", ["train.method=sft"]).train.out == "runs/sft"
     assert load_config("tiny", ["train.out=elsewhere"]).train.out == "elsewhere"
+
+
+def test_report_to_tensorboard_logs_what_metrics_jsonl_holds(tiny_assets, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tiny_assets, tmp_path, "red", report_to="tensorboard")
+    final = train(cfg, progress=False)
+    records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["time"], float) and r["time"] > 1.7e9 for r in records)  # wall clock on every row
+    events = EventAccumulator(str(final.parent / "tensorboard")).Reload()
+    logged = events.Scalars("loss")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+
+
+def test_a_tracker_that_is_not_installed_is_one_clear_line(tiny_assets, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ImportError, match=r"train.report_to=wandb needs wandb: pip install 'redrl\[wandb\]'"):
+        train(tiny_config(tiny_assets, tmp_path, "red", report_to="wandb"), progress=False)

@@ -95,6 +95,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         values["resume"] = True
     if args.overwrite:
         values["overwrite"] = True
+    if args.report_to:
+        values["report_to"] = args.report_to
     if args.seed is not None:
         values["seed"] = args.seed
     cfg = load_config(args.config, args.set, train=values)
@@ -347,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output directory (default: runs/METHOD)")
     train.add_argument(
         "--seed", type=int, help="seed of prompt order, sampling and initialisation (default: the config's)"
+    )
+    train.add_argument(
+        "--report-to",
+        choices=["none", "tensorboard", "wandb", "trackio"],
+        help="also log every step to this tracker (metrics.jsonl is written either way; default: the config's)",
     )
     train.add_argument(
         "--overwrite", action="store_true", help="replace the run already in --out (default: refuse, name the flags)"

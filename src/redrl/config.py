@@ -29,6 +29,10 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kwargs):
     return field(default=default, metadata={"help": text}, **kwargs)
 
 
+#: train.report_to → the module that must be importable for it.
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -316,6 +320,11 @@ class TrainConfig:
     )
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
     out: str | None = _help("output directory (metrics.jsonl, checkpoints); default runs/METHOD", None)
+    report_to: str = _help(
+        "experiment tracking besides metrics.jsonl, through accelerate's trackers: none, tensorboard (logs in "
+        "OUT/tensorboard), wandb or trackio (each an optional extra, e.g. pip install 'redrl[tensorboard]')",
+        "none",
+    )
     overwrite: bool = _help(
         "replace a run already in train.out (its checkpoints, final model and metrics); without it, or "
         "train.resume, a directory holding a run is refused",
@@ -351,6 +360,10 @@ class TrainConfig:
         _require(
             self.max_consecutive_skips >= 1,
             f"train.max_consecutive_skips must be >= 1; got {self.max_consecutive_skips}",
+        )
+        _require(
+            self.report_to in TRACKERS,
+            f"train.report_to must be one of {', '.join(TRACKERS)}; got {self.report_to!r}",
         )
         _require(
             self.mixed_precision in ("no", "bf16", "fp16"),

@@ -36,14 +36,18 @@ class Parallel:
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def create(cls, device: str = "auto") -> Parallel:
+    def create(cls, device: str = "auto", *, log_with: str | None = None, project_dir: str | None = None) -> Parallel:
         """The accelerator of this launch. Without CUDA (or with ``device='cpu'``) processes talk over
-        gloo on the CPU; a single process keeps ``device`` as configured (``cuda:1`` included)."""
+        gloo on the CPU; a single process keeps ``device`` as configured (``cuda:1`` included).
+        ``log_with`` names an accelerate tracker (``tensorboard``, ``wandb``, ``trackio``) writing under
+        ``project_dir``."""
         from accelerate import Accelerator
 
         from redrl.modeling import resolve_device
 
-        accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        accelerator = Accelerator(
+            cpu=device == "cpu" or not torch.cuda.is_available(), log_with=log_with, project_dir=project_dir
+        )
         world = accelerator.num_processes
         return cls(
             accelerator, accelerator.process_index, world, accelerator.device if world > 1 else resolve_device(device)

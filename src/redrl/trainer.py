@@ -18,6 +18,7 @@ its stages through :mod:`redrl.staged`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -37,7 +38,7 @@ import yaml
 from redrl import checkpoint
 from redrl import rewards as rewards_module
 from redrl.batch import assemble_batch
-from redrl.config import Config
+from redrl.config import TRACKERS, Config
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.errors import NonFiniteTraining, TrainingStopped
 from redrl.methods import METHODS, Method
@@ -140,7 +141,10 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     """Check the run can start, then build the model, data, optimizer, schedule, rollout engine and
     strategy; with ``train.resume``, load the newest complete checkpoint's state into them."""
     out = Path(cfg.train.out)
-    par = Parallel.create(cfg.model.device)
+    tracker = None if cfg.train.report_to == "none" else cfg.train.report_to
+    if tracker and importlib.util.find_spec(TRACKERS[tracker]) is None:
+        raise ImportError(f"train.report_to={tracker} needs {TRACKERS[tracker]}: pip install 'redrl[{tracker}]'")
+    par = Parallel.create(cfg.model.device, log_with=tracker, project_dir=str(out))
     if par.is_main:
         _claim(out, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
     check_strategy(method, cfg.baselines, par)
@@ -165,6 +169,15 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
             )
     if par.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if tracker:  # tensorboard writes OUT/tensorboard; wandb and trackio log to their project "redrl"
+        flat = {
+            f"{section}/{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, body in cfg.to_dict().items()
+            for key, value in body.items()
+        }
+        par.accelerator.init_trackers(
+            "tensorboard" if tracker == "tensorboard" else "redrl", config=flat, init_kwargs={tracker: {}}
+        )
 
     # Model, data and teacher traces.
     model_path, train_path, _ = resolve_paths(cfg, need_test=False, progress=progress and par.is_main)
@@ -369,6 +382,7 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 "skipped_total": run.skipped_total,
             }
             record["step_time"] = time.perf_counter() - started
+            record["time"] = time.time()  # wall clock (Unix seconds), to line runs up with other logs
             record.update(run.strategy.record(plan, extra))
             if rank_file:
                 rank_file.write(
@@ -388,6 +402,9 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             if metrics_file:
                 metrics_file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
                 metrics_file.flush()
+            if cfg.train.report_to != "none":  # the same numbers to the tracker (main process only)
+                numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                par.accelerator.log({k: v for k, v in numbers.items() if math.isfinite(v) and k != "step"}, step=step)
             bar.set_postfix(
                 {
                     key: f"{record[key]:.3g}"
@@ -421,6 +438,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 file.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        if cfg.train.report_to != "none":
+            par.accelerator.end_training()
 
     if cfg.train.save_every and not (out / f"checkpoint-{steps}").exists():
         run.save(out / f"checkpoint-{steps}", steps)  # the last step's state, for a later --resume
