@@ -339,3 +339,17 @@ def test_a_tracker_that_is_not_installed_is_one_clear_line(tiny_assets, tmp_path
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ImportError, match=r"train.report_to=wandb needs wandb: pip install 'redrl\[wandb\]'"):
         train(tiny_config(tiny_assets, tmp_path, "red", report_to="wandb"), progress=False)
+
+
+def test_evaluation_during_training_logs_keeps_the_best_and_changes_nothing_else(tiny_assets, tmp_path):
+    plain = train(tiny_config(tiny_assets, tmp_path / "plain", "red", steps=3), progress=False)
+    cfg = tiny_config(tiny_assets, tmp_path / "eval", "red", steps=3, eval_every=2, keep_best=True)
+    cfg.train.eval_on = str(tiny_assets.val)
+    evaluated = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (evaluated.parent / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (plain.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in reference]  # training's random state untouched
+    assert "eval_accuracy" not in rows[0] and "eval_accuracy" not in rows[2]
+    assert 0.0 <= rows[1]["eval_accuracy"] <= rows[1]["eval_pass@2"] <= 1.0 and rows[1]["eval_length"] > 0
+    best = evaluated.parent / "best"
+    assert (best / "model.safetensors").is_file() and "evaluated accuracy" in (best / "README.md").read_text()

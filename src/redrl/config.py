@@ -320,6 +320,13 @@ class TrainConfig:
     )
     seed: int = _help("seed of prompt order, sampling and initialisation", 0)
     out: str | None = _help("output directory (metrics.jsonl, checkpoints); default runs/METHOD", None)
+    eval_every: int = _help(
+        "evaluate the policy every N steps on train.eval_on (eval.k samples; 0 = off); avg@k, pass@k and length "
+        "join that step's metrics; the random state of training is left as it was, so the run is unchanged",
+        0,
+    )
+    eval_on: str = _help("what eval_every evaluates on: val, test, or a JSONL file of problems", "val")
+    keep_best: bool = _help("with eval_every: also keep the most accurate evaluated model in OUT/best", False)
     report_to: str = _help(
         "experiment tracking besides metrics.jsonl, through accelerate's trackers: none, tensorboard (logs in "
         "OUT/tensorboard), wandb or trackio (each an optional extra, e.g. pip install 'redrl[tensorboard]')",
@@ -356,6 +363,8 @@ class TrainConfig:
         _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
         _require(self.chunk_size >= 1, f"train.chunk_size must be >= 1; got {self.chunk_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
+        _require(self.eval_every >= 0, f"train.eval_every must be >= 0; got {self.eval_every}")
+        _require(not self.keep_best or self.eval_every, "train.keep_best needs train.eval_every")
         _require(self.keep_last >= 0, f"train.keep_last must be >= 0; got {self.keep_last}")
         _require(
             self.max_consecutive_skips >= 1,

@@ -280,6 +280,7 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
+    evaluate_now = _periodic_evaluation(cfg, run) if cfg.train.eval_every else None
     metrics_path, rank_path = out / "metrics.jsonl", out / f"metrics-rank{par.rank}.jsonl"
     metrics_file = rank_file = None
     if par.is_main:  # a resumed run keeps the steps up to its checkpoint and redoes the rest
@@ -383,6 +384,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             }
             record["step_time"] = time.perf_counter() - started
             record["time"] = time.time()  # wall clock (Unix seconds), to line runs up with other logs
+            if evaluate_now and step % cfg.train.eval_every == 0:
+                record.update(evaluate_now(step))
             record.update(run.strategy.record(plan, extra))
             if rank_file:
                 rank_file.write(
@@ -448,6 +451,50 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
     return final
 
 
+def _periodic_evaluation(cfg: Config, run: Run):
+    """``train.eval_every``: a function of the step that evaluates the current policy on
+    ``train.eval_on`` and returns ``{"eval_accuracy", "eval_pass@k", "eval_length"}``; with
+    ``train.keep_best`` it also saves the most accurate model so far as ``OUT/best``. Every process
+    takes part (sharded weights are gathered); the random state of training is restored afterwards."""
+    from redrl.data.offline import load_problems
+    from redrl.evaluate import eval_settings, evaluate
+    from redrl.paths import resolve_split
+
+    source = cfg.train.eval_on
+    path = resolve_split(cfg, source, progress=False) if source in ("val", "test") else source
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"train.eval_on not found: {source}")
+    problems, k, best = load_problems(path), cfg.eval.k, {"accuracy": -1.0}
+    settings = eval_settings(cfg) | {"engine": "hf" if run.par.sharded else eval_settings(cfg)["engine"]}
+
+    def evaluate_now(step: int) -> dict:
+        cuda = [run.par.device] if run.par.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), run.par.full_parameters(run.scorer):
+            torch.manual_seed(cfg.train.seed * 1_000_003 + step)
+            result = evaluate(
+                run.model,
+                run.tokenizer,
+                problems,
+                k=k,
+                temperature=cfg.eval.temperature,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                grader=cfg.data.grader,
+                **settings,
+            )
+        numbers = {
+            "eval_accuracy": result["accuracy"],
+            f"eval_pass@{k}": result[f"pass@{k}"],
+            "eval_length": result["length"],
+        }
+        accuracy = run.par.max(result["accuracy"])  # every process takes the same decision (saving is collective)
+        if cfg.train.keep_best and accuracy > best["accuracy"]:
+            best["accuracy"] = accuracy
+            run.save(run.out / "best", step, model_card=model_card(cfg, run.method, step, [json.dumps(numbers)]))
+        return numbers
+
+    return evaluate_now
+
+
 def model_card(cfg: Config, method: Method, steps: int, last: list[str]) -> str:
     """The ``README.md`` of a final model: what it is, how it was trained, the last step's numbers."""
     from redrl import __version__
@@ -455,6 +502,7 @@ def model_card(cfg: Config, method: Method, steps: int, last: list[str]) -> str:
     record = json.loads(last[0]) if last else {}
     shown = [
         ("online accuracy", "online_accuracy"),
+        ("evaluated accuracy", "eval_accuracy"),
         ("H_rl", "h_rl"),
         ("H_sft", "h_sft"),
         ("w", "w"),
