@@ -59,9 +59,7 @@ def test_every_command_and_config_key_the_readme_shows_exists():
     assert set(commands) <= shown  # and the README shows every command
     assert shown <= commands, shown - commands
     sections = {f.name: {g.name for g in dataclasses.fields(f.default_factory)} for f in dataclasses.fields(Config)}
-    keys = set(
-        re.findall(r"`(?:--set )?(model|data|rollout|optim|loss|train|eval|baselines|compare)\.([a-z_]+)", text)
-    )
+    keys = set(re.findall(r"`(?:--set )?(model|data|rollout|optim|loss|train|eval|baselines|compare)\.([a-z_]+)", text))
     assert keys, "the README names config keys"
     missing = sorted(f"{s}.{k}" for s, k in keys if k not in sections[s])
     assert not missing, missing
