@@ -169,3 +169,15 @@ def test_compare_with_swept_learning_rates_continues_checkpoints_at_the_tasks_va
     # GRPO continued from the SFT checkpoint (another model path) still takes GRPO's value for this task.
     continued = __import__("yaml").safe_load((out / "phases/rl_after_sft/seed0/config.yaml").read_text())
     assert continued["optim"]["lr"] == 3e-5 and continued["model"]["path"] == str(out / "runs/sft/seed0/final")
+
+
+def test_compare_can_plot_validation_curves(tiny_assets, tmp_path):
+    out = tmp_path / "curves"
+    extra = [f"data.val={tiny_assets.val}", "compare.eval_every=1"]
+    results = run_compare(
+        "tiny", overrides(tiny_assets) + extra, methods=["sft"], seeds=1, steps=2, out=out, jobs=1, progress=False
+    )
+    rows = [json.loads(line) for line in (out / "runs" / "sft" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [1, 2]
+    assert (out / "plots" / "validation.png").is_file()
+    assert results["methods"]["sft"]["accuracy_mean"] is not None  # the table is still the test split's final model

@@ -193,10 +193,13 @@ def _trained(run: Path, cfg_dict: dict) -> bool:
     return _jsonable(read_yaml(config)) == cfg_dict
 
 
-def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path) -> dict:
-    """The config values of one comparison run: method ``name`` (or ``"base"``, evaluated untrained) with ``seed``."""
+def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path, eval_every: int = 0) -> dict:
+    """The config values of one comparison run: method ``name`` (or ``"base"``, evaluated untrained)
+    with ``seed``; ``eval_every`` adds validation curves (``train.eval_every`` on ``val``)."""
     run = out / "runs" / name / f"seed{seed}"
     train = {"seed": seed, "out": str(run)} | ({} if name == "base" else {"method": name, "steps": steps})
+    if eval_every and name != "base":
+        train |= {"eval_every": eval_every, "eval_on": "val"}
     return {"train": train, "eval": {"k": eval_k}}
 
 
@@ -463,7 +466,7 @@ def run_compare(
     tasks = []
     for seed in range(seeds):
         for name in names:
-            values = _run_values(name, seed, steps, eval_k, out)
+            values = _run_values(name, seed, steps, eval_k, out, shared.compare.eval_every)
             cfg = _with_compare_settings(config, list(overrides), **values)
             cached = _cached(Path(cfg.train.out) / "eval.json", _jsonable(cfg.to_dict()))
             if cached is None:

@@ -448,6 +448,11 @@ class CompareConfig:
     eval_k: int = _help("samples per test problem when the runs are evaluated (avg@k)", 2)
     entropy_prompts: int = _help("training prompts whose rollouts measure H_rl in the entropy-across-phases table", 64)
     group_size: int | None = _help("G of every comparison run (None: rollout.group_size)", None)
+    eval_every: int = _help(
+        "also evaluate every run on the validation split every N steps (train.eval_every) and plot the curves "
+        "(plots/validation.png); 0 = off. The table is always the final model on the test split",
+        0,
+    )
 
     def __post_init__(self):
         _require(self.steps >= 2, f"compare.steps must be >= 2; got {self.steps}")
@@ -457,6 +462,7 @@ class CompareConfig:
             self.group_size is None or self.group_size >= 2, f"compare.group_size must be >= 2; got {self.group_size}"
         )
         _require(self.entropy_prompts >= 1, f"compare.entropy_prompts must be >= 1; got {self.entropy_prompts}")
+        _require(self.eval_every >= 0, f"compare.eval_every must be >= 0; got {self.eval_every}")
 
 
 @dataclass

@@ -313,7 +313,10 @@ CURVES = {
     "w": ("w", "w (entropy regulator weight)"),
     "online_accuracy": ("accuracy", "rollout accuracy (training prompts)"),
     "online_length": ("length", "rollout length (tokens)"),
+    "eval_accuracy": ("validation", "validation accuracy (avg@k every compare.eval_every steps)"),
 }
+#: Curves drawn only when some run logged them.
+OPTIONAL_CURVES = {"eval_accuracy"}
 
 
 def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, float] = (7.5, 4.2)) -> list[Path]:
@@ -358,6 +361,9 @@ def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, 
             ax.plot(xs, mean, style, color=color, label=NAMES.get(name, name), linewidth=2.0 if name == "red" else 1.2)
             ax.fill_between(xs, low, high, color=color, alpha=0.12, linewidth=0)
             drawn += 1
+        if not drawn and key in OPTIONAL_CURVES:
+            plt.close(fig)
+            continue
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
