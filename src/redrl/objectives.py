@@ -58,6 +58,7 @@ __all__ = [
     "group_accuracy",
     "group_advantages",
     "kl_k3",
+    "kl_mixture_loss",
     "masked_mean",
     "offline_importance_ratio",
     "policy_shift",
@@ -65,6 +66,8 @@ __all__ = [
     "relative_entropy_change",
     "sft_loss",
     "srft_loss",
+    "token_kl",
+    "token_kl_from_hidden",
     "token_logprobs_and_entropy",
     "token_logprobs_and_entropy_from_hidden",
 ]
@@ -697,6 +700,147 @@ def srft_loss(
     metrics = {name: value.detach() for name, value in terms.items()}
     metrics.update(w_sft=w_sft.detach(), w_rl=w_rl.detach())
     return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Distillation from a teacher's distributions (arXiv 2605.16826)
+# ------------------------------------------------------------------------------------------------
+
+
+def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
+    """``[M, V]`` student and teacher logits -> ``(kl_fwd [M], kl_rev [M], entropy [M])``; see :func:`token_kl`."""
+    dtype = _compute_dtype(student_logits.dtype)
+    log_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
+    # A -inf logit (a masked entry) has p = 0: clamping its log to the lowest finite value makes its
+    # term 0 · finite = 0 in the sums (and in their gradients) instead of 0 · inf = NaN.
+    lowest = torch.finfo(dtype).min
+    finite_s, finite_t = log_s.clamp(min=lowest), log_t.clamp(min=lowest)
+    p_s, p_t = log_s.exp(), log_t.exp()
+    kl_fwd = (p_t * (finite_t - finite_s)).sum(-1)
+    kl_rev = (p_s * (finite_s - finite_t)).sum(-1)
+    entropy = -(p_s * finite_s).sum(-1)
+    return kl_fwd, kl_rev, entropy
+
+
+def token_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact full-vocabulary token-level KL between student and teacher, both directions.
+
+    With ``p_S = softmax(z_S / τ)`` and ``p_T = softmax(z_T / τ)`` at one position (``τ`` the
+    distillation temperature; the teacher is never differentiated):
+
+    * forward ``KL(p_T ‖ p_S) = Σ_v p_T(v) (log p_T(v) − log p_S(v))``: its gradient in the student's
+      logits is ``(p_S − p_T) / τ``, cross-entropy against the teacher's distribution (SFT, DAgger);
+    * reverse ``KL(p_S ‖ p_T) = Σ_v p_S(v) (log p_S(v) − log p_T(v))``: the exact expectation, over
+      the student's next token, of the REINFORCE signal with dense reward ``log p_T − log p_S``
+      (offline-RL-style distillation, OPD);
+
+    both summed over all ``V`` entries (arXiv 2605.16826, "Gradient-level interpretation": the KL
+    direction alone decides between a supervised and a reinforcement-learning update). Also the
+    student's entropy ``H(p_S) = −Σ_v p_S log p_S`` at the same temperature.
+
+    Args:
+        student_logits, teacher_logits: ``[..., V]`` over the same vocabulary (align different
+            vocabulary sizes before calling).
+        temperature: ``τ > 0``.
+
+    Returns:
+        ``(kl_fwd, kl_rev, entropy)``, each ``[...]``, float32 (float64 for float64 inputs).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    shape = student_logits.shape[:-1]
+    vocab = student_logits.shape[-1]
+    out = _kl_rows(student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab), temperature)
+    return tuple(value.view(shape) for value in out)
+
+
+def _kl_hidden_rows(
+    student_hidden, teacher_hidden, student_weight, student_bias, teacher_weight, teacher_bias, temperature
+):
+    return _kl_rows(
+        F.linear(student_hidden, student_weight, student_bias),
+        F.linear(teacher_hidden, teacher_weight, teacher_bias),
+        temperature,
+    )
+
+
+def token_kl_from_hidden(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`token_kl` starting from both models' last hidden states, ``chunk_size`` positions at a
+    time, so neither the student's nor the teacher's ``[N, T, V]`` logits are ever held: each
+    chunk forms both ``[chunk, V]`` projections, reduces them to three numbers per position and (with
+    gradients on) is recomputed in the backward pass (activation checkpointing). The teacher's
+    hidden states and weights get no gradient.
+
+    Args:
+        student_hidden: ``[N, T, D_S]``, aligned with the positions being distilled.
+        student_weight: ``[V, D_S]`` (``model.get_output_embeddings().weight``).
+        teacher_hidden: ``[N, T, D_T]``, the teacher's states at the same positions.
+        teacher_weight: ``[V, D_T]``.
+        student_bias, teacher_bias: optional ``[V]`` output biases.
+        temperature: distillation temperature ``τ``.
+        chunk_size: positions per chunk.
+
+    Returns:
+        ``(kl_fwd, kl_rev, entropy)``, each ``[N, T]``.
+    """
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError(
+            f"student {tuple(student_hidden.shape)} and teacher {tuple(teacher_hidden.shape)} hidden states disagree on [N, T]"
+        )
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(f"vocabularies differ: student {student_weight.shape[0]}, teacher {teacher_weight.shape[0]}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
+    shape = student_hidden.shape[:-1]
+    flat_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    flat_t = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+    extra = (student_weight, student_bias, teacher_weight.detach(), teacher_bias, temperature)
+    needs_grad = torch.is_grad_enabled() and (flat_s.requires_grad or student_weight.requires_grad)
+    parts = []
+    for start in range(0, flat_s.shape[0], chunk_size):
+        pieces = (flat_s[start : start + chunk_size], flat_t[start : start + chunk_size])
+        if needs_grad:
+            parts.append(checkpoint(_kl_hidden_rows, *pieces, *extra, use_reentrant=False))
+        else:
+            parts.append(_kl_hidden_rows(*pieces, *extra))
+    return tuple(torch.cat([part[i] for part in parts]).view(shape) for i in range(3))
+
+
+def kl_mixture_loss(
+    kl_fwd: torch.Tensor, kl_rev: torch.Tensor, response_mask: torch.Tensor, *, alpha: float = 1.0
+) -> torch.Tensor:
+    """The distillation loss: the token mean of a token-level mixture of the two directions,
+
+    ``L = (1/Σ|o|) Σ_n Σ_t [α · KL_fwd(n,t) + (1 − α) · KL_rev(n,t)]`` over response tokens,
+
+    ``α = 1`` forward KL only (SFT with teacher prefixes, DAgger with student prefixes), ``α = 0``
+    reverse KL only (offline-RL-style distillation, OPD); arXiv 2605.16826 finds ``α ≥ 0.8`` keeps
+    the student's entropy ("KL mixing"). Shapes: ``[N, T]``; returns a 0-d tensor.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    mask = response_mask.to(torch.bool)
+    mixed = alpha * torch.where(mask, kl_fwd, torch.zeros_like(kl_fwd)) + (1 - alpha) * torch.where(
+        mask, kl_rev, torch.zeros_like(kl_rev)
+    )
+    return mixed.sum() / mask.sum().clamp(min=1)
 
 
 # ------------------------------------------------------------------------------------------------
