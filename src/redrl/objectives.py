@@ -708,19 +708,29 @@ def srft_loss(
 
 
 def _kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
-    """``[M, V]`` student and teacher logits -> ``(kl_fwd [M], kl_rev [M], entropy [M])``; see :func:`token_kl`."""
+    """``[M, V]`` student and teacher logits -> ``(kl_fwd [M], kl_rev [M], entropy [M])``; see :func:`token_kl`.
+
+    Written for memory: the teacher's side is computed in place (it is never differentiated) and
+    every sum over the vocabulary is a row-wise dot product, so a chunk holds few ``[M, V]`` tensors."""
     dtype = _compute_dtype(student_logits.dtype)
-    log_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
-    # A -inf logit (a masked entry) has p = 0: clamping its log to the lowest finite value makes its
-    # term 0 · finite = 0 in the sums (and in their gradients) instead of 0 · inf = NaN.
+    student, teacher = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    if temperature != 1.0:
+        student, teacher = student / temperature, teacher / temperature
     lowest = torch.finfo(dtype).min
-    finite_s, finite_t = log_s.clamp(min=lowest), log_t.clamp(min=lowest)
-    p_s, p_t = log_s.exp(), log_t.exp()
-    kl_fwd = (p_t * (finite_t - finite_s)).sum(-1)
-    kl_rev = (p_s * (finite_s - finite_t)).sum(-1)
-    entropy = -(p_s * finite_s).sum(-1)
-    return kl_fwd, kl_rev, entropy
+    log_s = F.log_softmax(student, dim=-1)
+    with torch.no_grad():
+        log_t = F.log_softmax(teacher, dim=-1)
+        p_t = log_t.exp()
+        # A -inf logit (a masked entry) has p = 0: clamping its log to the lowest finite value makes
+        # its term 0 · finite = 0 in the sums (and in their gradients) instead of 0 · inf = NaN.
+        log_t.clamp_(min=lowest)
+        teacher_self = torch.einsum("mv,mv->m", p_t, log_t)  # Σ p_T log p_T
+    finite_s = log_s.clamp(min=lowest)
+    p_s = log_s.exp()
+    student_self = torch.einsum("mv,mv->m", p_s, finite_s)  # Σ p_S log p_S
+    kl_fwd = teacher_self - torch.einsum("mv,mv->m", p_t, finite_s)
+    kl_rev = student_self - torch.einsum("mv,mv->m", p_s, log_t)
+    return kl_fwd, kl_rev, -student_self
 
 
 def token_kl(
