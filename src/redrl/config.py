@@ -440,6 +440,27 @@ class BaselinesConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """A teacher *model* whose distributions the student distils (arXiv 2605.16826); unset for RED
+    and the baselines, which learn from the teacher's *text* in data.train."""
+
+    path: str | None = _help("teacher checkpoint directory or Hugging Face Hub id (null: no teacher model)", None)
+    device: str = _help("where the frozen teacher runs: auto (the student's device), cpu, cuda or cuda:N", "auto")
+    dtype: str | None = _help("teacher parameter dtype (null: model.dtype)", None)
+    trust_remote_code: bool = _help("run the teacher's own Hub code", False)
+
+    def __post_init__(self):
+        _require(
+            self.dtype is None or self.dtype in ("float32", "bfloat16", "float16"),
+            f"teacher.dtype must be float32, bfloat16, float16 or null; got {self.dtype!r}",
+        )
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"teacher.device must be auto, cpu, cuda or cuda:N; got {self.device!r}",
+        )
+
+
+@dataclass
 class CompareConfig:
     """What ``redrl compare`` runs: every method x seed, each for ``steps`` optimizer steps."""
 
@@ -475,6 +496,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
@@ -490,6 +512,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "baselines": BaselinesConfig,
+    "teacher": TeacherConfig,
     "compare": CompareConfig,
 }
 
