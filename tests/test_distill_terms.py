@@ -79,3 +79,51 @@ def test_kl_mixture_loss_by_hand():
     assert kl_mixture_loss(kl_fwd, kl_rev, mask, alpha=0.0).item() == pytest.approx(5.0)  # reverse only
     with pytest.raises(ValueError, match="alpha must be in"):
         kl_mixture_loss(kl_fwd, kl_rev, mask, alpha=1.5)
+
+
+def _expected_over_student_samples(student, teacher, estimator):
+    """Σ_y p_S(y) · (loss, estimate, gradient) when the student samples token y: the exact expectation."""
+    from redrl.objectives import sampled_kl_loss
+
+    p_s = torch.softmax(student.detach(), -1)
+    loss_grad, estimate = torch.zeros_like(student), 0.0
+    for y in range(student.shape[-1]):
+        logp = torch.log_softmax(student, -1)[y].view(1, 1)
+        teacher_logp = torch.log_softmax(teacher, -1)[y].view(1, 1)
+        loss, value = sampled_kl_loss(logp, teacher_logp, torch.ones(1, 1, dtype=torch.bool), estimator=estimator)
+        (grad,) = torch.autograd.grad(loss, student)
+        loss_grad += p_s[y] * grad
+        estimate += p_s[y].item() * value.item()
+    return loss_grad, estimate
+
+
+def test_sampled_estimators_in_expectation():
+    student = torch.tensor([0.3, -1.0, 1.2], dtype=F64, requires_grad=True)
+    teacher = torch.tensor([1.0, 0.5, -0.7], dtype=F64)
+    kl_fwd, kl_rev, _ = token_kl(student, teacher)
+    (grad_fwd,) = torch.autograd.grad(kl_fwd, student)
+    (grad_rev,) = torch.autograd.grad(token_kl(student, teacher)[1], student)
+    # k1: unbiased for the reverse KL and for its gradient (REINFORCE with reward log p_T - log p_S)
+    grad, estimate = _expected_over_student_samples(student, teacher, "k1")
+    torch.testing.assert_close(grad, grad_rev, rtol=0, atol=1e-12)
+    assert estimate == pytest.approx(kl_rev.item(), abs=1e-12)
+    # k3: unbiased for the reverse KL's value, but its gradient is the forward KL's
+    grad, estimate = _expected_over_student_samples(student, teacher, "k3")
+    torch.testing.assert_close(grad, grad_fwd, rtol=0, atol=1e-12)
+    assert estimate == pytest.approx(kl_rev.item(), abs=1e-12)
+
+
+def test_sampled_kl_loss_by_hand_and_padding():
+    from redrl.objectives import sampled_kl_loss
+
+    logp = torch.tensor([[-1.0, -2.0, 7.0]], dtype=F64, requires_grad=True)
+    teacher_logp = torch.tensor([[-0.5, -3.0, float("nan")]], dtype=F64)
+    mask = torch.tensor([[True, True, False]])
+    loss, estimate = sampled_kl_loss(logp, teacher_logp, mask, estimator="k1")
+    # gaps (log p_S - log p_T) = (-0.5, 1.0): estimate 0.25; loss = mean(gap * log p_S) = (0.5 - 2.0) / 2
+    assert estimate.item() == pytest.approx(0.25) and loss.item() == pytest.approx(-0.75)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad[0].tolist() == pytest.approx([-0.25, 0.5, 0.0])  # gap / 2 per token; padding untouched
+    loss, estimate = sampled_kl_loss(logp, teacher_logp, mask, estimator="k3")
+    k3 = [math.exp(0.5) - 0.5 - 1, math.exp(-1.0) + 1.0 - 1]
+    assert estimate.item() == pytest.approx(sum(k3) / 2) and torch.isfinite(loss)

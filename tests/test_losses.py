@@ -73,9 +73,27 @@ def test_srft_objective_takes_the_steps_rollout_entropy():
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_objective_reports_exactly_what_it_declares_and_has_a_gradient(name):
-    x = _inputs(ref_logp=torch.full((4, 2), -1.0, dtype=F64))
-    loss, metrics = LOSSES[name].fn(x, LossSettings(kl_coef=0.1))
-    (grad,) = torch.autograd.grad(loss, x.logp)
-    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
-    assert grad[1, 1] == 0  # padding never gets a gradient
-    assert set(metrics) == set(LOSSES[name].metrics)
+    kl = torch.tensor([[0.2, 0.4], [0.6, 99.0], [0.1, 0.3], [0.5, 0.7]], dtype=F64)  # 99: padding
+    x = _inputs(
+        ref_logp=torch.full((4, 2), -1.0, dtype=F64),
+        kl_fwd=kl.clone().requires_grad_(),
+        kl_rev=(2 * kl).requires_grad_(),
+        teacher_logp=torch.full((4, 2), -1.2, dtype=F64),
+    )
+    for estimator in ("exact", "k1", "k3") if name == "distill" else ("exact",):
+        loss, metrics = LOSSES[name].fn(x, LossSettings(kl_coef=0.1, distill_alpha=0.8, distill_estimator=estimator))
+        grads = torch.autograd.grad(loss, (x.logp, x.kl_fwd, x.kl_rev), allow_unused=True)
+        grads = [g for g in grads if g is not None]
+        assert all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+        assert all(g[1, 1] == 0 for g in grads)  # padding never gets a gradient
+        assert set(metrics) == set(LOSSES[name].metrics)
+
+
+def test_distill_objective_mixes_the_exact_kls_by_alpha():
+    kl_fwd = torch.tensor([[1.0, 2.0], [3.0, 0.0], [1.0, 1.0], [1.0, 1.0]], dtype=F64)
+    x = _inputs(kl_fwd=kl_fwd, kl_rev=2 * kl_fwd)
+    loss, metrics = LOSSES["distill"].fn(x, LossSettings(distill_alpha=0.8))
+    # seven response tokens, forward sum 10: 0.8 * 10/7 + 0.2 * 20/7
+    assert loss.item() == pytest.approx(12 / 7, abs=1e-12)
+    assert metrics["kl_fwd"].item() == pytest.approx(10 / 7) and metrics["kl_rev"].item() == pytest.approx(20 / 7)
+    assert metrics["distill_entropy"].item() == pytest.approx(6.5 / 7)

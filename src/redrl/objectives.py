@@ -64,6 +64,7 @@ __all__ = [
     "policy_shift",
     "red_loss",
     "relative_entropy_change",
+    "sampled_kl_loss",
     "sft_loss",
     "srft_loss",
     "token_kl",
@@ -853,6 +854,36 @@ def kl_mixture_loss(
     return mixed.sum() / mask.sum().clamp(min=1)
 
 
+def sampled_kl_loss(
+    logp: torch.Tensor, teacher_logp: torch.Tensor, response_mask: torch.Tensor, *, estimator: str = "k1"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reverse KL from the sampled tokens only, the approximation verl's OPD and GRPO's KL penalty
+    use when the full distributions are not at hand (``logp`` and ``teacher_logp`` are the student's
+    and the teacher's log-probabilities of the tokens the *student* sampled, ``[N, T]``):
+
+    * ``"k1"``: the dense-reward REINFORCE loss ``sg(log p_S − log p_T) · log p_S`` per token; its
+      gradient's expectation under the student's sampling is exactly that of ``KL(p_S ‖ p_T)``
+      (arXiv 2605.16826: reverse KL is REINFORCE with reward ``log p_T − log p_S``), from one sample
+      per position instead of the whole vocabulary, so with far more variance;
+    * ``"k3"``: ``r − 1 − log r`` with ``r = p_T / p_S`` (:func:`kl_k3`), differentiated directly, as
+      GRPO's KL term; per-token value ≥ 0 and unbiased for the reverse KL, but its gradient's
+      expectation, ``−Σ_v p_T ∇ log p_S``, is that of the *forward* KL.
+
+    Both are token means over ``response_mask``. Returns ``(loss, estimate)``: the 0-d loss and the
+    0-d sampled estimate of the reverse KL (the mean of ``log p_S − log p_T`` for k1, of k3 for k3).
+    Only for student-sampled tokens; the exact terms are :func:`token_kl`.
+    """
+    _check_choice("estimator", estimator, ("k1", "k3"))
+    mask = response_mask.to(torch.bool)
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    teacher_logp = torch.where(mask, teacher_logp.detach().to(logp.dtype), logp.detach())
+    if estimator == "k1":
+        gap = (logp - teacher_logp).detach()
+        return masked_mean(gap * logp, mask), masked_mean(gap, mask)
+    k3 = kl_k3(logp, teacher_logp)
+    return masked_mean(k3, mask), masked_mean(k3.detach(), mask)
+
+
 # ------------------------------------------------------------------------------------------------
 # The loss registry: every objective by name, called the same way
 # ------------------------------------------------------------------------------------------------
@@ -866,7 +897,9 @@ class LossInputs:
     ``advantages``, ``rewards`` (NaN = ungradable), ``is_offline``, ``group_accuracy`` ``[N]``;
     ``w`` the entropy regulator's weight of this step and ``h_rl`` the step's mean rollout entropy
     (both over the whole step, not the micro-batch); ``ref_logp`` ``[N, T]`` a reference model's
-    log-probabilities where a KL term needs them."""
+    log-probabilities where a KL term needs them; for distillation, ``kl_fwd`` and ``kl_rev``
+    ``[N, T]`` the exact per-token KLs to the teacher (:func:`token_kl_from_hidden`, differentiable
+    in the student) or ``teacher_logp`` ``[N, T]`` the teacher's log-probabilities of the tokens."""
 
     logp: torch.Tensor
     old_logp: torch.Tensor
@@ -879,6 +912,9 @@ class LossInputs:
     w: float = 1.0
     h_rl: float = math.nan
     ref_logp: torch.Tensor | None = None
+    kl_fwd: torch.Tensor | None = None
+    kl_rev: torch.Tensor | None = None
+    teacher_logp: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -888,7 +924,9 @@ class LossSettings:
     ``aggregation`` and ``norm_constant`` as in :func:`aggregate_loss`; ``eps_low``, ``eps_high``,
     ``offline_ratio``, ``gamma``, ``clip_offline``, ``kl_coef`` as in :func:`red_loss`;
     ``srft_sft_coef``, ``srft_rl_coef`` as in :func:`srft_loss`; ``sft_entropy_coef`` the
-    ``β`` of :func:`sft_loss`."""
+    ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss` and
+    ``distill_estimator`` ``"exact"`` (full vocabulary) or a sampled estimator of
+    :func:`sampled_kl_loss` (``"k1"``, ``"k3"``)."""
 
     aggregation: str = "seq-mean-token-mean"
     norm_constant: float | None = None
@@ -901,6 +939,8 @@ class LossSettings:
     srft_sft_coef: float = 0.5
     srft_rl_coef: float = 0.1
     sft_entropy_coef: float = 0.0
+    distill_alpha: float = 1.0
+    distill_estimator: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -967,6 +1007,20 @@ def _srft_objective(x: LossInputs, s: LossSettings):
     )
 
 
+def _distill_objective(x: LossInputs, s: LossSettings):
+    """Distillation from a teacher's distributions: :func:`kl_mixture_loss` over the exact per-token
+    KLs, or (``distill_estimator`` k1 / k3) :func:`sampled_kl_loss` from the sampled tokens."""
+    mask = x.response_mask.to(torch.bool)
+    if s.distill_estimator == "exact":
+        loss = kl_mixture_loss(x.kl_fwd, x.kl_rev, x.response_mask, alpha=s.distill_alpha)
+        metrics = {"kl_fwd": masked_mean(x.kl_fwd.detach(), mask), "kl_rev": masked_mean(x.kl_rev.detach(), mask)}
+    else:
+        loss, estimate = sampled_kl_loss(x.logp, x.teacher_logp, x.response_mask, estimator=s.distill_estimator)
+        metrics = {"kl_fwd": torch.tensor(math.nan), "kl_rev": estimate}
+    metrics["distill_entropy"] = masked_mean(x.entropy.detach(), mask)
+    return loss, metrics
+
+
 #: Every objective by name (``Method.objective``). Adding one: a function here with its
 #: hand-computed test, and an entry in this dict.
 LOSSES: dict[str, Objective] = {
@@ -986,6 +1040,7 @@ LOSSES: dict[str, Objective] = {
     ),
     "sft": Objective(_sft_objective, ()),
     "srft": Objective(_srft_objective, ("sft_demo", "rl_demo", "positive", "negative", "w_sft", "w_rl")),
+    "distill": Objective(_distill_objective, ("kl_fwd", "kl_rev", "distill_entropy")),
 }
 
 
