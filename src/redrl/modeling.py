@@ -26,6 +26,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "prepare_model",
     "resolve_device",
+    "response_distillation",
     "response_logprobs",
     "trainable_parameters",
 ]
@@ -93,6 +94,66 @@ def response_logprobs(
     logp[loss_mask] = logp_sel.squeeze(0)
     entropy[loss_mask] = entropy_sel.squeeze(0)
     return logp, entropy
+
+
+def response_distillation(
+    student,
+    teacher,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    vocab: int,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logp, entropy, kl_fwd, kl_rev)``, each ``[N, S-1]`` and zero outside ``loss_mask``: the
+    student's :func:`response_logprobs` and, at the same response positions, the exact token KLs to
+    the teacher over the first ``vocab`` output entries (:func:`redrl.objectives.token_kl_from_hidden`).
+
+    One student forward and one teacher forward (no gradient; its hidden states move to the
+    student's device) give the last hidden states; the response positions then go through both
+    output projections ``chunk_size`` at a time, so no ``[N, S, V]`` logits exist for either model.
+    Both models need logits that are a plain linear map of their last hidden states."""
+    from redrl.objectives import token_kl_from_hidden
+
+    inner, frozen = _unwrap(student), _unwrap(teacher)
+    if not (_plain_linear_head(inner) and _plain_linear_head(frozen)):
+        raise ValueError(
+            "distillation needs student and teacher logits that are a linear map of the last hidden states"
+        )
+    device = student.get_input_embeddings().weight.device
+    input_ids, attention_mask, loss_mask = input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
+    targets = input_ids[:, 1:]
+    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = hidden[:, :-1][loss_mask].unsqueeze(0)
+    teacher_device = teacher.get_input_embeddings().weight.device
+    with torch.no_grad():
+        teacher_hidden = frozen.base_model(
+            input_ids=input_ids.to(teacher_device), attention_mask=attention_mask.to(teacher_device), use_cache=False
+        ).last_hidden_state
+        teacher_hidden = teacher_hidden[:, :-1][loss_mask.to(teacher_device)].unsqueeze(0).to(device)
+    head, teacher_head = inner.get_output_embeddings(), frozen.get_output_embeddings()
+    logp_sel, entropy_sel = token_logprobs_and_entropy_from_hidden(
+        hidden, head.weight, targets[loss_mask].unsqueeze(0), bias=head.bias, chunk_size=chunk_size
+    )
+    teacher_bias = None if teacher_head.bias is None else teacher_head.bias[:vocab].to(device)
+    kl_fwd_sel, kl_rev_sel, _ = token_kl_from_hidden(
+        hidden,
+        head.weight[:vocab],
+        teacher_hidden,
+        teacher_head.weight[:vocab].to(device),
+        student_bias=None if head.bias is None else head.bias[:vocab],
+        teacher_bias=teacher_bias,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
+    out = []
+    for selected in (logp_sel, entropy_sel, kl_fwd_sel, kl_rev_sel):
+        full = torch.zeros(loss_mask.shape, dtype=selected.dtype, device=selected.device)
+        full[loss_mask] = selected.squeeze(0)
+        out.append(full)
+    return tuple(out)
 
 
 class TokenScorer(torch.nn.Module):
