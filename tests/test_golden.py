@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from redrl.config import load_config
-from redrl.methods import METHODS
+from redrl.methods import COMPARED
 from redrl.rewards import GRADERS
 from redrl.trainer import train
 
@@ -49,7 +49,7 @@ KEYS = (
 )
 
 #: name → (method, config overrides): every method once, plus the micro-batched step and ReLIFT's SFT step.
-CASES = {name: (name, {}) for name in sorted(METHODS)} | {
+CASES = {name: (name, {}) for name in sorted(COMPARED)} | {
     "red-micro-batches": ("red", {"train": {"micro_batch_size": 3}}),
     "relift-sft-step": ("relift", {"baselines": {"relift_buffer": 1}}),
 }

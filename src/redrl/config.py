@@ -461,6 +461,34 @@ class TeacherConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from teacher.path's distributions (arXiv 2605.16826). The methods kd, dagger,
+    offline_rkl, opd and kl_mix are presets of prefix and alpha; set either here to override them."""
+
+    prefix: str | None = _help(
+        "whose tokens the KL is measured on: teacher (the traces in data.train) or student (its rollouts); "
+        "null: the method's",
+        None,
+    )
+    alpha: float | None = _help(
+        "weight of the forward KL in the token-level mixture alpha*KL(p_T||p_S) + (1-alpha)*KL(p_S||p_T): "
+        "1 = forward, 0 = reverse; null: the method's",
+        None,
+    )
+    temperature: float = _help("distillation temperature: both distributions are softmax(logits / temperature)", 1.0)
+    chunk_size: int = _help("response positions per chunk of the two vocabulary projections", 128)
+
+    def __post_init__(self):
+        _require(
+            self.prefix is None or self.prefix in ("teacher", "student"),
+            f"distill.prefix must be teacher, student or null; got {self.prefix!r}",
+        )
+        _require(self.alpha is None or 0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1]; got {self.alpha}")
+        _require(self.temperature > 0, f"distill.temperature must be > 0; got {self.temperature}")
+        _require(self.chunk_size >= 1, f"distill.chunk_size must be >= 1; got {self.chunk_size}")
+
+
+@dataclass
 class CompareConfig:
     """What ``redrl compare`` runs: every method x seed, each for ``steps`` optimizer steps."""
 
@@ -497,6 +525,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
@@ -513,6 +542,7 @@ _SECTIONS = {
     "eval": EvalConfig,
     "baselines": BaselinesConfig,
     "teacher": TeacherConfig,
+    "distill": DistillConfig,
     "compare": CompareConfig,
 }
 

@@ -35,6 +35,8 @@ class Method:
         stages: a staged method: the methods run one after the other, each from the previous
             one's final checkpoint, splitting ``train.steps`` (``baselines.staged_sft_fraction``).
         source: where the method comes from.
+        distill_prefix, distill_alpha: for ``objective="distill"``, the preset of ``distill.prefix``
+            (``"teacher"``: the traces; ``"student"``: its rollouts) and ``distill.alpha``.
     """
 
     name: str
@@ -46,6 +48,8 @@ class Method:
     on_all_fail: str = "none"
     stages: tuple[str, ...] = ()
     source: str = ""
+    distill_prefix: str = "teacher"
+    distill_alpha: float = 1.0
 
 
 METHODS: dict[str, Method] = {
@@ -137,6 +141,57 @@ METHODS: dict[str, Method] = {
         offline_ratio="shift",
         regulator=False,
         source="RED ablation II, arXiv 2508.16677 Table 2: policy shift on, w = 1",
+    ),
+}
+
+# Distillation from a teacher model's distributions (arXiv 2605.16826): the 2x2 grid of prefix source
+# x KL direction, and the KL mixture. Which rows exist (teacher or rollouts) follows distill.prefix.
+_GRID = "arXiv 2605.16826, the distillation grid: "
+METHODS |= {
+    "kd": Method(
+        "kd",
+        rollouts=False,
+        offline=True,
+        objective="distill",
+        distill_prefix="teacher",
+        distill_alpha=1.0,
+        source=_GRID + "teacher prefix, forward KL (SFT-style distillation)",
+    ),
+    "dagger": Method(
+        "dagger",
+        rollouts=True,
+        offline=False,
+        objective="distill",
+        distill_prefix="student",
+        distill_alpha=1.0,
+        source=_GRID + "student prefix, forward KL (DAgger-style on-policy SFT)",
+    ),
+    "offline_rkl": Method(
+        "offline_rkl",
+        rollouts=False,
+        offline=True,
+        objective="distill",
+        distill_prefix="teacher",
+        distill_alpha=0.0,
+        source=_GRID + "teacher prefix, reverse KL (offline-RL-style distillation)",
+    ),
+    "opd": Method(
+        "opd",
+        rollouts=True,
+        offline=False,
+        objective="distill",
+        distill_prefix="student",
+        distill_alpha=0.0,
+        source=_GRID + "student prefix, reverse KL (on-policy distillation)",
+    ),
+    "kl_mix": Method(
+        "kl_mix",
+        rollouts=True,
+        offline=False,
+        objective="distill",
+        distill_prefix="student",
+        distill_alpha=0.8,
+        source=_GRID + "student prefix, 0.8 forward + 0.2 reverse KL (KL mixing)",
     ),
 }
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from redrl.config import Config
 
 __all__ = [
+    "DistillScorer",
     "TokenScorer",
     "apply_lora",
     "autocast",
@@ -173,6 +174,29 @@ class TokenScorer(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
         return response_logprobs(
             self.model, input_ids, attention_mask, loss_mask, chunk_size=self.chunk_size, full_logits=self.full_logits
+        )
+
+
+class DistillScorer(TokenScorer):
+    """A :class:`TokenScorer` that also measures a frozen teacher: its forward returns
+    :func:`response_distillation`'s ``(logp, entropy, kl_fwd, kl_rev)``. The teacher is kept out of
+    the module's parameters (a plain attribute), so wrappers never see, sync or shard it."""
+
+    def __init__(self, model, teacher, *, vocab: int, temperature: float = 1.0, chunk_size: int = 1024):
+        super().__init__(model, chunk_size)
+        self.__dict__["teacher"] = teacher  # not a submodule
+        self.vocab, self.temperature = vocab, temperature
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
+        return response_distillation(
+            self.model,
+            self.teacher,
+            input_ids,
+            attention_mask,
+            loss_mask,
+            vocab=self.vocab,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
         )
 
 

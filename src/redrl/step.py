@@ -44,11 +44,12 @@ class _Pass:
     rows: Batch
     logp: torch.Tensor
     entropy: torch.Tensor
+    kl_fwd: torch.Tensor | None = None  # with a teacher (DistillScorer): the exact token KLs
+    kl_rev: torch.Tensor | None = None
 
 
 def _forward(scorer, rows: Batch) -> _Pass:
-    logp, entropy = scorer(rows.input_ids, rows.attention_mask, rows.loss_mask())
-    return _Pass(rows, logp, entropy)
+    return _Pass(rows, *scorer(rows.input_ids, rows.attention_mask, rows.loss_mask()))
 
 
 def _entropy_sums(passes: list[_Pass]) -> list[float]:
@@ -111,6 +112,9 @@ def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) ->
     ``loss.aggregation`` says; the length normaliser defaults to ``rollout.max_new_tokens``."""
     if method.objective == "sft":
         return LossSettings(aggregation="token-mean", sft_entropy_coef=sft_entropy_coef)
+    if method.objective == "distill":  # a token mean of the per-token KLs
+        alpha = method.distill_alpha if cfg.distill.alpha is None else cfg.distill.alpha
+        return LossSettings(aggregation="token-mean", distill_alpha=alpha)
     loss = cfg.loss
     return LossSettings(
         aggregation=loss.aggregation,
@@ -149,6 +153,8 @@ def _loss(
         w=w,
         h_rl=h_rl,
         ref_logp=ref_logp,
+        kl_fwd=current.kl_fwd,
+        kl_rev=current.kl_rev,
     )
     return objective.fn(inputs, settings)
 

@@ -18,6 +18,7 @@ its stages through :mod:`redrl.staged`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -42,7 +43,7 @@ from redrl.config import TRACKERS, Config
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.errors import NonFiniteTraining, TrainingStopped
 from redrl.methods import METHODS, Method
-from redrl.modeling import TokenScorer, load_frozen_model, prepare_model, trainable_parameters
+from redrl.modeling import DistillScorer, TokenScorer, load_frozen_model, prepare_model, trainable_parameters
 from redrl.objectives import LOSSES, LossSettings
 from redrl.parallel import Parallel
 from redrl.paths import resolve_paths
@@ -52,6 +53,7 @@ from redrl.rollout import build_generator
 from redrl.staged import train_staged
 from redrl.step import StepSettings, build_scheduler, loss_settings, optimization_step, step_record
 from redrl.strategies import StepPlan, StepRollouts, Strategy, build_strategy, check_strategy
+from redrl.teacher import load_teacher
 
 __all__ = ["NonFiniteTraining", "Run", "TrainingStopped", "setup", "train"]
 
@@ -196,8 +198,18 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     optimizer = torch.optim.AdamW(
         trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
+    if method.objective == "distill":  # the teacher's distributions enter inside the scorer's forward
+        teacher = load_teacher(cfg, tokenizer, model.get_output_embeddings().weight.shape[0], par.device)
+        if teacher.note and par.is_main:
+            print(f"redrl: {teacher.note}", file=sys.stderr)
+        settings = cfg.distill
+        module = DistillScorer(
+            model, teacher.model, vocab=teacher.vocab, temperature=settings.temperature, chunk_size=settings.chunk_size
+        )
+    else:
+        module = TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3)
     scorer, optimizer = par.prepare(
-        TokenScorer(model, cfg.train.chunk_size, full_logits=par.zero_stage == 3),
+        module,
         optimizer,
         micro_batch_size=cfg.train.micro_batch_size,
     )
@@ -259,11 +271,21 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     return run
 
 
+def resolve_method(cfg: Config) -> Method:
+    """``train.method``'s settings, with a distillation method's rows following ``distill.prefix``
+    (teacher: the traces, student: rollouts)."""
+    method = METHODS[cfg.train.method]
+    if method.objective != "distill":
+        return method
+    prefix = cfg.distill.prefix or method.distill_prefix
+    return dataclasses.replace(method, rollouts=prefix == "student", offline=prefix == "teacher", distill_prefix=prefix)
+
+
 def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
     """One single-stage run: :func:`setup`, then the loop."""
     from tqdm.auto import tqdm
 
-    method = METHODS[cfg.train.method]
+    method = resolve_method(cfg)
     run = setup(cfg, method, progress=progress)
     par, out, steps, data, tokenizer = run.par, run.out, run.steps, run.data, run.tokenizer
     G = cfg.rollout.group_size
