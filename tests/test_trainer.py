@@ -406,3 +406,23 @@ def test_distill_prefix_and_alpha_override_the_preset(tiny_assets, tmp_path, per
     assert r["online_accuracy"] is None and r["loss"] == pytest.approx(0.5 * r["kl_fwd"] + 0.5 * r["kl_rev"], rel=1e-5)
     with pytest.raises(ValueError, match="set teacher.path"):
         train(tiny_config(tiny_assets, tmp_path / "none", "kd", steps=1), progress=False)
+
+
+@pytest.mark.parametrize("method", ["kd", "opd"])
+def test_the_length_curriculum_bounds_what_is_trained_and_logs_its_window(
+    tiny_assets, tmp_path, perturbed_teacher, method
+):
+    cfg = tiny_config(tiny_assets, tmp_path, method, steps=3)
+    cfg.teacher.path = str(perturbed_teacher)
+    d = cfg.distill
+    d.curriculum, d.window_start, d.window_every, d.entropy_threshold = True, 4, 2, 0.0  # grows after step 2
+    records = [
+        json.loads(line) for line in (train(cfg, progress=False).parent / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["window"] for r in records] == [4, 4, 8]
+    length = "online_length" if method == "opd" else "offline_length"
+    assert all(r[length] <= r["window"] for r in records)  # rollouts or teacher tokens cut to the window
+    with pytest.raises(ValueError, match="distill.curriculum applies to the distillation methods, not red"):
+        bad = tiny_config(tiny_assets, tmp_path / "red", "red", steps=1)
+        bad.distill.curriculum = True
+        train(bad, progress=False)

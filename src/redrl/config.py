@@ -477,6 +477,16 @@ class DistillConfig:
     )
     temperature: float = _help("distillation temperature: both distributions are softmax(logits / temperature)", 1.0)
     chunk_size: int = _help("response positions per chunk of the two vocabulary projections", 128)
+    curriculum: bool = _help(
+        "the entropy-gated length curriculum: train on a window of window_start response tokens, grow it by "
+        "window_growth every window_every steps while the student's entropy stays >= entropy_threshold, "
+        "freeze it once it drops (logged as window)",
+        False,
+    )
+    window_start: int = _help("the curriculum's first window (response tokens)", 32)
+    window_growth: float = _help("the curriculum's factor per growth", 2.0)
+    window_every: int = _help("steps between the curriculum's growth checks", 10)
+    entropy_threshold: float = _help("the student's mean token entropy below which the window freezes", 0.1)
 
     def __post_init__(self):
         _require(
@@ -486,6 +496,9 @@ class DistillConfig:
         _require(self.alpha is None or 0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1]; got {self.alpha}")
         _require(self.temperature > 0, f"distill.temperature must be > 0; got {self.temperature}")
         _require(self.chunk_size >= 1, f"distill.chunk_size must be >= 1; got {self.chunk_size}")
+        _require(self.window_start >= 1, f"distill.window_start must be >= 1; got {self.window_start}")
+        _require(self.window_growth > 1, f"distill.window_growth must be > 1; got {self.window_growth}")
+        _require(self.window_every >= 1, f"distill.window_every must be >= 1; got {self.window_every}")
 
 
 @dataclass

@@ -40,6 +40,7 @@ from redrl import checkpoint
 from redrl import rewards as rewards_module
 from redrl.batch import assemble_batch
 from redrl.config import TRACKERS, Config
+from redrl.curriculum import LengthCurriculum
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.errors import NonFiniteTraining, TrainingStopped
 from redrl.methods import METHODS, Method
@@ -99,6 +100,7 @@ class Run:
     steps: int
     reference: TokenScorer | None = None
     step_settings: StepSettings = field(default_factory=StepSettings)
+    curriculum: LengthCurriculum | None = None
     start: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
@@ -118,6 +120,7 @@ class Run:
             "skipped_in_a_row": self.skipped_in_a_row,
             "skipped_total": self.skipped_total,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            **({"curriculum": self.curriculum.state_dict()} if self.curriculum is not None else {}),
         }
 
     def save(self, path: Path, step: int, model_card: str | None = None) -> None:
@@ -150,6 +153,8 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     if par.is_main:
         _claim(out, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
     check_strategy(method, cfg.baselines, par)
+    if cfg.distill.curriculum and method.objective != "distill":
+        raise ValueError(f"distill.curriculum applies to the distillation methods, not {method.name}")
     if cfg.loss.kl_coef and not LOSSES[method.objective].kl_to_reference:
         raise ValueError(
             f"loss.kl_coef: the {method.objective} objective of {method.name} has no KL-to-reference term; set it to 0"
@@ -247,6 +252,15 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         reference,
         StepSettings.from_config(cfg),
     )
+    if cfg.distill.curriculum:
+        d = cfg.distill
+        run.curriculum = LengthCurriculum(
+            min(d.window_start, cfg.rollout.max_new_tokens),
+            cfg.rollout.max_new_tokens,
+            growth=d.window_growth,
+            every=d.window_every,
+            threshold=d.entropy_threshold,
+        )
     if resume_from is not None:
         body = checkpoint.load_training_state(
             resume_from, optimizer=optimizer, scheduler=scheduler, regulator=regulator, sampler=sampler
@@ -258,6 +272,8 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
             )
         run.start = int(body["step"])
         strategy.load_state_dict(loop)
+        if run.curriculum is not None and loop.get("curriculum"):
+            run.curriculum.load_state_dict(loop["curriculum"])
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = lr  # also where no optimizer state was saved (sharded runs)
         run.skipped_in_a_row, run.skipped_total = (
@@ -329,17 +345,19 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             chosen = par.share(plan.prompts)  # this process's groups
             step_prompts = [data.prompts[i] for i in chosen]
             answers = [data.records[i]["answer"] for i in chosen]
+            # the response window: rollout budget and teacher tokens trained (the length curriculum's, if on)
+            window = run.curriculum.window if run.curriculum is not None else cfg.rollout.max_new_tokens
 
             # 1. Rollouts: G samples of each prompt from the current policy (with the sampler's
             # log-probs when the importance ratio uses them).
             rollouts, logprobs = [], None
             if plan.method.rollouts and cfg.rollout.old_logp == "sampler":
                 rollouts, logprobs = run.generator.generate_with_logprobs(
-                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens
+                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=window
                 )
             elif plan.method.rollouts:
                 rollouts = run.generator.generate(
-                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens
+                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=window
                 )
 
             # 2. Grade them with the evaluation's grader (a grader error or timeout: ungraded, counted);
@@ -352,7 +370,14 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             rewards = [0.0 if failed and wrong_if_failed else reward for reward, failed in checked]
             graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
             groups = StepRollouts(
-                chosen, step_prompts, answers, [data.teacher[i] for i in chosen], rollouts, rewards, logprobs, G
+                chosen,
+                step_prompts,
+                answers,
+                [data.teacher[i][:window] for i in chosen],
+                rollouts,
+                rewards,
+                logprobs,
+                G,
             )
             extra = run.strategy.after_grading(groups, plan, par)
             rollout_seconds = time.perf_counter() - started
@@ -389,6 +414,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 par=par,
                 reference=run.reference,
             )
+            if run.curriculum is not None and not stats["skipped"]:  # the student's entropy on what it trained on
+                run.curriculum.update(stats["h_rl"] if plan.method.rollouts else stats["h_sft"])
             if not stats["skipped"]:
                 run.generator.sync_weights(run.model)  # the next rollouts come from the updated policy
             train_seconds = time.perf_counter() - train_started
@@ -409,6 +436,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             if evaluate_now and step % cfg.train.eval_every == 0:
                 record.update(evaluate_now(step))
             record.update(run.strategy.record(plan, extra))
+            if run.curriculum is not None:
+                record["window"] = window
             if rank_file:
                 rank_file.write(
                     json.dumps(
