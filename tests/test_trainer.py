@@ -426,3 +426,14 @@ def test_the_length_curriculum_bounds_what_is_trained_and_logs_its_window(
         bad = tiny_config(tiny_assets, tmp_path / "red", "red", steps=1)
         bad.distill.curriculum = True
         train(bad, progress=False)
+
+
+def test_distillation_staged_into_grpo(tiny_assets, tmp_path, perturbed_teacher):
+    cfg = tiny_config(tiny_assets, tmp_path, "opd_grpo", steps=2)
+    cfg.teacher.path = str(perturbed_teacher)
+    final = train(cfg, progress=False)
+    records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["stage"]) for r in records] == [(1, "opd"), (2, "grpo")]
+    assert records[0]["kl_rev"] > 0 and records[1]["kl_rev"] is None  # GRPO has no teacher term
+    stage2 = load_config(str(tmp_path / "opd_grpo" / "stage-2-grpo" / "config.yaml"))
+    assert stage2.model.path == str(tmp_path / "opd_grpo" / "stage-1-opd" / "final")

@@ -195,6 +195,19 @@ METHODS |= {
     ),
 }
 
+# ... and each staged into GRPO, which starts from the distilled checkpoint (the paper's "distillation
+# followed by RL": forward-KL starting points keep the entropy RL needs).
+METHODS |= {
+    f"{name}_grpo": Method(
+        f"{name}_grpo",
+        rollouts=True,
+        offline=False,
+        stages=(name, "grpo"),
+        source=f"{_GRID}{name} for baselines.staged_sft_fraction of the steps, then GRPO from its checkpoint",
+    )
+    for name in ("kd", "dagger", "offline_rkl", "opd", "kl_mix")
+}
+
 #: The paper's Table 2 rows in its order: what ``redrl compare --methods all`` runs.
 COMPARED: tuple[str, ...] = (
     "sft",
