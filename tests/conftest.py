@@ -1,5 +1,24 @@
 import pytest
 
+#: The tests' tiny task: levels 1-2, a barely pretrained 2-layer base (seconds to build).
+TINY_TEST_SPEC = {
+    "levels": (1, 2),
+    "train_per_level": (20, 20),
+    "test_per_level": 4,
+    "pretrain_per_level": (64, 64),
+    "base_step_share": (0.0, 0.5),
+    "prompted_per_level": (0, 16),
+    "val_per_level": 4,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "pretrain_steps": 3,
+    "pretrain_batch": 16,
+    "fact_sheets": 8,
+    "facts_per_sheet": 4,
+}
+
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
@@ -12,23 +31,7 @@ def tiny_assets(tmp_path_factory):
     previous = os.environ.get("REDRL_CACHE")
     os.environ["REDRL_CACHE"] = str(cache)
     try:
-        spec = TinySpec(
-            levels=(1, 2),
-            train_per_level=(20, 20),
-            test_per_level=4,
-            pretrain_per_level=(64, 64),
-            base_step_share=(0.0, 0.5),
-            prompted_per_level=(0, 16),
-            val_per_level=4,
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=64,
-            pretrain_steps=3,
-            pretrain_batch=16,
-            fact_sheets=8,
-            facts_per_sheet=4,
-        )
+        spec = TinySpec(**TINY_TEST_SPEC)
         return ensure_tiny(spec, progress=False)
     finally:
         if previous is None:

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from conftest import TINY_TEST_SPEC
 
 from redrl.tiny import build_tokenizer
 
@@ -89,14 +90,8 @@ def test_two_processes_build_the_embedded_default_once(tmp_path):
     import subprocess
     import sys
 
-    script = (
-        "from redrl.tiny import TinySpec, ensure_tiny\n"
-        "spec = TinySpec(levels=(1, 2), train_per_level=(20, 20), test_per_level=4, val_per_level=4,\n"
-        "    pretrain_per_level=(64, 64), base_step_share=(0.0, 0.5), prompted_per_level=(0, 16), hidden_size=32,\n"
-        "    num_layers=2, num_heads=2, intermediate_size=64, pretrain_steps=300, pretrain_batch=16, fact_sheets=8,\n"
-        "    facts_per_sheet=4)\n"
-        "print(ensure_tiny(spec).root)\n"
-    )
+    spec = {**TINY_TEST_SPEC, "pretrain_steps": 300}  # long enough that the second process has to wait
+    script = f"from redrl.tiny import TinySpec, ensure_tiny\nprint(ensure_tiny(TinySpec(**{spec!r})).root)\n"
     cache = tmp_path / "cache"
     (cache / "tiny-leftover.building-1").mkdir(parents=True)  # not this spec's: left alone
     env = {**os.environ, "REDRL_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -123,23 +118,7 @@ def test_an_interrupted_build_leaves_nothing_the_next_one_trips_on(tmp_path, mon
     import redrl.tiny as tiny
 
     monkeypatch.setenv("REDRL_CACHE", str(tmp_path))
-    spec = tiny.TinySpec(
-        levels=(1, 2),
-        train_per_level=(20, 20),
-        test_per_level=4,
-        val_per_level=4,
-        pretrain_per_level=(64, 64),
-        base_step_share=(0.0, 0.5),
-        prompted_per_level=(0, 16),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        pretrain_steps=3,
-        pretrain_batch=16,
-        fact_sheets=8,
-        facts_per_sheet=4,
-    )
+    spec = tiny.TinySpec(**TINY_TEST_SPEC)
     stale = tmp_path / f"{spec.key()}.building-424242"  # a build killed mid-way (SIGKILL: no clean-up ran)
     (stale / "base").mkdir(parents=True)
     (stale / "train.jsonl").write_text("half a file")

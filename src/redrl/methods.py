@@ -8,9 +8,9 @@ grid chosen on the validation split (``redrl sweep``, :mod:`redrl.sweep`). Each 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["COMPARED", "METHODS", "Method"]
+__all__ = ["COMPARED", "METHODS", "Method", "with_prefix"]
 
 
 @dataclass(frozen=True)
@@ -147,52 +147,27 @@ METHODS: dict[str, Method] = {
 # Distillation from a teacher model's distributions (arXiv 2605.16826): the 2x2 grid of prefix source
 # x KL direction, and the KL mixture. Which rows exist (teacher or rollouts) follows distill.prefix.
 _GRID = "arXiv 2605.16826, the distillation grid: "
+
+
+def with_prefix(method: Method, prefix: str) -> Method:
+    """A distillation method measured on ``prefix``'s tokens: its rows are rollouts (``"student"``)
+    or the teacher's traces (``"teacher"``)."""
+    return replace(method, rollouts=prefix == "student", offline=prefix == "teacher", distill_prefix=prefix)
+
+
+def _distill(name: str, prefix: str, alpha: float, what: str) -> Method:
+    preset = Method(name, rollouts=False, offline=False, objective="distill", distill_alpha=alpha, source=_GRID + what)
+    return with_prefix(preset, prefix)
+
+
 METHODS |= {
-    "kd": Method(
-        "kd",
-        rollouts=False,
-        offline=True,
-        objective="distill",
-        distill_prefix="teacher",
-        distill_alpha=1.0,
-        source=_GRID + "teacher prefix, forward KL (SFT-style distillation)",
+    "kd": _distill("kd", "teacher", 1.0, "teacher prefix, forward KL (SFT-style distillation)"),
+    "dagger": _distill("dagger", "student", 1.0, "student prefix, forward KL (DAgger-style on-policy SFT)"),
+    "offline_rkl": _distill(
+        "offline_rkl", "teacher", 0.0, "teacher prefix, reverse KL (offline-RL-style distillation)"
     ),
-    "dagger": Method(
-        "dagger",
-        rollouts=True,
-        offline=False,
-        objective="distill",
-        distill_prefix="student",
-        distill_alpha=1.0,
-        source=_GRID + "student prefix, forward KL (DAgger-style on-policy SFT)",
-    ),
-    "offline_rkl": Method(
-        "offline_rkl",
-        rollouts=False,
-        offline=True,
-        objective="distill",
-        distill_prefix="teacher",
-        distill_alpha=0.0,
-        source=_GRID + "teacher prefix, reverse KL (offline-RL-style distillation)",
-    ),
-    "opd": Method(
-        "opd",
-        rollouts=True,
-        offline=False,
-        objective="distill",
-        distill_prefix="student",
-        distill_alpha=0.0,
-        source=_GRID + "student prefix, reverse KL (on-policy distillation)",
-    ),
-    "kl_mix": Method(
-        "kl_mix",
-        rollouts=True,
-        offline=False,
-        objective="distill",
-        distill_prefix="student",
-        distill_alpha=0.8,
-        source=_GRID + "student prefix, 0.8 forward + 0.2 reverse KL (KL mixing)",
-    ),
+    "opd": _distill("opd", "student", 0.0, "student prefix, reverse KL (on-policy distillation)"),
+    "kl_mix": _distill("kl_mix", "student", 0.8, "student prefix, 0.8 forward + 0.2 reverse KL (KL mixing)"),
 }
 
 # ... and each staged into GRPO, which starts from the distilled checkpoint (the paper's "distillation

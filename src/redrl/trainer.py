@@ -18,7 +18,6 @@ its stages through :mod:`redrl.staged`.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -43,7 +42,7 @@ from redrl.config import TRACKERS, Config
 from redrl.curriculum import LengthCurriculum
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.errors import NonFiniteTraining, TrainingStopped
-from redrl.methods import METHODS, Method
+from redrl.methods import METHODS, Method, with_prefix
 from redrl.modeling import DistillScorer, TokenScorer, load_frozen_model, prepare_model, trainable_parameters
 from redrl.objectives import LOSSES, LossSettings
 from redrl.parallel import Parallel
@@ -293,8 +292,7 @@ def resolve_method(cfg: Config) -> Method:
     method = METHODS[cfg.train.method]
     if method.objective != "distill":
         return method
-    prefix = cfg.distill.prefix or method.distill_prefix
-    return dataclasses.replace(method, rollouts=prefix == "student", offline=prefix == "teacher", distill_prefix=prefix)
+    return with_prefix(method, cfg.distill.prefix or method.distill_prefix)
 
 
 def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
@@ -516,7 +514,9 @@ def _periodic_evaluation(cfg: Config, run: Run):
     if not Path(path).expanduser().is_file():
         raise FileNotFoundError(f"train.eval_on not found: {source}")
     problems, k, best = load_problems(path), cfg.eval.k, {"accuracy": -1.0}
-    settings = eval_settings(cfg) | {"engine": "hf" if run.par.sharded else eval_settings(cfg)["engine"]}
+    settings = eval_settings(cfg)
+    if run.par.sharded:  # the fast engine needs every weight on this process
+        settings["engine"] = "hf"
 
     def evaluate_now(step: int) -> dict:
         cuda = [run.par.device] if run.par.device.type == "cuda" else []
