@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from redrl.objectives import kl_mixture_loss, token_kl, token_kl_from_hidden
+from redrl.objectives import kl_mixture_loss, teacher_top_k, token_kl, token_kl_from_hidden, top_k_kl_from_hidden
 
 F64 = torch.float64
 
@@ -127,3 +127,39 @@ def test_sampled_kl_loss_by_hand_and_padding():
     loss, estimate = sampled_kl_loss(logp, teacher_logp, mask, estimator="k3")
     k3 = [math.exp(0.5) - 0.5 - 1, math.exp(-1.0) + 1.0 - 1]
     assert estimate.item() == pytest.approx(sum(k3) / 2) and torch.isfinite(loss)
+
+
+def test_teacher_top_k_keeps_the_largest_entries_and_the_tail_mass():
+    logits = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64).log()  # p = (0.1, 0.4, 0.2, 0.3)
+    ids, logp = teacher_top_k(logits, 2)
+    assert ids.tolist() == [1, 3]
+    assert logp.exp().tolist() == pytest.approx([0.4, 0.3, 0.3])  # the tail: 0.1 + 0.2
+    ids, logp = teacher_top_k(logits, 9)  # k beyond the vocabulary: every entry, an empty tail
+    assert ids.tolist() == [1, 3, 2, 0] and logp[-1] == float("-inf")
+
+
+def test_top_k_kl_by_hand_and_as_a_lower_bound_of_the_exact_kl():
+    # teacher p = (0.1, 0.4, 0.2, 0.3), top 2 -> buckets (0.4, 0.3, tail 0.3);
+    # student q = (0.25, 0.25, 0.25, 0.25) -> buckets (0.25, 0.25, 0.5)
+    teacher = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64).log()
+    hidden, weight = torch.eye(4, dtype=torch.float64)[:1].view(1, 1, 4), torch.zeros(4, 4, dtype=torch.float64)
+    ids, logp = teacher_top_k(teacher, 2)
+    fwd, rev, entropy = top_k_kl_from_hidden(hidden, weight, ids.view(1, 1, 2), logp.view(1, 1, 3))
+    p, q = [0.4, 0.3, 0.3], [0.25, 0.25, 0.5]
+    assert fwd.item() == pytest.approx(sum(a * math.log(a / b) for a, b in zip(p, q)))
+    assert rev.item() == pytest.approx(sum(b * math.log(b / a) for a, b in zip(p, q)))
+    assert entropy.item() == pytest.approx(math.log(4))
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight, teacher = torch.randn(30, 8, dtype=torch.float64), 2 * torch.randn(2, 5, 30, dtype=torch.float64)
+    exact = token_kl(hidden @ weight.T, teacher, temperature=1.5)
+    for k in (1, 5, 29):
+        ids, logp = teacher_top_k(teacher, k, temperature=1.5)
+        fwd, rev, _ = top_k_kl_from_hidden(hidden, weight, ids, logp, temperature=1.5, chunk_size=3)
+        assert (fwd <= exact[0] + 1e-12).all() and (rev <= exact[1] + 1e-12).all()  # data processing
+    ids, logp = teacher_top_k(teacher, 30, temperature=1.5)  # the whole vocabulary: exact, gradients too
+    fwd, rev, _ = top_k_kl_from_hidden(hidden, weight, ids, logp, temperature=1.5, chunk_size=3)
+    assert torch.allclose(fwd, exact[0]) and torch.allclose(rev, exact[1])
+    (grad,) = torch.autograd.grad((fwd + rev).sum(), hidden)
+    (want,) = torch.autograd.grad((exact[0] + exact[1]).sum(), hidden)
+    assert torch.allclose(grad, want)

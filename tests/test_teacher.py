@@ -43,7 +43,7 @@ def test_load_teacher_freezes_it_and_refuses_a_missing_path(tiny_assets):
     assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
     assert teacher.note is None and teacher.vocab <= rows
     with pytest.raises(ValueError, match="set teacher.path"):
-        load_teacher(load_config("tiny"), tokenizer, rows)
+        load_teacher(load_config("tiny", teacher={"path": None}), tokenizer, rows)
 
 
 def test_response_distillation_equals_the_full_logits_path(tiny_assets):

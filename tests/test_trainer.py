@@ -67,6 +67,7 @@ def tiny_config(tiny_assets, tmp_path, method, **train):
         rollout={"group_size": 3, "max_new_tokens": 64},
         train={"method": method, "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / method), **train},
         eval={"k": 2, "max_new_tokens": 32},
+        teacher={"path": None},  # the distillation tests name their own teacher
     )
 
 
@@ -426,6 +427,43 @@ def test_the_length_curriculum_bounds_what_is_trained_and_logs_its_window(
         bad = tiny_config(tiny_assets, tmp_path / "red", "red", steps=1)
         bad.distill.curriculum = True
         train(bad, progress=False)
+
+
+def test_cached_teacher_log_probs_train_as_the_teacher_does(tiny_assets, tmp_path, perturbed_teacher, monkeypatch):
+    from redrl import teacher as teacher_module
+
+    monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
+
+    def run(name, **distill):
+        cfg = tiny_config(tiny_assets, tmp_path / name, "kd", steps=3)
+        cfg.teacher.path = str(perturbed_teacher)
+        for key, value in distill.items():
+            setattr(cfg.distill, key, value)
+        path = train(cfg, progress=False).parent / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    exact = run("exact")
+    full = run("full", cache_teacher=True, cache_top_k=None)  # the whole distribution: the same run
+    for a, b in zip(exact, full):
+        for key in ("loss", "kl_fwd", "kl_rev", "distill_entropy", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    assert len(list((tmp_path / "cache" / "teacher-logprobs").glob("*.safetensors"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cache was computed again")
+
+    monkeypatch.setattr(teacher_module.TeacherCache, "compute", refuse)
+    again = run("again", cache_teacher=True, cache_top_k=None)  # read back from the cache directory
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in full], rel=1e-6)
+    monkeypatch.undo()
+    monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
+    top2 = run("top2", cache_teacher=True, cache_top_k=2)  # 2 entries + the tail: a lower bound
+    assert top2[0]["kl_fwd"] < exact[0]["kl_fwd"] and top2[0]["kl_rev"] < exact[0]["kl_rev"]
+    assert top2[0]["distill_entropy"] == pytest.approx(exact[0]["distill_entropy"], rel=1e-5)  # the student's side is exact
+    with pytest.raises(ValueError, match="distill.cache_teacher caches the teacher on the traces"):
+        cfg = tiny_config(tiny_assets, tmp_path / "opd", "opd", steps=1)
+        cfg.teacher.path, cfg.distill.cache_teacher = str(perturbed_teacher), True
+        train(cfg, progress=False)
 
 
 def test_distillation_staged_into_grpo(tiny_assets, tmp_path, perturbed_teacher):

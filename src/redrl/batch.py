@@ -58,6 +58,8 @@ class Batch:
     is_offline: torch.Tensor
     group_accuracy: torch.Tensor
     sampler_logp: torch.Tensor | None = None
+    teacher_ids: torch.Tensor | None = None  # [N, S-1, k]: cached teacher top-k entries (redrl.teacher.TeacherCache)
+    teacher_logp: torch.Tensor | None = None  # [N, S-1, k+1]: their log-probs and the tail's log-mass
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -76,8 +78,9 @@ class Batch:
         width = max(int(parts["attention_mask"].sum(-1).max()) if parts["attention_mask"].numel() else 0, 2)
         for name in ("input_ids", "attention_mask", "response_mask"):
             parts[name] = parts[name][:, :width]
-        if parts["sampler_logp"] is not None:
-            parts["sampler_logp"] = parts["sampler_logp"][:, : width - 1]
+        for name in ("sampler_logp", "teacher_ids", "teacher_logp"):
+            if parts[name] is not None:
+                parts[name] = parts[name][:, : width - 1]
         return Batch(**parts)
 
     def to(self, device) -> Batch:

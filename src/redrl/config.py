@@ -444,7 +444,7 @@ class TeacherConfig:
     """A teacher *model* whose distributions the student distils (arXiv 2605.16826); unset for RED
     and the baselines, which learn from the teacher's *text* in data.train."""
 
-    path: str | None = _help("teacher checkpoint directory or Hugging Face Hub id (null: no teacher model)", None)
+    path: str | None = _help("teacher checkpoint directory or Hugging Face Hub id; tiny-teacher: the embedded default's (null: no teacher model)", None)
     device: str = _help("where the frozen teacher runs: auto (the student's device), cpu, cuda or cuda:N", "auto")
     dtype: str | None = _help("teacher parameter dtype (null: model.dtype)", None)
     trust_remote_code: bool = _help("run the teacher's own Hub code", False)
@@ -477,6 +477,16 @@ class DistillConfig:
     )
     temperature: float = _help("distillation temperature: both distributions are softmax(logits / temperature)", 1.0)
     chunk_size: int = _help("response positions per chunk of the two vocabulary projections", 128)
+    cache_teacher: bool = _help(
+        "teacher prefixes: compute the teacher's log-probs on the traces once, store them (cache dir) and train "
+        "without a teacher forward",
+        False,
+    )
+    cache_top_k: int | None = _help(
+        "entries of the teacher's distribution kept per cached position, plus one bucket for the rest "
+        "(null: all of them, exact)",
+        64,
+    )
     curriculum: bool = _help(
         "the entropy-gated length curriculum: train on a window of window_start response tokens, grow it by "
         "window_growth every window_every steps while the student's entropy stays >= entropy_threshold, "
@@ -496,6 +506,10 @@ class DistillConfig:
         _require(self.alpha is None or 0 <= self.alpha <= 1, f"distill.alpha must be in [0, 1]; got {self.alpha}")
         _require(self.temperature > 0, f"distill.temperature must be > 0; got {self.temperature}")
         _require(self.chunk_size >= 1, f"distill.chunk_size must be >= 1; got {self.chunk_size}")
+        _require(
+            self.cache_top_k is None or self.cache_top_k >= 1,
+            f"distill.cache_top_k must be >= 1 or null; got {self.cache_top_k}",
+        )
         _require(self.window_start >= 1, f"distill.window_start must be >= 1; got {self.window_start}")
         _require(self.window_growth > 1, f"distill.window_growth must be > 1; got {self.window_growth}")
         _require(self.window_every >= 1, f"distill.window_every must be >= 1; got {self.window_every}")

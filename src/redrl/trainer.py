@@ -53,7 +53,7 @@ from redrl.rollout import build_generator
 from redrl.staged import train_staged
 from redrl.step import StepSettings, build_scheduler, loss_settings, optimization_step, step_record
 from redrl.strategies import StepPlan, StepRollouts, Strategy, build_strategy, check_strategy
-from redrl.teacher import load_teacher
+from redrl.teacher import TeacherCache, load_teacher, teacher_cache
 
 __all__ = ["NonFiniteTraining", "Run", "TrainingStopped", "setup", "train"]
 
@@ -100,6 +100,7 @@ class Run:
     reference: TokenScorer | None = None
     step_settings: StepSettings = field(default_factory=StepSettings)
     curriculum: LengthCurriculum | None = None
+    teacher_cache: TeacherCache | None = None
     start: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
@@ -152,8 +153,9 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     if par.is_main:
         _claim(out, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
     check_strategy(method, cfg.baselines, par)
-    if cfg.distill.curriculum and method.objective != "distill":
-        raise ValueError(f"distill.curriculum applies to the distillation methods, not {method.name}")
+    for key in ("curriculum", "cache_teacher"):
+        if getattr(cfg.distill, key) and method.objective != "distill":
+            raise ValueError(f"distill.{key} applies to the distillation methods, not {method.name}")
     if cfg.loss.kl_coef and not LOSSES[method.objective].kl_to_reference:
         raise ValueError(
             f"loss.kl_coef: the {method.objective} objective of {method.name} has no KL-to-reference term; set it to 0"
@@ -202,11 +204,21 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     optimizer = torch.optim.AdamW(
         trainable_parameters(model), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
+    cached = None
     if method.objective == "distill":  # the teacher's distributions enter inside the scorer's forward
         teacher = load_teacher(cfg, tokenizer, model.get_output_embeddings().weight.shape[0], par.device)
         if teacher.note and par.is_main:
             print(f"redrl: {teacher.note}", file=sys.stderr)
         settings = cfg.distill
+        if settings.cache_teacher:
+            if method.rollouts:
+                raise ValueError(
+                    "distill.cache_teacher caches the teacher on the traces: it needs distill.prefix=teacher"
+                )
+            cached = teacher_cache(
+                cfg, teacher, data, tokenizer.pad_token_id, write=par.is_main, progress=progress and par.is_main
+            )
+            teacher.model = None  # not needed again: every step reads the cache
         module = DistillScorer(
             model, teacher.model, vocab=teacher.vocab, temperature=settings.temperature, chunk_size=settings.chunk_size
         )
@@ -250,6 +262,7 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         steps,
         reference,
         StepSettings.from_config(cfg),
+        teacher_cache=cached,
     )
     if cfg.distill.curriculum:
         d = cfg.distill
@@ -395,6 +408,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
                 rollout_logprobs=groups.logprobs,
             )
+            if run.teacher_cache is not None:  # the teacher's log-probs on these traces, from the cache
+                batch = run.teacher_cache.attach(batch, chosen)
             extra["reward_failures"] = sum(rewards_module.FAILURES.values()) - failures_before
 
             # 4. Loss and one optimizer step (skipped, and counted, when the loss or gradient is not finite).
