@@ -459,7 +459,9 @@ def test_cached_teacher_log_probs_train_as_the_teacher_does(tiny_assets, tmp_pat
     monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
     top2 = run("top2", cache_teacher=True, cache_top_k=2)  # 2 entries + the tail: a lower bound
     assert top2[0]["kl_fwd"] < exact[0]["kl_fwd"] and top2[0]["kl_rev"] < exact[0]["kl_rev"]
-    assert top2[0]["distill_entropy"] == pytest.approx(exact[0]["distill_entropy"], rel=1e-5)  # the student's side is exact
+    assert top2[0]["distill_entropy"] == pytest.approx(
+        exact[0]["distill_entropy"], rel=1e-5
+    )  # the student's side is exact
     with pytest.raises(ValueError, match="distill.cache_teacher caches the teacher on the traces"):
         cfg = tiny_config(tiny_assets, tmp_path / "opd", "opd", steps=1)
         cfg.teacher.path, cfg.distill.cache_teacher = str(perturbed_teacher), True

@@ -207,6 +207,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from redrl.demo import run_demo
 
     _quiet_transformers()
+    if args.distill:
+        from redrl.distill_suite import DEMO_CELLS, run_distill_suite
+
+        run_distill_suite(
+            "tiny",
+            args.set,
+            cells=list(DEMO_CELLS),
+            seeds=1,
+            out=args.out if args.out != "runs/demo" else "runs/demo-distill",
+            progress=not args.no_progress,
+        )
+        return 0
     run_demo(args.out, seed=args.seed, overrides=args.set, progress=not args.no_progress)
     return 0
 
@@ -215,6 +227,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from redrl.compare import parse_methods, run_compare
 
     _quiet_transformers()
+    if args.suite == "distill":
+        from redrl.distill_suite import run_distill_suite
+
+        run_distill_suite(
+            args.config,
+            args.set,
+            cells=None if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()],
+            seeds=args.seeds,
+            steps=args.steps,
+            out=args.out if args.out != "runs/compare" else "runs/compare-distill",
+            jobs=args.jobs,
+            progress=not args.no_progress,
+        )
+        return 0
     run_compare(
         args.config,
         args.set,
@@ -339,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=60"
     )
+    demo.add_argument(
+        "--distill",
+        action="store_true",
+        help="the distillation grid instead (kd, dagger, offline_rkl, opd, kl_mix from the embedded teacher; "
+        "output in runs/demo-distill)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
@@ -406,7 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="every method x seed on one config: Table 2 analogue, plots, claims judged"
     )
     compare.add_argument(
-        "--methods", default="all", help="'all' (the paper's twelve) or a comma-separated list, e.g. sft,grpo,red"
+        "--suite",
+        choices=("red", "distill"),
+        default="red",
+        help="red: the RED paper's methods; distill: the distillation grid with its findings judged "
+        "(output in runs/compare-distill)",
+    )
+    compare.add_argument(
+        "--methods",
+        default="all",
+        help="'all' (the suite's: the RED paper's twelve, or every distillation cell) or a comma-separated list, "
+        "e.g. sft,grpo,red",
     )
     compare.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")
     compare.add_argument("--steps", type=int, help="optimizer steps per run (default: the config's compare.steps)")

@@ -226,10 +226,11 @@ def _execute(
 
     cfg = _with_compare_settings(config, overrides, **values)
     run, cfg_dict = Path(cfg.train.out), _jsonable(cfg.to_dict())
-    base_path, _, _ = resolve_paths(cfg, need_train=name != "base", need_test=False)
+    untrained = "method" not in values.get("train", {})  # the base (or a teacher): evaluated as it is
+    base_path, _, _ = resolve_paths(cfg, need_train=not untrained, need_test=False)
     eval_path = resolve_split(cfg, split)
     started = time.perf_counter()
-    if name == "base":
+    if untrained:
         final, note = base_path, ""
     elif _trained(run, cfg_dict):
         final, note = run / "final", " (trained before)"
@@ -239,7 +240,7 @@ def _execute(
     result = evaluate_model(str(final), load_problems(eval_path), cfg, seed=cfg.train.seed, progress=progress)
     extra = (
         {}
-        if name == "base"
+        if untrained
         else {"dynamics": dynamics_summary(_read_metrics(run)), "train_seconds": trained - started, "lr": cfg.optim.lr}
     )
     record = _eval_record(
@@ -253,7 +254,7 @@ def _execute(
         eval_seconds=time.perf_counter() - trained,
     )
     _write_json(run / "eval.json", record)
-    timing = "" if name == "base" else f"lr {cfg.optim.lr:.3g}, {trained - started:.0f} s training{note}, "
+    timing = "" if untrained else f"lr {cfg.optim.lr:.3g}, {trained - started:.0f} s training{note}, "
     return record, (
         f"  {name} seed {cfg.train.seed}: {split} accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
         f"({timing}{time.perf_counter() - trained:.0f} s evaluation)"

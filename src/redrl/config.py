@@ -444,7 +444,10 @@ class TeacherConfig:
     """A teacher *model* whose distributions the student distils (arXiv 2605.16826); unset for RED
     and the baselines, which learn from the teacher's *text* in data.train."""
 
-    path: str | None = _help("teacher checkpoint directory or Hugging Face Hub id; tiny-teacher: the embedded default's (null: no teacher model)", None)
+    path: str | None = _help(
+        "teacher checkpoint directory or Hugging Face Hub id; tiny-teacher: the embedded default's (null: no teacher model)",
+        None,
+    )
     device: str = _help("where the frozen teacher runs: auto (the student's device), cpu, cuda or cuda:N", "auto")
     dtype: str | None = _help("teacher parameter dtype (null: model.dtype)", None)
     trust_remote_code: bool = _help("run the teacher's own Hub code", False)
@@ -529,9 +532,23 @@ class CompareConfig:
         "(plots/validation.png); 0 = off. The table is always the final model on the test split",
         0,
     )
+    distill_lr: float = _help(
+        "learning rate of every cell of `redrl compare --suite distill` when optim.lr is null (one value for all "
+        "cells: the learning-rate sweep does not cover the distillation methods)",
+        1e-4,
+    )
+    distill_eval_every: int = _help(
+        "`redrl compare --suite distill`: evaluate every cell on the validation split every N steps (its avg@k and "
+        "pass@k curves); 0 = off",
+        20,
+    )
 
     def __post_init__(self):
         _require(self.steps >= 2, f"compare.steps must be >= 2; got {self.steps}")
+        _require(self.distill_lr > 0, f"compare.distill_lr must be > 0; got {self.distill_lr}")
+        _require(
+            self.distill_eval_every >= 0, f"compare.distill_eval_every must be >= 0; got {self.distill_eval_every}"
+        )
         _require(self.seeds >= 1, f"compare.seeds must be >= 1; got {self.seeds}")
         _require(self.eval_k >= 1, f"compare.eval_k must be >= 1; got {self.eval_k}")
         _require(

@@ -836,7 +836,9 @@ def token_kl_from_hidden(
     return tuple(torch.cat([part[i] for part in parts]).view(shape) for i in range(3))
 
 
-def teacher_top_k(teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_top_k(
+    teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """What a teacher-log-prob cache stores per position: the teacher's ``k`` most likely entries
     and the log-mass of the rest.
 

@@ -319,9 +319,19 @@ CURVES = {
 OPTIONAL_CURVES = {"eval_accuracy"}
 
 
-def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, float] = (7.5, 4.2)) -> list[Path]:
-    """One PNG per curve: the mean over seeds of each method per step, min–max over seeds shaded;
-    methods without the quantity (e.g. SFT has no rollouts) are left out of that plot."""
+def plot_curves(
+    results: dict,
+    out: Path,
+    *,
+    curves: dict | None = None,
+    optional: set | frozenset = frozenset(OPTIONAL_CURVES),
+    dpi: int = 110,
+    size: tuple[float, float] = (7.5, 4.2),
+) -> list[Path]:
+    """One PNG per curve (``curves``: metric → (file stem, axis label); default :data:`CURVES`): the
+    mean over seeds of each method per step, min–max over seeds shaded; methods without the quantity
+    (e.g. SFT has no rollouts) are left out of that plot, and an ``optional`` curve nobody logged is not drawn."""
+    curves = CURVES if curves is None else curves
     import json
 
     import matplotlib
@@ -339,7 +349,7 @@ def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, 
                 runs[name].append([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
     written = []
     colors = plt.get_cmap("tab20")
-    for key, (stem, label) in CURVES.items():
+    for key, (stem, label) in curves.items():
         fig, ax = plt.subplots(figsize=size)
         drawn = 0
         for index, (name, seed_runs) in enumerate(runs.items()):
@@ -361,7 +371,7 @@ def plot_curves(results: dict, out: Path, *, dpi: int = 110, size: tuple[float, 
             ax.plot(xs, mean, style, color=color, label=NAMES.get(name, name), linewidth=2.0 if name == "red" else 1.2)
             ax.fill_between(xs, low, high, color=color, alpha=0.12, linewidth=0)
             drawn += 1
-        if not drawn and key in OPTIONAL_CURVES:
+        if not drawn and key in optional:
             plt.close(fig)
             continue
         ax.set_xlabel("optimizer step")

@@ -208,7 +208,9 @@ class TeacherCache:
         return replace(batch, teacher_ids=ids.to(device), teacher_logp=logp.to(device))
 
 
-def teacher_cache(cfg, teacher: Teacher, data, pad_id: int, *, write: bool = True, progress: bool = False) -> TeacherCache:
+def teacher_cache(
+    cfg, teacher: Teacher, data, pad_id: int, *, write: bool = True, progress: bool = False
+) -> TeacherCache:
     """The :class:`TeacherCache` of ``data``'s traces under ``cfg.distill`` (``cache_top_k``,
     ``temperature``), read from the cache directory when an earlier run computed it, else computed
     and (``write``: the main process) stored there as safetensors."""
