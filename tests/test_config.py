@@ -141,6 +141,21 @@ def test_paper_presets_hold_the_papers_values():
             ), line
 
 
+def test_the_distillation_preset_holds_the_papers_values_each_with_its_source():
+    cfg = load_config("configs/paper/qwen3-0.6b-distill.yaml")
+    assert (cfg.model.path, cfg.teacher.path, cfg.data.train) == (
+        "Qwen/Qwen3-0.6B",
+        "Qwen/Qwen3-4B",
+        "agentica-org/DeepScaleR-Preview-Dataset",
+    )
+    assert (cfg.rollout.max_new_tokens, cfg.distill.window_start, cfg.train.method) == (4096, 128, "opd")
+    for line in (PAPER / "qwen3-0.6b-distill.yaml").read_text().splitlines():
+        if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
+            assert any(tag in line for tag in ("[paper]", "[ours]", "[memory]")) or line.strip().startswith(
+                ("out:", "method:")
+            ), line
+
+
 def test_paper_baseline_presets_differ_from_red_only_in_method_settings():
     from redrl.methods import COMPARED
 
@@ -148,7 +163,7 @@ def test_paper_baseline_presets_differ_from_red_only_in_method_settings():
         return {f"{section}.{key}": value for section, body in cfg.to_dict().items() for key, value in body.items()}
 
     red = flat(load_config("configs/paper/qwen2.5-math-1.5b-red.yaml"))
-    names = sorted(p.stem.removeprefix("qwen2.5-math-1.5b-") for p in PAPER.glob("*.yaml"))
+    names = sorted(p.stem.removeprefix("qwen2.5-math-1.5b-") for p in PAPER.glob("qwen2.5-math-1.5b-*.yaml"))
     assert names == sorted(COMPARED)  # one preset per method of the comparison
     # the paper's SFT recipe (lr 5e-5, 3 epochs, 10 % warm-up) is its own: SFT and the staged method differ there
     paper_sft = {"optim.lr", "optim.warmup_ratio", "train.epochs"}

@@ -1,4 +1,4 @@
-"""Offline teacher data in both schemas (flat and LUFFY/OpenR1), from files and directories."""
+"""Offline teacher data in its schemas (flat, LUFFY/OpenR1, DeepScaleR), from files and directories."""
 
 import json
 
@@ -65,7 +65,7 @@ def test_every_bad_row_is_named_by_file_row_and_field(tmp_path):
     luffy_bad = [luffy(FLAT[0]), {**luffy(FLAT[0]), "reward_model": {"style": "rule"}}]
     with pytest.raises(ValueError, match=r"luffy\.parquet: row 2: answer must be a non-empty string \(missing\)"):
         load_offline(write_parquet(luffy_bad, tmp_path / "luffy.parquet"))
-    with pytest.raises(ValueError, match="format must be auto, flat or luffy"):
+    with pytest.raises(ValueError, match="format must be auto, flat, luffy or deepscaler"):
         load_offline(path, format="csv")
 
 
@@ -87,3 +87,20 @@ def test_training_reads_luffy_data_and_truncates_long_traces(tiny_assets, tmp_pa
         final = train(cfg, progress=False)
     record = json.loads((final.parent / "metrics.jsonl").read_text())
     assert record["offline_length"] == 16  # cut to the limit, not dropped
+
+
+def test_deepscaler_schema_reads_the_solution_as_the_trace(tmp_path):
+    rows = [
+        {"problem": "What is 1+1?", "answer": "2", "solution": "1+1=2, so \\boxed{2}."},
+        {"problem": "What is 2+2?", "answer": "4", "solution": ""},  # no solution: left out, said
+        {"problem": "What is 3+3?", "answer": 6, "solution": "\\boxed{6}"},
+    ]
+    path = tmp_path / "deepscaler.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.warns(UserWarning, match="1 of 3 records have no solution and are left out"):
+        records = load_offline(path)
+    assert [(r["problem"], r["answer"], r["distill"]) for r in records] == [
+        ("What is 1+1?", "2", "1+1=2, so \\boxed{2}."),
+        ("What is 3+3?", "6", "\\boxed{6}"),
+    ]
+    assert all("solution" not in r for r in records)

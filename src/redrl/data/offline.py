@@ -1,12 +1,14 @@
 """Loading problems and offline teacher traces.
 
-Two schemas for teacher data, both read into the flat records the trainer uses:
+Three schemas for teacher data, all read into the flat records the trainer uses:
 
 * flat (the RED authors'): ``{"problem": str, "answer": str, "distill": str}``;
 * LUFFY / OpenR1-Math-46k-8192: ``prompt`` = chat messages (a system message first, then the
   user's problem), ``target`` = ``[{"role": "assistant", "content": "<think>\\n..."}]``,
   ``reward_model = {"ground_truth": str, ...}``; the problem is the last user message, the answer
-  the ground truth, the trace the target's content, and the system message is kept as ``system``.
+  the ground truth, the trace the target's content, and the system message is kept as ``system``;
+* DeepScaleR (``agentica-org/DeepScaleR-Preview-Dataset``): ``{"problem", "answer", "solution"}``,
+  the solution read as the trace (distillation's teacher prefix; student prefixes need none).
 
 Sources: a ``.jsonl``/``.json``/``.parquet`` file, a directory of them, or a Hugging Face Hub
 dataset name (through ``datasets``, split ``train``). Evaluation sets use ``{"problem", "answer"}``.
@@ -14,6 +16,8 @@ Extra fields (``level``, ``source``, ...) are kept.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import json
 from pathlib import Path
@@ -98,21 +102,43 @@ def _luffy_to_flat(record: dict) -> dict:
     return flat
 
 
+def _deepscaler_to_flat(record: dict) -> dict:
+    """A DeepScaleR-schema record (``problem``, ``answer``, ``solution``) as a flat one."""
+    flat = {k: v for k, v in record.items() if k != "solution"}
+    flat["distill"] = record.get("solution")
+    return flat
+
+
 def load_offline(path_or_name: str | Path, format: str = "auto") -> list[dict]:  # noqa: A002 - the issue's contract
     """Problems with teacher traces, ``[{"problem", "answer", "distill", ...}]``, from either schema.
 
-    ``format`` is ``"flat"``, ``"luffy"`` or ``"auto"`` (LUFFY when the first record has ``prompt``
-    and ``target``). Every bad row is reported, naming its file, row and field: a missing or
+    ``format`` is ``"flat"``, ``"luffy"``, ``"deepscaler"`` or ``"auto"`` (LUFFY when the first
+    record has ``prompt`` and ``target``; DeepScaleR when it has ``solution`` and no ``distill``:
+    its ``solution`` is read as the trace, and records without one are left out with a warning). Every bad row is reported, naming its file, row and field: a missing or
     non-string problem, a missing answer, an empty or non-string trace.
     """
-    if format not in ("auto", "flat", "luffy"):
-        raise ValueError(f"format must be auto, flat or luffy; got {format!r}")
+    if format not in ("auto", "flat", "luffy", "deepscaler"):
+        raise ValueError(f"format must be auto, flat, luffy or deepscaler; got {format!r}")
     rows = read_source(path_or_name)
     if not rows:
         raise ValueError(f"{path_or_name} holds no records")
     if format == "auto":
         first = rows[0][2]
         format = "luffy" if "prompt" in first and "target" in first else "flat"
+        if format == "flat" and "solution" in first and "distill" not in first:
+            format = "deepscaler"
+    if format == "deepscaler":  # problem / answer / solution: the solution is the teacher trace
+        rows = [(file, number, _deepscaler_to_flat(record)) for file, number, record in rows]
+        kept = [row for row in rows if isinstance(row[2].get("distill"), str) and row[2]["distill"].strip()]
+        if len(kept) < len(rows):
+            warnings.warn(
+                f"{path_or_name}: {len(rows) - len(kept)} of {len(rows)} records have no solution and are left out",
+                stacklevel=2,
+            )
+        rows = kept
+        if not rows:
+            raise ValueError(f"{path_or_name} holds no record with a solution")
+        format = "flat"
     records, problems = [], []
     for file, number, record in rows:
         flat = _luffy_to_flat(record) if format == "luffy" else dict(record)
