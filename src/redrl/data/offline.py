@@ -17,9 +17,8 @@ Extra fields (``level``, ``source``, ...) are kept.
 
 from __future__ import annotations
 
-import warnings
-
 import json
+import warnings
 from pathlib import Path
 
 __all__ = ["load_offline", "load_problems", "read_records", "read_source"]
