@@ -38,3 +38,21 @@ def tiny_assets(tmp_path_factory):
             os.environ.pop("REDRL_CACHE")
         else:
             os.environ["REDRL_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def perturbed_teacher(tiny_assets, tmp_path_factory):
+    """The tiny base with noise on every weight: same tokenizer, other distributions."""
+    import torch
+
+    from redrl.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    path = tmp_path_factory.mktemp("teacher")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -105,6 +105,34 @@ def test_two_processes_take_the_same_sft_update_as_one(tiny_assets, tmp_path):
             assert c[key] == pytest.approx(a[key], rel=1e-4), key
 
 
+def test_distillation_on_two_processes_takes_the_same_update_as_one(tiny_assets, perturbed_teacher, tmp_path):
+    # both KL directions on the traces (deterministic), the teacher's forward inside every process
+    extra = ["--set", f"teacher.path={perturbed_teacher}", "--set", "distill.prefix=teacher"]
+    one, _ = _train(tiny_assets, tmp_path / "one", processes=1, method="kl_mix", extra=extra)
+    two, _ = _train(tiny_assets, tmp_path / "two", processes=2, method="kl_mix", extra=extra)
+    micro, _ = _train(
+        tiny_assets,
+        tmp_path / "micro",
+        processes=2,
+        method="kl_mix",
+        extra=[*extra, "--set", "train.micro_batch_size=1"],
+        launcher="torchrun",
+    )
+    for a, b, c in zip(one, two, micro, strict=True):
+        assert a["kl_fwd"] > 0 and a["kl_rev"] > 0
+        for key in ("loss", "grad_norm", "kl_fwd", "kl_rev", "distill_entropy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+            assert c[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+def test_on_policy_distillation_on_two_processes(tiny_assets, perturbed_teacher, tmp_path):
+    metrics, _ = _train(
+        tiny_assets, tmp_path / "opd", processes=2, method="opd", extra=["--set", f"teacher.path={perturbed_teacher}"]
+    )
+    assert all(r["kl_rev"] > 0 and r["loss"] == pytest.approx(r["kl_rev"], rel=1e-5) for r in metrics)
+    assert all(0 <= r["online_accuracy"] <= 1 for r in metrics)  # rollouts from both processes, summed
+
+
 def test_red_on_two_processes_shares_the_groups_and_agrees_on_w(tiny_assets, tmp_path):
     out = tmp_path / "red"
     metrics, _ = _train(

@@ -457,3 +457,53 @@ def test_a_staged_run_stopped_and_resumed_equals_the_uninterrupted_run(tiny_asse
     assert [(m["step"], m["stage"]) for m in resumed] == [(1, "sft"), (2, "sft"), (3, "grpo"), (4, "grpo")]
     for a, b in zip(resumed, reference, strict=True):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], a["step"]
+
+
+@pytest.mark.parametrize("method, distill", [("opd", {"curriculum": True}), ("kd", {"cache_teacher": True})])
+def test_distillation_stopped_and_resumed_equals_the_uninterrupted_run(
+    tiny_assets, perturbed_teacher, tmp_path, monkeypatch, method, distill
+):
+    import redrl.trainer as trainer
+    from redrl.trainer import TrainingStopped
+
+    monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
+    settings = {"window_start": 4, "window_every": 1, "entropy_threshold": 0.0, **distill}  # the window grows each step
+
+    def cfg(out, **extra):
+        return load_config(
+            "tiny",
+            model={"path": str(tiny_assets.base)},
+            teacher={"path": str(perturbed_teacher)},
+            optim={"lr": 2e-4},
+            data={"train": str(tiny_assets.train), "grader": "integer"},
+            rollout={"group_size": 2, "max_new_tokens": 32},
+            distill=settings,
+            train={"method": method, "steps": 4, "prompts_per_step": 2, "out": str(out), **extra},
+        )
+
+    train(cfg(tmp_path / "reference"), progress=False)
+    reference = _metrics(tmp_path / "reference")
+    real, calls = trainer.step_record, {"n": 0}
+
+    def preempted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_record", preempted)
+    with pytest.raises(TrainingStopped):
+        train(cfg(tmp_path / "run", save_every=1), progress=False)
+    monkeypatch.setattr(trainer, "step_record", real)
+    train(cfg(tmp_path / "run", save_every=1, resume=True), progress=False)
+    resumed = _metrics(tmp_path / "run")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    if distill.get("curriculum"):
+        assert [m["window"] for m in resumed] == [4, 8, 16, 32]
+    for a, b in zip(resumed, reference, strict=True):
+        assert (a["loss"], a["grad_norm"], a["kl_fwd"], a["kl_rev"]) == (
+            b["loss"],
+            b["grad_norm"],
+            b["kl_fwd"],
+            b["kl_rev"],
+        ), a["step"]

@@ -160,6 +160,19 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny_assets, tmp_path):
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("prefix", ["teacher", "student"])
+def test_distillation_micro_batches_give_the_same_update_as_one_batch(tiny_assets, tmp_path, perturbed_teacher, prefix):
+    from transformers import AutoModelForCausalLM
+
+    weights = []
+    for micro in (64, 3):
+        cfg = tiny_config(tiny_assets, tmp_path / str(micro), "kl_mix", steps=1, micro_batch_size=micro)
+        cfg.teacher.path, cfg.distill.prefix = str(perturbed_teacher), prefix  # both KL directions (alpha 0.8)
+        model = AutoModelForCausalLM.from_pretrained(train(cfg, progress=False))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
+
+
 def test_staged_method_starts_rl_from_the_sft_checkpoint(tiny_assets, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -354,22 +367,6 @@ def test_evaluation_during_training_logs_keeps_the_best_and_changes_nothing_else
     assert 0.0 <= rows[1]["eval_accuracy"] <= rows[1]["eval_pass@2"] <= 1.0 and rows[1]["eval_length"] > 0
     best = evaluated.parent / "best"
     assert (best / "model.safetensors").is_file() and "evaluated accuracy" in (best / "README.md").read_text()
-
-
-@pytest.fixture(scope="module")
-def perturbed_teacher(tiny_assets, tmp_path_factory):
-    """The tiny base with noise on every weight: same tokenizer, other distributions."""
-    from redrl.modeling import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    path = tmp_path_factory.mktemp("teacher")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("method", ["kd", "dagger", "offline_rkl", "opd", "kl_mix"])

@@ -210,9 +210,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.distill:
         from redrl.distill_suite import DEMO_CELLS, run_distill_suite
 
+        if args.seed != 0:
+            raise ValueError("redrl demo --distill runs seed 0; for other seeds use redrl compare --suite distill")
         run_distill_suite(
             "tiny",
-            args.set,
+            ["compare.distill_eval_every=0", *args.set],  # no validation curves: the demo is the final table
             cells=list(DEMO_CELLS),
             seeds=1,
             out=args.out if args.out != "runs/demo" else "runs/demo-distill",
