@@ -467,10 +467,12 @@ def test_cached_teacher_log_probs_train_as_the_teacher_does(tiny_assets, tmp_pat
 
 def test_distillation_staged_into_grpo(tiny_assets, tmp_path, perturbed_teacher):
     cfg = tiny_config(tiny_assets, tmp_path, "opd_grpo", steps=2)
-    cfg.teacher.path = str(perturbed_teacher)
+    cfg.teacher.path, cfg.baselines.staged_sft_lr = str(perturbed_teacher), 1e-3  # the distillation stage's own
     final = train(cfg, progress=False)
     records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["stage"]) for r in records] == [(1, "opd"), (2, "grpo")]
     assert records[0]["kl_rev"] > 0 and records[1]["kl_rev"] is None  # GRPO has no teacher term
+    stage1 = load_config(str(tmp_path / "opd_grpo" / "stage-1-opd" / "config.yaml"))
     stage2 = load_config(str(tmp_path / "opd_grpo" / "stage-2-grpo" / "config.yaml"))
     assert stage2.model.path == str(tmp_path / "opd_grpo" / "stage-1-opd" / "final")
+    assert (stage1.optim.lr, stage2.optim.lr) == (1e-3, 2e-4)  # GRPO at optim.lr

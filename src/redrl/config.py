@@ -401,7 +401,11 @@ class BaselinesConfig:
     staged_sft_fraction: float = _help(
         "sft_grpo: share of train.steps spent on SFT before GRPO starts from its checkpoint", 0.5
     )
-    staged_sft_lr: float | None = _help("sft_grpo: learning rate of the SFT stage (None: optim.lr)", None)
+    staged_sft_lr: float | None = _help(
+        "staged methods (sft_grpo, kd_grpo, opd_grpo, ...): learning rate of the first stage, SFT or distillation; "
+        "optim.lr is the GRPO stage's (None: optim.lr for both)",
+        None,
+    )
     relift_buffer: int = _help(
         "relift: prompts with all rollouts wrong collected before one SFT step on their traces (arXiv 2506.07527)", 8
     )

@@ -47,7 +47,8 @@ def train_staged(cfg: Config, method: Method, train_stage: Callable[..., Path], 
     model_path, offset, merged = cfg.model.path, 0, []
     for index, (name, stage_steps) in enumerate(zip(method.stages, budgets), start=1):
         stage_out = out / f"stage-{index}-{name}"
-        lr = cfg.baselines.staged_sft_lr if name == "sft" and cfg.baselines.staged_sft_lr else cfg.optim.lr
+        # the first (SFT or distillation) stage may have its own learning rate; the RL stage takes optim.lr
+        lr = cfg.baselines.staged_sft_lr if index == 1 and cfg.baselines.staged_sft_lr else cfg.optim.lr
         stage_cfg = dataclasses.replace(
             cfg,
             model=dataclasses.replace(cfg.model, path=model_path),
