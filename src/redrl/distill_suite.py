@@ -70,31 +70,31 @@ CURVES = {
 }
 
 
-def _values(
-    cell: str, seed: int, steps: int, eval_k: int, out: Path, lr: float, eval_every: int, rl_lr: float, method=None
-) -> dict:
-    """One cell's config values; a staged cell distils at ``lr`` and runs GRPO at ``rl_lr``."""
+def _values(cell: str, seed: int, steps: int, eval_k: int, out: Path, lrs: dict, eval_every: int, method=None) -> dict:
+    """One cell's config values, at its method's learning rate (``lrs``); a staged cell distils at
+    its first stage's and runs GRPO at GRPO's."""
     method, extra = (method, {}) if method else CELLS[cell]
     run = out / "runs" / cell / f"seed{seed}"
     train = {"seed": seed, "out": str(run), "method": method, "steps": steps}
     if eval_every:
         train |= {"eval_every": eval_every, "eval_on": "val"}
-    if METHODS[method].stages:
-        return {"train": train, "eval": {"k": eval_k}, "optim": {"lr": rl_lr}, "baselines": {"staged_sft_lr": lr}}
-    return {"train": train, "eval": {"k": eval_k}, "optim": {"lr": lr}, **extra}
+    stages = METHODS[method].stages
+    if stages:
+        optim, extra = {"lr": lrs[stages[1]]}, {**extra, "baselines": {"staged_sft_lr": lrs[stages[0]]}}
+    else:
+        optim = {"lr": lrs[method]}
+    return {"train": train, "eval": {"k": eval_k}, "optim": optim, **extra}
 
 
-def _grpo_lr(config: str, overrides: list[str], shared, lr: float) -> float:
-    """The GRPO stage's learning rate: GRPO's from the sweep file when optim.lr is null and the file
-    holds one for this task (the value chosen for GRPO on validation), else the cells' ``lr``."""
-    from redrl.sweep import swept_learning_rates
-
-    if shared.optim.lr is not None or not shared.optim.lr_sweep:
-        return lr
-    try:
-        return swept_learning_rates(_with_compare_settings(config, overrides, train={"method": "grpo"}))[0]
-    except (ValueError, FileNotFoundError):
-        return lr
+def _learning_rates(config: str, overrides: list[str], methods, fallback: float) -> dict[str, float]:
+    """Each method's learning rate as a run of it alone would take it (``optim.lr``, else its value in
+    the sweep file ``optim.lr_sweep``), else ``fallback`` (``compare.distill_lr``: the sweep does
+    not cover the distillation methods)."""
+    lrs = {}
+    for method in methods:
+        lr = _with_compare_settings(config, overrides, train={"method": method}).optim.lr
+        lrs[method] = lr if lr is not None else fallback
+    return lrs
 
 
 def _untrained(name: str, seed: int, eval_k: int, out: Path, model: str | None = None) -> dict:
@@ -127,15 +127,17 @@ def run_distill_suite(
     seeds = seeds or shared.compare.seeds
     steps = steps or shared.compare.steps
     eval_k, eval_every = shared.compare.eval_k, shared.compare.distill_eval_every
-    lr = shared.optim.lr if shared.optim.lr is not None else shared.compare.distill_lr
-    rl_lr = _grpo_lr(config, overrides, shared, lr)
+    methods = {CELLS[c][0] for c in cells if c in CELLS} | {EQUAL_COMPUTE[c][0] for c in cells if c in EQUAL_COMPUTE}
+    methods |= {stage for m in list(methods) for stage in METHODS[m].stages}
+    lrs = _learning_rates(config, overrides, sorted(methods), shared.compare.distill_lr)
 
     def log(message: str) -> None:
         print(message, flush=True)
 
     log(
-        f"redrl compare --suite distill: {len(cells)} cells x {seeds} seeds, {steps} steps each at lr {lr:g} "
-        f"(GRPO stages at {rl_lr:g}); "
+        f"redrl compare --suite distill: {len(cells)} cells x {seeds} seeds, {steps} steps each; learning rates "
+        + ", ".join(f"{m} {v:g}" for m, v in lrs.items())
+        + "; "
         f"teacher {shared.teacher.path}; test avg@{eval_k} at temperature {shared.eval.temperature}"
     )
     records: dict[tuple[str, int], dict] = {}
@@ -158,7 +160,7 @@ def run_distill_suite(
         first["teacher", seed] = _untrained("teacher", seed, eval_k, out, shared.teacher.path)
         for cell in cells:
             if cell in CELLS:
-                first[cell, seed] = _values(cell, seed, steps, eval_k, out, lr, eval_every, rl_lr)
+                first[cell, seed] = _values(cell, seed, steps, eval_k, out, lrs, eval_every)
     run_all(first)
 
     compute = {}
@@ -174,7 +176,7 @@ def run_distill_suite(
         )
     run_all(
         {
-            (cell, seed): _values(cell, seed, spec["steps"], eval_k, out, lr, eval_every, rl_lr, method=spec["method"])
+            (cell, seed): _values(cell, seed, spec["steps"], eval_k, out, lrs, eval_every, method=spec["method"])
             for cell, spec in compute.items()
             for seed in range(seeds)
         }
@@ -196,8 +198,7 @@ def run_distill_suite(
             "seeds": seeds,
             "eval_k": eval_k,
             "eval_temperature": shared.eval.temperature,
-            "lr": lr,
-            "grpo_stage_lr": rl_lr,
+            "lr": lrs,
             "teacher": shared.teacher.path,
             "prompts_per_step": shared.train.prompts_per_step,
             "group_size": shared.rollout.group_size,
@@ -418,9 +419,11 @@ def format_distill_report(results: dict, verdicts: list[Verdict], plots: list[Pa
     lines = [
         "# Distillation grid: the paper's findings judged",
         "",
-        f"{s['seeds']} seeds, {s['steps']} optimizer steps per cell at learning rate {s['lr']:g} (one value for "
-        f"every cell; the GRPO stage of the staged cells at {s['grpo_stage_lr']:g}, GRPO's value chosen on "
-        f"validation), teacher `{s['teacher']}`; test avg@{s['eval_k']} at temperature {s['eval_temperature']}. "
+        f"{s['seeds']} seeds, {s['steps']} optimizer steps per cell, teacher `{s['teacher']}`; learning rates: "
+        + ", ".join(f"{m} {v:g}" for m, v in s["lr"].items())
+        + " (a method's value chosen on validation where the sweep file has one — GRPO's in the staged cells' "
+        "GRPO stage — else compare.distill_lr, one value for every distillation method); "
+        f"test avg@{s['eval_k']} at temperature {s['eval_temperature']}. "
         "Entropy: the mean token entropy of each model's own rollouts on 64 fixed training prompts. "
         "Train s: seconds spent in optimizer steps per run (rollouts, teacher, update; evaluations left out), mean over seeds.",
         "",
