@@ -128,7 +128,7 @@ def run_distill_suite(
     steps = steps or shared.compare.steps
     eval_k, eval_every = shared.compare.eval_k, shared.compare.distill_eval_every
     methods = {CELLS[c][0] for c in cells if c in CELLS} | {EQUAL_COMPUTE[c][0] for c in cells if c in EQUAL_COMPUTE}
-    methods |= {stage for m in list(methods) for stage in METHODS[m].stages}
+    methods = {stage for m in methods for stage in METHODS[m].stages} | {m for m in methods if not METHODS[m].stages}
     lrs = _learning_rates(config, overrides, sorted(methods), shared.compare.distill_lr)
 
     def log(message: str) -> None:

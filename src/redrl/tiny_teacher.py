@@ -72,12 +72,13 @@ def grow_depth(model, factor: int):
     return grown
 
 
-def ensure_teacher(spec: TeacherSpec | None = None, *, progress: bool = True) -> Path:
-    """The embedded teacher's directory (``from_pretrained`` reads it), built on first use."""
+def ensure_teacher(spec: TeacherSpec | None = None, *, assets=None, progress: bool = True) -> Path:
+    """The embedded teacher's directory (``from_pretrained`` reads it), built on first use from
+    ``assets`` (default: the embedded default's task and base, :func:`redrl.tiny.ensure_tiny`)."""
     from redrl.tiny import _build_lock, _say, cache_dir, ensure_tiny
 
     spec = spec or TeacherSpec()
-    assets = ensure_tiny(progress=progress)
+    assets = assets or ensure_tiny(progress=progress)
     root = cache_dir() / spec.key(assets.root.name)
     if (root / "DONE").exists():
         return root / "model"
@@ -129,6 +130,7 @@ def _build(spec: TeacherSpec, assets, staging: Path, say, progress: bool) -> Non
         "tiny",
         [],
         model={"path": str(staging / "init")},
+        data={"train": str(assets.train), "val": str(assets.val), "test": str(assets.test)},
         optim={"lr": lr},
         train={
             "method": "sft",
