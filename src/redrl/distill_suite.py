@@ -124,6 +124,10 @@ def run_distill_suite(
     unknown = [c for c in cells if c not in CELLS and c not in EQUAL_COMPUTE]
     if unknown:
         raise ValueError(f"unknown cell {unknown[0]!r}; choose from {', '.join([*CELLS, *EQUAL_COMPUTE])}")
+    if shared.teacher.path == "tiny-teacher":  # built here, once, before the runs that need it start
+        from redrl.tiny_teacher import ensure_teacher
+
+        ensure_teacher(progress=progress)
     seeds = seeds or shared.compare.seeds
     steps = steps or shared.compare.steps
     eval_k, eval_every = shared.compare.eval_k, shared.compare.distill_eval_every
@@ -217,7 +221,7 @@ def run_distill_suite(
     _write_json(out / "results.json", results)
     table = format_distill_table(results)
     (out / "table.md").write_text(table + "\n")
-    plots = plot_curves(results, out / "plots", curves=_curves(eval_k), optional=set(_curves(eval_k)))
+    plots = _plots(results, out / "plots", eval_k)
     (out / "report.md").write_text(format_distill_report(results, verdicts, plots))
     log("\n" + table + "\n")
     for v in verdicts:
@@ -234,8 +238,25 @@ def _step_seconds(record: dict) -> float:
     return sum(json.loads(line)["step_time"] for line in path.read_text().splitlines() if line.strip())
 
 
-def _curves(k: int) -> dict:
-    return {key.replace("@k", f"@{k}"): value for key, value in CURVES.items()}
+def _curves(k: int, prefix: str = "") -> dict:
+    return {key.replace("@k", f"@{k}"): (prefix + stem, label) for key, (stem, label) in CURVES.items()}
+
+
+def _plots(results: dict, out: Path, k: int) -> list[Path]:
+    """The curves of the grid's cells (``plots/NAME.png``) and, apart, of the equal-compute cells
+    beside the runs they are measured against (``plots/compute_NAME.png``)."""
+    grid = {name: entry for name, entry in results["methods"].items() if name in CELLS}
+    compute = {}
+    for name, spec in results.get("equal_compute", {}).items():
+        for member in (spec["method"], spec["against"], name):
+            if member in results["methods"]:
+                compute[member] = results["methods"][member]
+    curves = _curves(k)
+    written = plot_curves({"methods": grid}, out, curves=curves, optional=set(curves))
+    if compute:
+        curves = {key: value for key, value in _curves(k, "compute_").items() if key != "window"}
+        written += plot_curves({"methods": compute}, out, curves=curves, optional=set(curves))
+    return written
 
 
 def _entropies(config, overrides, records, seeds: int, out: Path, log) -> dict[str, list[float]]:

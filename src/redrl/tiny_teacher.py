@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ def _build(spec: TeacherSpec, assets, staging: Path, say, progress: bool) -> Non
             "out": str(staging / "run"),
         },
     )
-    final = train(cfg, progress=progress)
+    final = train(cfg, progress=progress and sys.stderr.isatty())  # a bar on a terminal, the build's lines elsewhere
     shutil.copytree(final, staging / "model")
     shutil.rmtree(staging / "init")
     say("teacher: measuring its accuracy on the validation split")
