@@ -103,3 +103,37 @@ def test_sweep_chooses_on_validation_and_grows_an_edge(tiny_assets, tmp_path):
     assert json.loads(save.read_text()) == json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     cfg = load_config("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null", "train.method=sft"])
     assert cfg.optim.lr == body["chosen"]["sft"]
+
+
+@pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
+def test_the_sweep_covers_distillation_methods_and_the_suite_takes_their_values(
+    tiny_assets, perturbed_teacher, tmp_path
+):
+    from redrl.distill_suite import _learning_rates
+
+    overrides = [
+        f"model.path={tiny_assets.base}",
+        f"teacher.path={perturbed_teacher}",
+        f"data.train={tiny_assets.train}",
+        f"data.val={tiny_assets.val}",
+        "rollout.max_new_tokens=32",
+        "train.prompts_per_step=2",
+        "eval.max_new_tokens=16",
+        "compare.eval_k=1",
+    ]
+    save = tmp_path / "chosen.json"
+    body = run_sweep(
+        "tiny",
+        overrides,
+        methods=["kd"],
+        grid=(1e-4, 1e-3),
+        steps=2,
+        max_extensions=0,
+        out=tmp_path / "sweep",
+        save=save,
+        jobs=1,
+        progress=False,
+    )
+    assert set(body["validation"]["kd"]) == {"0.0001", "0.001"} and body["chosen"]["kd"] in (1e-4, 1e-3)
+    lrs = _learning_rates("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null"], ["kd", "opd"], 5e-5)
+    assert lrs == {"kd": body["chosen"]["kd"], "opd": 5e-5}  # swept where swept, else compare.distill_lr
