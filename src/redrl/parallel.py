@@ -20,6 +20,17 @@ import torch
 __all__ = ["Parallel"]
 
 
+_close_at_exit: list[bool] = []
+
+
+def _destroy_process_group() -> None:
+    """Close the process group while the interpreter is still whole: left to interpreter shutdown,
+    gloo's worker threads can abort the process ("terminate called without an active exception")
+    after training has finished."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 @dataclass
 class Parallel:
     """The process group as the trainer sees it.
@@ -49,6 +60,11 @@ class Parallel:
             cpu=device == "cpu" or not torch.cuda.is_available(), log_with=log_with, project_dir=project_dir
         )
         world = accelerator.num_processes
+        if world > 1 and not _close_at_exit:  # once per process, however many runs it starts
+            import atexit
+
+            _close_at_exit.append(True)
+            atexit.register(_destroy_process_group)
         return cls(
             accelerator, accelerator.process_index, world, accelerator.device if world > 1 else resolve_device(device)
         )
