@@ -465,6 +465,34 @@ def test_cached_teacher_log_probs_train_as_the_teacher_does(tiny_assets, tmp_pat
         train(cfg, progress=False)
 
 
+def test_teacher_samples_replace_the_traces_drawn_once_and_reused(
+    tiny_assets, tmp_path, perturbed_teacher, monkeypatch
+):
+    monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
+
+    def run(name, **distill):
+        cfg = tiny_config(tiny_assets, tmp_path / name, "kd", steps=2)
+        cfg.teacher.path = str(perturbed_teacher)
+        for key, value in distill.items():
+            setattr(cfg.distill, key, value)
+        path = train(cfg, progress=False).parent / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    traces = run("traces")
+    sampled = run("sampled", teacher_samples=True)
+    (stored,) = (tmp_path / "cache" / "teacher-samples").glob("*.json")
+    samples = json.loads(stored.read_text())
+    assert len(samples) == len(tiny_assets.train.read_text().splitlines())
+    assert all(0 < len(s) <= 64 for s in samples)  # rollout.max_new_tokens
+    assert [r["offline_length"] for r in sampled] != [r["offline_length"] for r in traces]  # other rows trained
+    again = run("again", teacher_samples=True, cache_teacher=True, cache_top_k=None)  # the same samples, read back
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in sampled], rel=1e-5)
+    with pytest.raises(ValueError, match="distill.teacher_samples replaces the traces"):
+        cfg = tiny_config(tiny_assets, tmp_path / "opd", "opd", steps=1)
+        cfg.teacher.path, cfg.distill.teacher_samples = str(perturbed_teacher), True
+        train(cfg, progress=False)
+
+
 def test_distillation_staged_into_grpo(tiny_assets, tmp_path, perturbed_teacher):
     cfg = tiny_config(tiny_assets, tmp_path, "opd_grpo", steps=2)
     cfg.teacher.path, cfg.baselines.staged_sft_lr = str(perturbed_teacher), 1e-3  # the distillation stage's own

@@ -484,6 +484,11 @@ class DistillConfig:
     )
     temperature: float = _help("distillation temperature: both distributions are softmax(logits / temperature)", 1.0)
     chunk_size: int = _help("response positions per chunk of the two vocabulary projections", 128)
+    teacher_samples: bool = _help(
+        "teacher prefixes: the teacher's own samples (one per training prompt, at rollout.temperature, drawn once "
+        "with train.seed and cached) instead of the traces in data.train; TRL's seq_kd",
+        False,
+    )
     cache_teacher: bool = _help(
         "teacher prefixes: compute the teacher's log-probs on the traces once, store them (cache dir) and train "
         "without a teacher forward",

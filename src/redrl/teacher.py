@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Teacher", "TeacherCache", "check_vocabularies", "load_teacher", "teacher_cache"]
+__all__ = ["Teacher", "TeacherCache", "check_vocabularies", "load_teacher", "teacher_cache", "use_teacher_samples"]
 
 
 @dataclass
@@ -239,3 +239,51 @@ def teacher_cache(
     if write:
         cache.save(path)
     return cache
+
+
+def use_teacher_samples(cfg, teacher: Teacher, data, tokenizer, *, write: bool = True, progress: bool = False) -> None:
+    """Replace ``data``'s traces by the teacher's own samples (``distill.teacher_samples``): one
+    response per training prompt at ``rollout.temperature``, up to ``rollout.max_new_tokens``, drawn
+    with ``train.seed`` on a forked random state (training's own is untouched) and stored in the cache
+    directory, so every run with the same teacher, prompts and settings trains on the same samples.
+    Each record's ``distill`` text becomes its sample, so the teacher row's reward grades the sample."""
+    from redrl.paths import resolve_model
+    from redrl.rollout import make_generator
+    from redrl.tiny import cache_dir
+
+    settings = {
+        "kind": "samples",
+        "temperature": cfg.rollout.temperature,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "seed": cfg.train.seed,
+    }
+    key = TeacherCache.key(resolve_model(cfg.teacher.path), [], data.prompts, **settings)
+    path = cache_dir() / "teacher-samples" / f"{key}.json"
+    if path.exists():
+        samples = json.loads(path.read_text())
+    else:
+        engine = "fast" if cfg.rollout.engine == "fast" else "hf"
+        generator = make_generator(
+            engine,
+            teacher.model,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            batch_size=cfg.rollout.batch_size,
+            mixed_precision=cfg.train.mixed_precision,
+        )
+        if progress:
+            print(f"redrl: sampling the teacher once on {len(data.prompts)} training prompts", flush=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            samples = generator.generate(
+                data.prompts, 1, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens
+            )
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(samples))
+            tmp.replace(path)
+    data.teacher = [list(sample) for sample in samples]
+    texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
+    data.records = [{**record, "distill": text} for record, text in zip(data.records, texts)]
+    data._rewards.clear()

@@ -53,7 +53,7 @@ from redrl.rollout import build_generator
 from redrl.staged import train_staged
 from redrl.step import StepSettings, build_scheduler, loss_settings, optimization_step, step_record
 from redrl.strategies import StepPlan, StepRollouts, Strategy, build_strategy, check_strategy
-from redrl.teacher import TeacherCache, load_teacher, teacher_cache
+from redrl.teacher import TeacherCache, load_teacher, teacher_cache, use_teacher_samples
 
 __all__ = ["NonFiniteTraining", "Run", "TrainingStopped", "setup", "train"]
 
@@ -153,7 +153,7 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
     if par.is_main:
         _claim(out, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
     check_strategy(method, cfg.baselines, par)
-    for key in ("curriculum", "cache_teacher"):
+    for key in ("curriculum", "cache_teacher", "teacher_samples"):
         if getattr(cfg.distill, key) and method.objective != "distill":
             raise ValueError(f"distill.{key} applies to the distillation methods, not {method.name}")
     if cfg.loss.kl_coef and not LOSSES[method.objective].kl_to_reference:
@@ -210,11 +210,12 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         if teacher.note and par.is_main:
             print(f"redrl: {teacher.note}", file=sys.stderr)
         settings = cfg.distill
+        if (settings.cache_teacher or settings.teacher_samples) and method.rollouts:
+            key = "cache_teacher caches the teacher on" if settings.cache_teacher else "teacher_samples replaces"
+            raise ValueError(f"distill.{key} the traces: it needs distill.prefix=teacher")
+        if settings.teacher_samples:
+            use_teacher_samples(cfg, teacher, data, tokenizer, write=par.is_main, progress=progress and par.is_main)
         if settings.cache_teacher:
-            if method.rollouts:
-                raise ValueError(
-                    "distill.cache_teacher caches the teacher on the traces: it needs distill.prefix=teacher"
-                )
             cached = teacher_cache(
                 cfg, teacher, data, tokenizer.pad_token_id, write=par.is_main, progress=progress and par.is_main
             )
