@@ -426,18 +426,23 @@ def test_the_length_curriculum_bounds_what_is_trained_and_logs_its_window(
         train(bad, progress=False)
 
 
+def _kd_metrics(tiny_assets, out, teacher, steps, **distill):
+    """The per-step metrics of a kd run from ``teacher`` with ``distill.*`` settings."""
+    cfg = tiny_config(tiny_assets, out, "kd", steps=steps)
+    cfg.teacher.path = str(teacher)
+    for key, value in distill.items():
+        setattr(cfg.distill, key, value)
+    path = train(cfg, progress=False).parent / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_cached_teacher_log_probs_train_as_the_teacher_does(tiny_assets, tmp_path, perturbed_teacher, monkeypatch):
     from redrl import teacher as teacher_module
 
     monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
 
     def run(name, **distill):
-        cfg = tiny_config(tiny_assets, tmp_path / name, "kd", steps=3)
-        cfg.teacher.path = str(perturbed_teacher)
-        for key, value in distill.items():
-            setattr(cfg.distill, key, value)
-        path = train(cfg, progress=False).parent / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        return _kd_metrics(tiny_assets, tmp_path / name, perturbed_teacher, 3, **distill)
 
     exact = run("exact")
     full = run("full", cache_teacher=True, cache_top_k=None)  # the whole distribution: the same run
@@ -471,12 +476,7 @@ def test_teacher_samples_replace_the_traces_drawn_once_and_reused(
     monkeypatch.setenv("REDRL_CACHE", str(tmp_path / "cache"))
 
     def run(name, **distill):
-        cfg = tiny_config(tiny_assets, tmp_path / name, "kd", steps=2)
-        cfg.teacher.path = str(perturbed_teacher)
-        for key, value in distill.items():
-            setattr(cfg.distill, key, value)
-        path = train(cfg, progress=False).parent / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        return _kd_metrics(tiny_assets, tmp_path / name, perturbed_teacher, 2, **distill)
 
     traces = run("traces")
     sampled = run("sampled", teacher_samples=True)

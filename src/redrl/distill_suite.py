@@ -39,7 +39,7 @@ from redrl.compare import (
     measure_entropies,
 )
 from redrl.methods import METHODS
-from redrl.report import Comparison, Verdict, _combine, finite_values, plot_curves
+from redrl.report import Comparison, Verdict, _combine, finite_values, format_verdicts, plot_curves
 
 __all__ = ["CELLS", "DEMO_CELLS", "judge_distill", "run_distill_suite"]
 
@@ -264,7 +264,7 @@ def _entropies(config, overrides, records, seeds: int, out: Path, log) -> dict[s
     from transformers import AutoTokenizer
 
     from redrl.data.training import prepare_data
-    from redrl.paths import resolve_paths
+    from redrl.paths import resolve_model, resolve_paths
 
     cfg = _with_compare_settings(config, overrides)
     base_path, train_path, _ = resolve_paths(cfg, need_test=False)
@@ -275,14 +275,8 @@ def _entropies(config, overrides, records, seeds: int, out: Path, log) -> dict[s
     log(f"measuring each model's entropy on its own rollouts of {len(prompts)} training prompts")
     table: dict[str, list[float]] = {}
     for (name, seed), record in sorted(records.items(), key=lambda item: (item[0][1], item[0][0])):
-        untrained = "train_seconds" not in record
-        path = record["config"]["model"]["path"] if untrained else str(Path(record["run_dir"]) / "final")
-        if untrained and path in ("tiny",):
-            path = base_path
-        elif untrained:
-            from redrl.paths import resolve_model
-
-            path = resolve_model(path)
+        untrained = "train_seconds" not in record  # the base or the teacher: its own model path
+        path = resolve_model(record["config"]["model"]["path"]) if untrained else str(Path(record["run_dir"]) / "final")
         cache = out / "entropy" / f"{name}-seed{seed}.json"
         weights = Path(path) / "model.safetensors"
         key = {"model": path, "seed": seed, "weights": weights.stat().st_mtime_ns if weights.exists() else None}
@@ -457,14 +451,7 @@ def format_distill_report(results: dict, verdicts: list[Verdict], plots: list[Pa
         "| finding | verdict |",
         "|---|---|",
     ]
-    lines += [f"| {v.claim} {v.text} | **{v.verdict}** |" for v in verdicts]
-    lines.append("")
-    for v in verdicts:
-        lines.append(f"**{v.claim}** {v.text} — **{v.verdict}**")
-        lines += [f"- {c.describe()}" for c in v.comparisons]
-        if v.note:
-            lines.append(f"- {v.note}")
-        lines.append("")
+    lines += format_verdicts(verdicts)
     if plots:
         lines.append("Curves over steps (mean over seeds, min–max shaded):")
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]

@@ -28,6 +28,7 @@ __all__ = [
     "Verdict",
     "diff_probs",
     "format_results_table",
+    "format_verdicts",
     "judge_claims",
     "plot_curves",
     "token_change_html",
@@ -397,6 +398,18 @@ def _learning_rates(settings: dict) -> str:
     )
 
 
+def format_verdicts(verdicts: list[Verdict]) -> list[str]:
+    """Report lines: a table row per claim and its verdict, then each claim with its comparisons."""
+    lines = [f"| {v.claim} {v.text} | **{v.verdict}** |" for v in verdicts] + [""]
+    for v in verdicts:
+        lines.append(f"**{v.claim}** {v.text} — **{v.verdict}**")
+        lines += [f"- {c.describe()}" for c in v.comparisons]
+        if v.note:
+            lines.append(f"- note: {v.note}")
+        lines.append("")
+    return lines
+
+
 def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> str:
     settings = results.get("settings", {})
     lines = [
@@ -425,14 +438,7 @@ def format_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> 
         "| claim | verdict |",
         "|---|---|",
     ]
-    lines += [f"| {v.claim} {v.text} | **{v.verdict}** |" for v in verdicts]
-    lines.append("")
-    for v in verdicts:
-        lines.append(f"**{v.claim}** {v.text} — **{v.verdict}**")
-        lines += [f"- {c.describe()}" for c in v.comparisons]
-        if v.note:
-            lines.append(f"- note: {v.note}")
-        lines.append("")
+    lines += format_verdicts(verdicts)
     if results.get("entropy_phases"):
         lines += [
             "## Entropy across phases (the paper's Table 1)",
