@@ -189,6 +189,25 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = _help(
         "vllm: share of GPU memory vLLM may take (the rest is for training)", 0.3
     )
+    dynamic_sampling: bool = _help(
+        "DAPO's dynamic sampling: leave out groups whose rows in the advantage statistics share one reward "
+        "and sample further prompts until the step holds train.prompts_per_step informative groups "
+        "(RL methods; distillation is not filtered)",
+        False,
+    )
+    max_rounds: int = _help(
+        "dynamic sampling and tail batching: sampling rounds per step at most, the first included", 4
+    )
+    tail_max_new_tokens: int | None = _help(
+        "tail batching (RollPacker): the response budget of ordinary rounds; prompts whose rollouts reach it "
+        "wait and are sampled together at max_new_tokens in an occasional long round (null = off)",
+        None,
+    )
+    async_staleness: int = _help(
+        "asynchronous rollouts: a worker process samples the next steps' groups with weights at most this many "
+        "steps old while the trainer updates (0 = synchronous); the ratio uses the sampler's log-probs",
+        0,
+    )
 
     def __post_init__(self):
         _require(self.engine in ("hf", "fast", "vllm"), f"rollout.engine must be hf, fast or vllm; got {self.engine!r}")
@@ -208,6 +227,22 @@ class RolloutConfig:
         _require(self.temperature > 0, f"rollout.temperature must be > 0; got {self.temperature}")
         _require(self.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1; got {self.max_new_tokens}")
         _require(self.batch_size >= 1, f"rollout.batch_size must be >= 1; got {self.batch_size}")
+        _require(self.max_rounds >= 1, f"rollout.max_rounds must be >= 1; got {self.max_rounds}")
+        _require(
+            self.tail_max_new_tokens is None or 0 < self.tail_max_new_tokens < self.max_new_tokens,
+            f"rollout.tail_max_new_tokens must be between 1 and max_new_tokens - 1 ({self.max_new_tokens - 1}) "
+            f"or null; got {self.tail_max_new_tokens}",
+        )
+        _require(self.async_staleness >= 0, f"rollout.async_staleness must be >= 0; got {self.async_staleness}")
+        _require(
+            not self.async_staleness or self.engine == "fast",
+            "rollout.async_staleness runs the fast engine in a worker process (it reports the behaviour "
+            "log-probs); set rollout.engine=fast (vLLM as the worker: see docs/rollouts.md)",
+        )
+        _require(
+            not self.async_staleness or (not self.dynamic_sampling and self.tail_max_new_tokens is None),
+            "rollout.async_staleness does not combine with dynamic sampling or tail batching yet; use one of them",
+        )
 
 
 @dataclass
@@ -265,6 +300,16 @@ class LossConfig:
     regulator_max_weight: float | None = _help(
         "upper clip of the regulator's weight w (Eq. 11); null = rollout.group_size, the paper's G", None
     )
+    is_cap: float | None = _help(
+        "truncated importance sampling: where the ratio's denominator is the sampler's (rollout.old_logp=sampler, "
+        "asynchronous rollouts), π/π_behaviour is capped at this value (null = no cap)",
+        2.0,
+    )
+    decoupled: bool = _help(
+        "decoupled proximal objective (AReaL): clip π/π_prox around the trainer's own log-probs and weigh each "
+        "token by min(π_prox/π_behaviour, is_cap); needs the sampler's log-probs",
+        False,
+    )
     kl_coef: float = _help(
         "KL-to-reference coefficient (TRL's beta): adds beta times the k3 estimate of KL(π || π_ref) on "
         "rollout tokens, π_ref the frozen starting model; 0 = off, no reference model is loaded",
@@ -294,6 +339,7 @@ class LossConfig:
         )
         _require(self.advantage_eps >= 0, f"loss.advantage_eps must be >= 0; got {self.advantage_eps}")
         _require(self.luffy_gamma > 0, f"loss.luffy_gamma must be > 0; got {self.luffy_gamma}")
+        _require(self.is_cap is None or self.is_cap >= 1, f"loss.is_cap must be >= 1 or null; got {self.is_cap}")
         _require(
             self.regulator_ema is None or 0 <= self.regulator_ema < 1,
             f"loss.regulator_ema must be in [0, 1) or null; got {self.regulator_ema}",

@@ -506,6 +506,8 @@ def red_loss(
     norm_constant: float | None = None,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    is_cap: float | None = None,
+    behaviour_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RED's unified objective (Eq. 10), as the sum of an on-policy and an offline term.
 
@@ -524,6 +526,17 @@ def red_loss(
     ``"seq-mean-token-sum-norm"`` (Dr.GRPO; needs ``norm_constant``). With ``kl_coef > 0`` and
     ``ref_logp`` given, ``kl_coef · k3`` (:func:`kl_k3`) is added on the on-policy tokens, the only
     ones sampled from the policy (off by default, as in the paper's runs).
+
+    Rollouts from an older policy (asynchronous rollouts, or the sampler's own log-probs as
+    ``old_logp``): with ``behaviour_logp`` ``None`` and ``is_cap = C`` set, ``old_logp`` is the
+    behaviour policy ``μ`` and the on-policy ratio is truncated, ``r = min(π/μ, C)`` (truncated
+    importance sampling; on a negative advantage this is dual-clip PPO's bound ``C·Â``, Ye et al.
+    2020, arXiv 1912.09729; on a positive one the clip already binds). With ``behaviour_logp = log μ``
+    given, ``old_logp`` is the proximal policy ``π_prox`` (the trainer's weights before the update)
+    and each on-policy token is weighed by the stop-gradient ``ρ = min(π_prox/μ, C)`` (the decoupled
+    objective of Hilton et al. 2021, arXiv 2110.00641, as AReaL uses it; verl's truncated IS):
+    ``term = ρ · min(r·Â, clip(r)·Â)``, ``r = π/π_prox``. Behaviour log-probs that are NaN (not
+    reported) count as ``ρ = 1``.
 
     Limit cases: with no offline row the loss is the GRPO loss; with ``r̄ = 0`` the offline term has
     the gradient of the advantage-weighted NLL ``-Â·log π``; with ``r̄ = 1`` it is ``-π·Â``.
@@ -544,6 +557,8 @@ def red_loss(
         norm_constant: for ``"seq-mean-token-sum-norm"``.
         ref_logp: ``[N, T]`` reference-model log-probabilities, for the KL term.
         kl_coef: KL coefficient (0 disables it).
+        is_cap: the truncation ``C`` of the behaviour correction (``None``: no truncation).
+        behaviour_logp: ``[N, T]`` the sampler's log-probabilities, for the decoupled objective.
 
     Returns:
         ``(loss, metrics)``: the scalar loss and detached 0-d tensors: ``loss_on`` and ``loss_off``
@@ -566,7 +581,17 @@ def red_loss(
     advantages = advantages.to(logp.dtype)
 
     ratio = torch.exp(logp - old_logp)
+    cap = math.inf if is_cap is None else float(is_cap)
+    capped = torch.zeros_like(on_mask)
+    if behaviour_logp is None and is_cap is not None:  # truncated IS: old_logp is the behaviour policy
+        capped = ratio.detach() > cap
+        ratio = ratio.clamp(max=cap)
     on_term, clipped = clipped_surrogate(ratio, advantages, eps_low, eps_high)
+    if behaviour_logp is not None:  # decoupled: old_logp is the proximal policy, ρ corrects the behaviour
+        behaviour = torch.where(on_mask & ~torch.isnan(behaviour_logp), behaviour_logp.to(logp.dtype), old_logp)
+        rho = torch.exp(old_logp - behaviour).detach()
+        capped = rho > cap
+        on_term = rho.clamp(max=cap) * on_term
 
     off_ratio, pi_off = offline_importance_ratio(logp, group_accuracy.to(logp.dtype), offline_ratio, gamma=gamma)
     if clip_offline:
@@ -596,6 +621,9 @@ def red_loss(
             "loss_on": loss_on.detach(),
             "loss_off": loss_off.detach(),
             "clip_fraction": masked_mean(clipped.to(logp.dtype), on_mask),
+            "is_capped_fraction": masked_mean(capped.to(logp.dtype), on_mask)
+            if is_cap is not None
+            else torch.tensor(math.nan),
             "ratio_mean": masked_mean(ratio, on_mask),
             "offline_ratio_mean": masked_mean(off_ratio, off_mask),
             "pi_off_mean": masked_mean(pi_off, off_mask),
@@ -1012,7 +1040,9 @@ class LossInputs:
     (both over the whole step, not the micro-batch); ``ref_logp`` ``[N, T]`` a reference model's
     log-probabilities where a KL term needs them; for distillation, ``kl_fwd`` and ``kl_rev``
     ``[N, T]`` the exact per-token KLs to the teacher (:func:`token_kl_from_hidden`, differentiable
-    in the student) or ``teacher_logp`` ``[N, T]`` the teacher's log-probabilities of the tokens."""
+    in the student) or ``teacher_logp`` ``[N, T]`` the teacher's log-probabilities of the tokens;
+    ``behaviour_logp`` ``[N, T]`` the sampler's log-probabilities when ``old_logp`` is the proximal
+    policy (the decoupled objective of :func:`red_loss`)."""
 
     logp: torch.Tensor
     old_logp: torch.Tensor
@@ -1028,6 +1058,7 @@ class LossInputs:
     kl_fwd: torch.Tensor | None = None
     kl_rev: torch.Tensor | None = None
     teacher_logp: torch.Tensor | None = None
+    behaviour_logp: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -1039,7 +1070,8 @@ class LossSettings:
     ``srft_sft_coef``, ``srft_rl_coef`` as in :func:`srft_loss`; ``sft_entropy_coef`` the
     ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss` and
     ``distill_estimator`` ``"exact"`` (full vocabulary) or a sampled estimator of
-    :func:`sampled_kl_loss` (``"k1"``, ``"k3"``)."""
+    :func:`sampled_kl_loss` (``"k1"``, ``"k3"``); ``is_cap`` the truncation of :func:`red_loss`'s
+    behaviour correction (``None`` where ``old_logp`` is the trainer's own)."""
 
     aggregation: str = "seq-mean-token-mean"
     norm_constant: float | None = None
@@ -1054,6 +1086,7 @@ class LossSettings:
     sft_entropy_coef: float = 0.0
     distill_alpha: float = 1.0
     distill_estimator: str = "exact"
+    is_cap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1086,6 +1119,8 @@ def _red_objective(x: LossInputs, s: LossSettings):
         norm_constant=s.norm_constant,
         ref_logp=x.ref_logp,
         kl_coef=s.kl_coef,
+        is_cap=s.is_cap,
+        behaviour_logp=x.behaviour_logp,
     )
 
 
@@ -1148,6 +1183,7 @@ LOSSES: dict[str, Objective] = {
             "pi_off_mean",
             "offline_pi_mean",
             "kl_ref",
+            "is_capped_fraction",
         ),
         kl_to_reference=True,
     ),

@@ -97,15 +97,23 @@ class StepSettings:
     mixed_precision: str = "no"
     sampler_logp: bool = False
     max_grad_norm: float = 1.0
+    decoupled: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> StepSettings:
         return cls(
             micro_batch_size=cfg.train.micro_batch_size,
             mixed_precision=cfg.train.mixed_precision,
-            sampler_logp=cfg.rollout.old_logp == "sampler",
+            sampler_logp=behaviour_logp(cfg) and not cfg.loss.decoupled,
             max_grad_norm=cfg.optim.max_grad_norm,
+            decoupled=cfg.loss.decoupled,
         )
+
+
+def behaviour_logp(cfg: Config) -> bool:
+    """Whether the rollouts come with the sampler's log-probs that the ratio uses (the behaviour
+    policy): ``rollout.old_logp: sampler``, and always with asynchronous rollouts."""
+    return cfg.rollout.old_logp == "sampler" or cfg.rollout.async_staleness > 0
 
 
 def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) -> LossSettings:
@@ -118,6 +126,7 @@ def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) ->
         return LossSettings(aggregation="token-mean", distill_alpha=alpha)
     loss = cfg.loss
     return LossSettings(
+        is_cap=loss.is_cap if behaviour_logp(cfg) else None,
         aggregation=loss.aggregation,
         norm_constant=loss.norm_constant or cfg.rollout.max_new_tokens,
         eps_low=loss.eps_low,
@@ -140,6 +149,7 @@ def _loss(
     w: float,
     h_rl: float,
     ref_logp: torch.Tensor | None = None,
+    decoupled: bool = False,
 ):
     rows = current.rows
     inputs = LossInputs(
@@ -156,6 +166,7 @@ def _loss(
         ref_logp=ref_logp,
         kl_fwd=current.kl_fwd,
         kl_rev=current.kl_rev,
+        behaviour_logp=rows.sampler_logp if decoupled else None,
     )
     return objective.fn(inputs, settings)
 
@@ -242,7 +253,7 @@ def optimization_step(
                 with torch.no_grad(), autocast(device, precision):
                     ref_logp = reference(rows.input_ids, rows.attention_mask, rows.loss_mask())[0]
             with autocast(device, precision):
-                loss, metrics = _loss(objective, settings, current, old_logps[index], w, h_rl, ref_logp)
+                loss, metrics = _loss(objective, settings, current, old_logps[index], w, h_rl, ref_logp, step.decoupled)
             share = units[index] / max(total_units, 1)
             scaled = loss * share * par.world
             par.backward(scaler.scale(scaled) if scaler else scaled)

@@ -50,8 +50,16 @@ from redrl.paths import resolve_paths
 from redrl.regulator import EntropyRegulator
 from redrl.rewards import grade_checked
 from redrl.rollout import build_generator
+from redrl.scheduling import GroupOutcome, RolloutScheduler, is_informative
 from redrl.staged import train_staged
-from redrl.step import StepSettings, build_scheduler, loss_settings, optimization_step, step_record
+from redrl.step import (
+    StepSettings,
+    behaviour_logp,
+    build_scheduler,
+    loss_settings,
+    optimization_step,
+    step_record,
+)
 from redrl.strategies import StepPlan, StepRollouts, Strategy, build_strategy, check_strategy
 from redrl.teacher import TeacherCache, load_teacher, teacher_cache, use_teacher_samples
 
@@ -101,6 +109,8 @@ class Run:
     step_settings: StepSettings = field(default_factory=StepSettings)
     curriculum: LengthCurriculum | None = None
     teacher_cache: TeacherCache | None = None
+    scheduler_rounds: RolloutScheduler | None = None
+    pipeline: object | None = None  # redrl.async_rollout.AsyncRollouts with rollout.async_staleness
     start: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
@@ -121,6 +131,8 @@ class Run:
             "skipped_total": self.skipped_total,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             **({"curriculum": self.curriculum.state_dict()} if self.curriculum is not None else {}),
+            **(self.scheduler_rounds.state_dict() if self.scheduler_rounds is not None else {}),
+            **(self.pipeline.state_dict() if self.pipeline is not None else {}),
         }
 
     def save(self, path: Path, step: int, model_card: str | None = None) -> None:
@@ -161,6 +173,7 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
             f"loss.kl_coef: the {method.objective} objective of {method.name} has no KL-to-reference term; set it to 0"
         )
     par.share(list(range(cfg.train.prompts_per_step)))  # refuses a step that cannot be split evenly
+    _check_rollout_mechanisms(cfg, method, par)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     resume_from = None
@@ -265,6 +278,15 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         StepSettings.from_config(cfg),
         teacher_cache=cached,
     )
+    r = cfg.rollout
+    if method.rollouts and (r.dynamic_sampling or r.tail_max_new_tokens is not None):
+        run.scheduler_rounds = RolloutScheduler(
+            cfg.train.prompts_per_step,
+            r.max_new_tokens,
+            dynamic=r.dynamic_sampling and method.objective != "distill",
+            max_rounds=r.max_rounds,
+            tail_max_new_tokens=r.tail_max_new_tokens,
+        )
     if cfg.distill.curriculum:
         d = cfg.distill
         run.curriculum = LengthCurriculum(
@@ -287,6 +309,8 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         strategy.load_state_dict(loop)
         if run.curriculum is not None and loop.get("curriculum"):
             run.curriculum.load_state_dict(loop["curriculum"])
+        if run.scheduler_rounds is not None:
+            run.scheduler_rounds.load_state_dict(loop)
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = lr  # also where no optimizer state was saved (sharded runs)
         run.skipped_in_a_row, run.skipped_total = (
@@ -297,7 +321,132 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
             scaler.load_state_dict(loop["scaler"])
         checkpoint.load_rng(resume_from, par.rank)  # last: nothing above draws random numbers after this
         generator.sync_weights(model)
+    if cfg.rollout.async_staleness and method.rollouts:
+        run.pipeline = _start_pipeline(run, loop if resume_from is not None else None, progress=progress)
     return run
+
+
+def _check_rollout_mechanisms(cfg: Config, method: Method, par: Parallel) -> None:
+    """Refuse, in one line, a rollout mechanism this run cannot use."""
+    r = cfg.rollout
+    named = [
+        name
+        for name, on in (
+            ("rollout.dynamic_sampling", r.dynamic_sampling),
+            ("rollout.tail_max_new_tokens", r.tail_max_new_tokens is not None),
+            ("rollout.async_staleness", r.async_staleness > 0),
+        )
+        if on
+    ]
+    if named and par.world > 1:
+        raise ValueError(f"{named[0]} runs in single-process training for now ({par.world} processes here)")
+    if r.async_staleness and method.on_all_fail != "none":
+        raise ValueError(
+            f"rollout.async_staleness: {method.name} samples again or changes steps after grading "
+            "(ReLIFT, BREAD), which needs the current policy in the trainer; run it synchronously"
+        )
+    if cfg.loss.decoupled and not (r.old_logp == "sampler" or r.async_staleness):
+        raise ValueError(
+            "loss.decoupled needs the sampler's log-probs: rollout.old_logp=sampler or rollout.async_staleness"
+        )
+
+
+def _start_pipeline(run: Run, loop: dict | None, *, progress: bool):
+    """The rollout worker, with the steps in flight: restored from a checkpoint's loop state, or
+    the first ``k + 1`` steps submitted."""
+    from redrl.async_rollout import AsyncRollouts
+
+    cfg = run.cfg
+    threads = torch.get_num_threads()
+    worker_threads = max(1, threads // 2)
+    if run.par.device.type == "cpu" and threads > 1:  # the two processes share the cores
+        torch.set_num_threads(threads - worker_threads)
+        if progress:
+            print(
+                f"redrl: asynchronous rollouts: {threads - worker_threads} CPU thread(s) train, "
+                f"{worker_threads} sample in the worker",
+                file=sys.stderr,
+            )
+    pipeline = AsyncRollouts(
+        run.model,
+        run.tokenizer.eos_token_id,
+        run.tokenizer.pad_token_id,
+        staleness=cfg.rollout.async_staleness,
+        group_size=cfg.rollout.group_size,
+        temperature=cfg.rollout.temperature,
+        seed=cfg.train.seed,
+        version=run.start,
+        batch_size=cfg.rollout.batch_size,
+        threads=worker_threads,
+    )
+    if loop is not None:
+        pipeline.load_state_dict(loop)
+    else:
+        for step in range(run.start + 1, min(run.start + cfg.rollout.async_staleness + 1, run.steps) + 1):
+            _submit(run, pipeline, step)
+    return pipeline
+
+
+def _submit(run: Run, pipeline, step: int) -> None:
+    """Draw step ``step``'s prompts and send them to the rollout worker."""
+    plan = run.strategy.plan(run.sampler, run.cfg.train.prompts_per_step)
+    window = run.curriculum.window if run.curriculum is not None else run.cfg.rollout.max_new_tokens
+    pipeline.submit(step, plan.prompts, [run.data.prompts[i] for i in plan.prompts], window)
+
+
+def _sample_groups(run: Run, prompts: list[int], budget: int, *, with_logprobs: bool):
+    """``G`` rollouts of each record in ``prompts``, graded: ``(rollouts, logprobs, rewards)``
+    (prompt-major; ``logprobs`` ``None`` unless asked for). A grader error or timeout is ungraded
+    (``None``), or wrong with ``data.failed_grading: wrong``."""
+    cfg, G = run.cfg, run.cfg.rollout.group_size
+    step_prompts = [run.data.prompts[i] for i in prompts]
+    logprobs = None
+    if with_logprobs:
+        rollouts, logprobs = run.generator.generate_with_logprobs(
+            step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=budget
+        )
+    else:
+        rollouts = run.generator.generate(step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=budget)
+    return rollouts, logprobs, _grade(run, prompts, rollouts)
+
+
+def _grade(run: Run, prompts: list[int], rollouts: list[list[int]]) -> list[float | None]:
+    cfg, G = run.cfg, run.cfg.rollout.group_size
+    texts = run.tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
+    answers = [run.data.records[i]["answer"] for i in prompts]
+    checked = [grade_checked(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
+    wrong_if_failed = cfg.data.failed_grading == "wrong"
+    return [0.0 if failed and wrong_if_failed else reward for reward, failed in checked]
+
+
+def _scheduled_groups(run: Run, plan, budget: int, with_logprobs: bool):
+    """The step's groups through :class:`redrl.scheduling.RolloutScheduler` (dynamic sampling, tail
+    batching): ``(chosen, rollouts, logprobs, rewards, record)``."""
+    G, method, eos = run.cfg.rollout.group_size, plan.method, run.tokenizer.eos_token_id
+
+    def sample(prompts: list[int], round_budget: int) -> list[GroupOutcome]:
+        rollouts, logprobs, rewards = _sample_groups(run, prompts, round_budget, with_logprobs=with_logprobs)
+        outcomes = []
+        for g, index in enumerate(prompts):
+            rows = rollouts[g * G : (g + 1) * G]
+            group_rewards = rewards[g * G : (g + 1) * G]
+            failed_all = all(r is not None and r <= 0 for r in group_rewards)
+            informative = (
+                method.objective == "distill"
+                or (method.on_all_fail != "none" and failed_all)  # ReLIFT's buffer, BREAD's prefixes act on them
+                or is_informative(group_rewards, run.data.teacher_reward(index), with_teacher=method.offline)
+            )
+            truncated = any(len(row) >= round_budget and row[-1:] != [eos] for row in rows)
+            payload = (rows, None if logprobs is None else logprobs[g * G : (g + 1) * G], group_rewards)
+            outcomes.append(GroupOutcome(index, truncated, informative, sum(map(len, rows)), payload))
+        return outcomes
+
+    collected = run.scheduler_rounds.collect(run.sampler.next, sample, budget=budget, first=plan.prompts)
+    chosen = [group.prompt for group in collected.groups]
+    rollouts = [row for group in collected.groups for row in group.payload[0]]
+    logprobs = [lp for group in collected.groups for lp in group.payload[1]] if with_logprobs else None
+    rewards = [r for group in collected.groups for r in group.payload[2]]
+    return chosen, rollouts, logprobs, rewards, collected.record()
 
 
 def resolve_method(cfg: Config) -> Method:
@@ -353,37 +502,36 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
         for step in bar:
             started = time.perf_counter()
             failures_before = sum(rewards_module.FAILURES.values())
-            plan = run.strategy.plan(run.sampler, cfg.train.prompts_per_step)
-            chosen = par.share(plan.prompts)  # this process's groups
-            step_prompts = [data.prompts[i] for i in chosen]
-            answers = [data.records[i]["answer"] for i in chosen]
             # the response window: rollout budget and teacher tokens trained (the length curriculum's, if on)
             window = run.curriculum.window if run.curriculum is not None else cfg.rollout.max_new_tokens
+            with_logprobs = behaviour_logp(cfg)
+            scheduling: dict = {}
 
-            # 1. Rollouts: G samples of each prompt from the current policy (with the sampler's
-            # log-probs when the importance ratio uses them).
-            rollouts, logprobs = [], None
-            if plan.method.rollouts and cfg.rollout.old_logp == "sampler":
-                rollouts, logprobs = run.generator.generate_with_logprobs(
-                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=window
-                )
-            elif plan.method.rollouts:
-                rollouts = run.generator.generate(
-                    step_prompts, G, temperature=cfg.rollout.temperature, max_new_tokens=window
-                )
-
-            # 2. Grade them with the evaluation's grader (a grader error or timeout: ungraded, counted);
-            # the strategy acts on groups whose rollouts all failed.
-            texts = (
-                tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []
-            )  # ([] decodes to [''])
-            checked = [grade_checked(text, answers[j // G], cfg.data.grader) for j, text in enumerate(texts)]
-            wrong_if_failed = cfg.data.failed_grading == "wrong"
-            rewards = [0.0 if failed and wrong_if_failed else reward for reward, failed in checked]
+            # 1-2. Rollouts: G samples of each prompt (with the sampler's log-probs when the importance
+            # ratio uses them), graded with the evaluation's grader; the strategy then acts on groups
+            # whose rollouts all failed.
+            if run.pipeline is not None:  # sampled by the worker, at most k steps ago
+                flight = run.pipeline.take(step)
+                plan = StepPlan(flight.prompts, method)
+                chosen, rollouts, logprobs = flight.prompts, flight.rollouts, flight.logprobs
+                rewards = _grade(run, chosen, rollouts)
+                scheduling = {"staleness": step - 1 - flight.version, "worker_seconds": flight.seconds}
+            else:
+                plan = run.strategy.plan(run.sampler, cfg.train.prompts_per_step)
+                rollouts, logprobs, rewards = [], None, []
+                if plan.method.rollouts and run.scheduler_rounds is not None and not plan.special:
+                    chosen, rollouts, logprobs, rewards, scheduling = _scheduled_groups(
+                        run, plan, window, with_logprobs
+                    )
+                else:
+                    chosen = par.share(plan.prompts)  # this process's groups
+                    if plan.method.rollouts:
+                        rollouts, logprobs, rewards = _sample_groups(run, chosen, window, with_logprobs=with_logprobs)
+            answers = [data.records[i]["answer"] for i in chosen]
             graded = [r for r in rewards if r is not None]  # the policy's own accuracy, logged below
             groups = StepRollouts(
                 chosen,
-                step_prompts,
+                [data.prompts[i] for i in chosen],
                 answers,
                 [data.teacher[i][:window] for i in chosen],
                 rollouts,
@@ -391,7 +539,7 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 logprobs,
                 G,
             )
-            extra = run.strategy.after_grading(groups, plan, par)
+            extra = {**run.strategy.after_grading(groups, plan, par), **scheduling}
             rollout_seconds = time.perf_counter() - started
 
             # 3. Groups: G rollouts + the teacher row, advantages and group accuracy.
@@ -432,6 +580,10 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 run.curriculum.update(stats["h_rl"] if plan.method.rollouts else stats["h_sft"])
             if not stats["skipped"]:
                 run.generator.sync_weights(run.model)  # the next rollouts come from the updated policy
+            if run.pipeline is not None:  # the worker takes these weights, then samples step + k + 1
+                run.pipeline.push_weights(run.model, step)
+                if step + cfg.rollout.async_staleness + 1 <= steps:
+                    _submit(run, run.pipeline, step + cfg.rollout.async_staleness + 1)
             train_seconds = time.perf_counter() - train_started
             run.skipped_in_a_row = run.skipped_in_a_row + 1 if stats["skipped"] else 0
             run.skipped_total += stats["skipped"]
@@ -443,6 +595,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                     par, batch, groups.rollouts, graded, tokenizer.eos_token_id, rollout_seconds, train_seconds, extra
                 ),
                 **stats,
+                **scheduling,
+                "trained_tokens": int(par.sum([float(batch.response_mask.sum())])[0]),
                 "skipped_total": run.skipped_total,
             }
             record["step_time"] = time.perf_counter() - started
@@ -501,6 +655,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                     run.save(path, step)
                 raise TrainingStopped(requested[0] if requested else signal.SIGTERM, step, path)
     finally:
+        if run.pipeline is not None and sys.exc_info()[0] is not None:
+            run.pipeline.close()
         for file in (metrics_file, rank_file):
             if file:
                 file.close()
@@ -513,6 +669,8 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
         run.save(out / f"checkpoint-{steps}", steps)  # the last step's state, for a later --resume
     final = out / "final"
     run.save(final, steps, model_card=model_card(cfg, method, steps, _load_metrics(metrics_path, steps)[-1:]))
+    if run.pipeline is not None:
+        run.pipeline.close()
     return final
 
 
