@@ -363,3 +363,49 @@ def test_unequal_micro_batches_weighted_by_units_give_the_full_batch(aggregation
         accumulated = accumulated + red_loss(**part, **kwargs)[0] * units / total
     assert abs(accumulated.item() - full.item()) < 1e-12
     torch.testing.assert_close(torch.autograd.grad(accumulated, batch["logp"])[0], full_grad, rtol=0, atol=1e-12)
+
+
+def _one_rollout(logp, old, advantage):
+    return dict(
+        logp=torch.log(torch.tensor([logp], dtype=F64)).requires_grad_(),
+        old_logp=torch.log(torch.tensor([old], dtype=F64)),
+        advantages=torch.tensor([advantage], dtype=F64),
+        response_mask=torch.tensor([[True, True]]),
+        is_offline=torch.tensor([False]),
+        group_accuracy=torch.tensor([0.0], dtype=F64),
+        w=1.0,
+    )
+
+
+def test_truncated_importance_sampling_bounds_a_stale_ratio():
+    """old_logp is the behaviour policy μ. Token 1: π/μ = 0.5/0.1 = 5, Â = -1: unbounded the clipped
+    surrogate keeps min(-5, -1.2) = -5; truncated at C = 2 it is -2 (dual-clip's bound C·Â) with no
+    gradient. Token 2: ratio 1, term -1, gradient -Â/2 = 0.5 on its log-prob."""
+    batch = _one_rollout([0.5, 0.3], [0.1, 0.3], -1.0)
+    loss, _ = red_loss(**batch)
+    assert loss.item() == pytest.approx((5 + 1) / 2, abs=1e-12)
+    batch = _one_rollout([0.5, 0.3], [0.1, 0.3], -1.0)
+    loss, metrics = red_loss(**batch, is_cap=2.0)
+    assert loss.item() == pytest.approx((2 + 1) / 2, abs=1e-12)
+    assert metrics["is_capped_fraction"].item() == pytest.approx(0.5)
+    loss.backward()
+    assert batch["logp"].grad[0].tolist() == pytest.approx([0.0, 0.5], abs=1e-12)
+
+
+def test_decoupled_objective_clips_around_the_proximal_policy_and_weighs_by_the_behaviour():
+    """old_logp is π_prox. Token 1: ρ = π_prox/μ = 0.4/0.1 = 4, capped at 2; r = 0.44/0.4 = 1.1
+    (inside the clip), Â = 1: term 2·1.1 = 2.2. Token 2: the sampler reported nothing (NaN): ρ = 1,
+    r = 1, term 1. Loss -(2.2 + 1)/2 = -1.6; the gradient of token 1 is -ρ·r·Â/2 = -1.1."""
+    batch = _one_rollout([0.44, 0.3], [0.4, 0.3], 1.0)
+    behaviour = torch.tensor([[math.log(0.1), math.nan]], dtype=F64)
+    loss, metrics = red_loss(**batch, is_cap=2.0, behaviour_logp=behaviour)
+    assert loss.item() == pytest.approx(-1.6, abs=1e-12)
+    assert metrics["is_capped_fraction"].item() == pytest.approx(0.5)
+    loss.backward()
+    assert batch["logp"].grad[0].tolist() == pytest.approx([-1.1, -0.5], abs=1e-12)
+    # Without a cap ρ = 4: -(4.4 + 1)/2; with π_prox = μ it is the ordinary clipped surrogate.
+    batch = _one_rollout([0.44, 0.3], [0.4, 0.3], 1.0)
+    assert red_loss(**batch, behaviour_logp=behaviour)[0].item() == pytest.approx(-2.7, abs=1e-12)
+    batch = _one_rollout([0.44, 0.3], [0.4, 0.3], 1.0)
+    same = red_loss(**batch, is_cap=2.0, behaviour_logp=batch["old_logp"].clone())[0]
+    assert same.item() == pytest.approx(red_loss(**_one_rollout([0.44, 0.3], [0.4, 0.3], 1.0))[0].item(), abs=1e-12)

@@ -17,6 +17,7 @@ response lengths and charges decoding time. Both therefore run the same decision
   is set aside (its truncated rows are dropped) and its prompt waits in the tail queue, replaced
   within the step by further prompts. When the queue holds ``prompts_per_step`` prompts, the next
   step is a long round: those prompts at the full budget. No prompt is lost: it is trained later.
+  A step that reaches the round cap short of groups takes waiting prompts at the full budget.
 
 The state (the tail queue) is in :meth:`RolloutScheduler.state_dict`, saved with every checkpoint;
 with the prompt order's own state, a resumed run makes exactly the uninterrupted run's rounds.
@@ -158,6 +159,16 @@ class RolloutScheduler:
             if missing <= 0 or out.rounds >= self.max_rounds:
                 break
             prompts, long_round = draw(missing), False
+        if (
+            len(out.groups) < P and self.tail and short < full
+        ):  # the cap was reached: waiting prompts at the full budget
+            prompts, self.tail = self.tail[: P - len(out.groups)], self.tail[P - len(out.groups) :]
+            outcomes = sample(prompts, full)
+            out.rounds += 1
+            out.prompts_sampled += len(prompts)
+            out.budgets.append(full)
+            out.rollout_tokens += sum(outcome.tokens for outcome in outcomes)
+            out.groups += outcomes
         if len(out.groups) < P:  # the cap was reached: uninformative groups fill the step
             filler = set_aside[: P - len(out.groups)]
             out.groups += filler
