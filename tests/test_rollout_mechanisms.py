@@ -56,17 +56,29 @@ def test_dynamic_sampling_draws_until_the_step_holds_informative_groups():
     calls = []
     scheduler = RolloutScheduler(4, 100, dynamic=True)
     out = scheduler.collect(_draw_from(), _sample(flat={1, 3, 5}, calls=calls))
-    # round 1: 0..3, two flat; round 2: 4, 5 (5 flat); round 3: 6
-    assert calls == [([0, 1, 2, 3], 100), ([4, 5], 100), ([6], 100)]
-    assert [g.prompt for g in out.groups] == [0, 2, 4, 6]
-    assert (out.rounds, out.prompts_sampled, out.filtered, out.rollout_tokens) == (3, 7, 3, 70)
+    # round 1: 0..3, two flat (the loss rate becomes 0.2 * 2/4 = 0.1); round 2 needs 2 groups and
+    # launches ceil(e + 2 sqrt(e)) = 2 more, e = 2 * 0.1 / 0.9: 4..7 (5 flat); 7 is surplus
+    assert calls == [([0, 1, 2, 3], 100), ([4, 5, 6, 7], 100)]
+    assert [g.prompt for g in out.groups] == [0, 2, 4, 6] and scheduler.carry == [7]
+    assert (out.rounds, out.prompts_sampled, out.filtered, out.surplus, out.rollout_tokens) == (2, 8, 3, 1, 80)
 
 
 def test_dynamic_sampling_fills_the_step_with_set_aside_groups_at_the_round_cap():
     scheduler = RolloutScheduler(4, 100, dynamic=True, max_rounds=2)
-    out = scheduler.collect(_draw_from(), _sample(flat={0, 1, 2, 3, 4, 5}))
-    # round 1: 0..3 all flat; round 2: 4..7, 6 and 7 informative; the cap: 0 and 1 fill the step
-    assert [g.prompt for g in out.groups] == [6, 7, 0, 1] and out.filtered == 4
+    out = scheduler.collect(_draw_from(), _sample(flat=set(range(10))))
+    # round 1: 0..3 all flat (rate 0.2); round 2: 4 + ceil(1 + 2) = 7 prompts, only 10 informative;
+    # at the cap 0, 1, 2 fill the step
+    assert [g.prompt for g in out.groups] == [10, 0, 1, 2] and out.filtered == 7
+
+
+def test_groups_beyond_the_step_open_the_next_one():
+    calls = []
+    scheduler = RolloutScheduler(2, 100, dynamic=True)
+    draw, sample = _draw_from(), _sample(flat={0, 1}, calls=calls)
+    first = scheduler.collect(draw, sample)  # 0, 1 flat (rate 0.2); then 2 + 2 launched, all kept
+    assert [g.prompt for g in first.groups] == [2, 3] and first.surplus == 2 and scheduler.carry == [4, 5]
+    second = scheduler.collect(draw, sample)  # 4, 5 first; they are the two extra prompts
+    assert calls[-1] == ([4, 5, 6, 7], 100) and [g.prompt for g in second.groups] == [4, 5]
 
 
 def test_tail_batching_defers_long_prompts_to_a_long_round_and_loses_none():
@@ -74,15 +86,16 @@ def test_tail_batching_defers_long_prompts_to_a_long_round_and_loses_none():
     scheduler = RolloutScheduler(2, 100, tail_max_new_tokens=20)
     draw, sample = _draw_from(), _sample(long={1, 2, 4}, calls=calls)
     first = scheduler.collect(draw, sample)
-    assert calls == [([0, 1], 20), ([2], 20), ([3], 20)]
+    assert calls == [([0, 1], 20), ([2, 3], 20)]  # 1 deferred (rate 0.1): 1 + 1 launched
     assert [g.prompt for g in first.groups] == [0, 3] and first.deferred == 2 and scheduler.tail == [1, 2]
     second = scheduler.collect(draw, sample)  # the queue holds a step's worth: the long round
-    assert second.long_round and calls[3] == ([1, 2], 100)
+    assert second.long_round and calls[2] == ([1, 2], 100)
     assert [g.prompt for g in second.groups] == [1, 2] and scheduler.tail == []
-    third = scheduler.collect(draw, sample)
-    assert [g.prompt for g in third.groups] == [5, 6] and scheduler.tail == [4]
+    third = scheduler.collect(draw, sample)  # rate 0.18: 2 + 2 launched, 4 deferred, 7 surplus
+    assert calls[3] == ([4, 5, 6, 7], 20)
+    assert [g.prompt for g in third.groups] == [5, 6] and scheduler.tail == [4] and scheduler.carry == [7]
     trained = [g.prompt for c in (first, second, third) for g in c.groups]
-    assert sorted(trained + scheduler.tail) == list(range(7))  # every drawn prompt trained or waiting
+    assert sorted(trained + scheduler.tail + scheduler.carry) == list(range(8))  # trained or waiting
 
 
 def test_the_scheduler_resumes_from_its_state():
@@ -91,7 +104,6 @@ def test_the_scheduler_resumes_from_its_state():
     a.collect(draw, sample)
     b = RolloutScheduler(2, 100, tail_max_new_tokens=20)
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
-    state = draw(0)  # noqa: F841  (the draw function carries the prompt order's state)
     assert [g.prompt for g in b.collect(_draw_from(4), sample).groups] == [
         g.prompt for g in a.collect(draw, sample).groups
     ]
@@ -100,9 +112,9 @@ def test_the_scheduler_resumes_from_its_state():
 def test_a_step_short_of_groups_at_the_cap_takes_waiting_prompts_at_the_full_budget():
     calls = []
     scheduler = RolloutScheduler(2, 100, max_rounds=2, tail_max_new_tokens=20)
-    out = scheduler.collect(_draw_from(), _sample(long={0, 1, 2, 3}, calls=calls))
-    assert calls == [([0, 1], 20), ([2, 3], 20), ([0, 1], 100)]
-    assert [g.prompt for g in out.groups] == [0, 1] and scheduler.tail == [2, 3]
+    out = scheduler.collect(_draw_from(), _sample(long=set(range(6)), calls=calls))
+    assert calls == [([0, 1], 20), ([2, 3, 4, 5], 20), ([0, 1], 100)]
+    assert [g.prompt for g in out.groups] == [0, 1] and scheduler.tail == [2, 3, 4, 5]
 
 
 def test_bad_budgets_are_refused():

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from redrl.scheduling import GroupOutcome, RolloutScheduler
 
-__all__ = ["Plan", "PlanResult", "linear_cost", "lognormal_lengths", "replay"]
+__all__ = ["Plan", "PlanResult", "linear_cost", "lognormal_groups", "measured_groups", "replay"]
 
 
 def linear_cost(fixed: float, per_row: float) -> Callable[[int], float]:
@@ -34,10 +34,24 @@ def linear_cost(fixed: float, per_row: float) -> Callable[[int], float]:
     return lambda rows: fixed + per_row * rows
 
 
-def lognormal_lengths(median: float, sigma: float, budget: int) -> Callable[[random.Random], int]:
-    """A response length drawn from a log-normal of this median and shape, at most ``budget``
-    (rows that reach the budget stop there, as a truncated rollout does)."""
-    return lambda rng: max(1, min(budget, int(rng.lognormvariate(math.log(median), sigma))))
+def lognormal_groups(
+    median: float, sigma: float, group_size: int, *, prompt_spread: float = 0.5
+) -> Callable[[random.Random], list[int]]:
+    """A group's response lengths (before any budget): a per-prompt scale (log-normal, spread
+    ``prompt_spread``: hard prompts get long answers) times a log-normal per row."""
+
+    def draw(rng: random.Random) -> list[int]:
+        scale = rng.lognormvariate(0.0, prompt_spread)
+        return [max(1, int(scale * rng.lognormvariate(math.log(median), sigma))) for _ in range(group_size)]
+
+    return draw
+
+
+def measured_groups(groups: Sequence[Sequence[int]]) -> Callable[[random.Random], list[int]]:
+    """A group's response lengths drawn from groups measured in a run (whole groups, so a prompt's
+    rows keep their common length); a row that hit the run's budget keeps that length."""
+    groups = [list(group) for group in groups]
+    return lambda rng: list(groups[rng.randrange(len(groups))])
 
 
 @dataclass
@@ -47,13 +61,12 @@ class Plan:
     Args:
         workers: rollout workers ``N`` (each decodes its share of a round as one batch).
         prompts_per_step, group_size, max_new_tokens: as the run's.
-        length: draws one response length (before the budget) from a ``random.Random``; rows of a
-            group share a prompt-level scale (``prompt_spread``) so that long prompts stay long.
+        lengths: draws one group's response lengths (before the budget) from a ``random.Random``
+            (:func:`lognormal_groups`, :func:`measured_groups`).
         cost: seconds of one decoding step with ``b`` rows.
         train_seconds: seconds of the optimizer step.
         pass_rate: the chance a rollout is right (per prompt, drawn uniformly in ``[0, 2·pass_rate]``
             clipped to 1), for dynamic sampling's informative groups.
-        prompt_spread: the log-normal spread of the per-prompt length scale.
         sync_seconds: sending the weights to the workers after each step (asynchronous runs).
     """
 
@@ -61,11 +74,10 @@ class Plan:
     prompts_per_step: int
     group_size: int
     max_new_tokens: int
-    length: Callable[[random.Random], int]
+    lengths: Callable[[random.Random], list[int]]
     cost: Callable[[int], float]
     train_seconds: float
     pass_rate: float = 0.5
-    prompt_spread: float = 0.5
     sync_seconds: float = 0.0
 
 
@@ -106,8 +118,7 @@ def replay(plan: Plan, scheduler: RolloutScheduler, *, steps: int, staleness: in
 
     def prompt(index: int) -> tuple[list[int], float]:
         if index not in prompts:
-            scale = rng.lognormvariate(0.0, plan.prompt_spread)
-            raw = [max(1, int(plan.length(rng) * scale)) for _ in range(G)]
+            raw = plan.lengths(rng)
             prompts[index] = (raw, min(1.0, rng.uniform(0, 2 * plan.pass_rate)))
         return prompts[index]
 

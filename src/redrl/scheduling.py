@@ -19,6 +19,10 @@ response lengths and charges decoding time. Both therefore run the same decision
   step is a long round: those prompts at the full budget. No prompt is lost: it is trained later.
   A step that reaches the round cap short of groups takes waiting prompts at the full budget.
 
+Both launch more prompts than they need, by the share of groups they lost lately (deferred or
+filtered), so that one round usually suffices, as RollPacker and DAPO do; groups beyond the step's
+are not trained: their prompts open the next step and are sampled again (``groups_surplus``).
+
 The state (the tail queue) is in :meth:`RolloutScheduler.state_dict`, saved with every checkpoint;
 with the prompt order's own state, a resumed run makes exactly the uninterrupted run's rounds.
 """
@@ -57,6 +61,7 @@ class Collected:
     rollout_tokens: int = 0
     filtered: int = 0  # uninformative groups left out
     deferred: int = 0  # groups set aside for a long round
+    surplus: int = 0  # groups sampled beyond the step's, their prompts sampled again next step
     budgets: list[int] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -67,6 +72,7 @@ class Collected:
             "rollout_tokens_sampled": self.rollout_tokens,
             "groups_filtered": self.filtered,
             "groups_deferred": self.deferred,
+            "groups_surplus": self.surplus,
             "long_round": int(self.long_round),
         }
 
@@ -114,6 +120,8 @@ class RolloutScheduler:
         self.prompts_per_step, self.max_new_tokens = prompts_per_step, max_new_tokens
         self.dynamic, self.max_rounds, self.tail_budget = dynamic, max(1, max_rounds), tail_max_new_tokens
         self.tail: list[int] = []
+        self.carry: list[int] = []  # prompts drawn ahead and not used: the next step's first
+        self.loss_rate = 0.0  # share of a round's groups lately deferred or filtered
 
     @property
     def synchronous(self) -> bool:
@@ -136,7 +144,9 @@ class RolloutScheduler:
         if long_round:
             prompts, self.tail = self.tail[:P], self.tail[P:]
         else:
-            prompts = first if first is not None else draw(P)
+            prompts = self.carry + (first if first is not None else draw(P))
+            prompts += draw(max(0, self._extra(P) - len(self.carry)))
+            self.carry = []
         out = Collected([], long_round=long_round)
         set_aside: list[GroupOutcome] = []
         while True:
@@ -145,23 +155,27 @@ class RolloutScheduler:
             out.rounds += 1
             out.prompts_sampled += len(prompts)
             out.budgets.append(round_budget)
+            lost = 0
             for outcome in outcomes:
                 out.rollout_tokens += outcome.tokens
                 if outcome.truncated and round_budget < full:
                     self.tail.append(outcome.prompt)
                     out.deferred += 1
+                    lost += 1
                 elif self.dynamic and not outcome.informative:
                     set_aside.append(outcome)
                     out.filtered += 1
+                    lost += 1
                 else:
                     out.groups.append(outcome)
+            if not long_round and prompts:
+                self.loss_rate = 0.8 * self.loss_rate + 0.2 * lost / len(prompts)
             missing = P - len(out.groups)
             if missing <= 0 or out.rounds >= self.max_rounds:
                 break
-            prompts, long_round = draw(missing), False
-        if (
-            len(out.groups) < P and self.tail and short < full
-        ):  # the cap was reached: waiting prompts at the full budget
+            prompts, long_round = draw(missing + self._extra(missing)), False
+        if len(out.groups) < P and self.tail and short < full:
+            # the cap was reached short of groups: waiting prompts at the full budget
             prompts, self.tail = self.tail[: P - len(out.groups)], self.tail[P - len(out.groups) :]
             outcomes = sample(prompts, full)
             out.rounds += 1
@@ -173,10 +187,25 @@ class RolloutScheduler:
             filler = set_aside[: P - len(out.groups)]
             out.groups += filler
             out.filtered -= len(filler)
+        self.carry = [group.prompt for group in out.groups[P:]]  # drawn ahead, sampled again next step
+        out.surplus, out.groups = len(self.carry), out.groups[:P]
         return out
 
+    def _extra(self, needed: int) -> int:
+        """Prompts added to a round that needs ``needed`` groups, so that after the share it lost
+        lately (deferred or filtered; an average over recent rounds) it still holds them, with a
+        margin of two binomial spreads: one round instead of a chain of small ones, as RollPacker
+        and DAPO launch more than they keep."""
+        if self.synchronous or self.loss_rate <= 0:
+            return 0
+        rate = min(self.loss_rate, 0.5)
+        expected = needed * rate / (1 - rate)
+        return min(needed, math.ceil(expected + 2 * math.sqrt(expected)))  # two binomial spreads of margin
+
     def state_dict(self) -> dict:
-        return {"tail": list(self.tail)}
+        return {"tail": list(self.tail), "carry": list(self.carry), "loss_rate": self.loss_rate}
 
     def load_state_dict(self, state: dict) -> None:
         self.tail = [int(i) for i in state.get("tail", [])]
+        self.carry = [int(i) for i in state.get("carry", [])]
+        self.loss_rate = float(state.get("loss_rate", 0.0))
