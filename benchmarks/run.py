@@ -3,7 +3,8 @@
     python benchmarks/run.py --json out.json
 
 writes ``{"rollout_speedup_vs_hf", "rollout_fraction_of_flop_limit", "train_step_speedup_vs_trl",
-"objective_memory_ratio", "kl_memory_ratio", "demo_seconds"}`` (plus the details behind them). ``redrl demo`` runs first
+"async_step_speedup", "tail_batching_step_speedup", "objective_memory_ratio", "kl_memory_ratio",
+"demo_seconds"}`` (plus the details behind them). ``redrl demo`` runs first
 from an empty cache (a cold start, the embedded default built included); the other benchmarks reuse
 what it built. Needs ``pip install trl`` for the train-step comparison (a benchmark-only dependency).
 """
@@ -45,12 +46,17 @@ def main() -> dict:
             figures["demo_seconds"] = details["demo"]["seconds"]
         details["rollout"] = _run("rollout.py", env)
         details["train_step"] = _run("train_step.py", env)
+        details["rollout_mechanisms"] = _run(
+            "rollout_mechanisms.py", env, "--figure", str(HERE.parent / "docs" / "figures" / "rollout-plan.png")
+        )
         details["objective_memory"] = _run("objective_memory.py", env)
         details["kl_memory"] = _run("kl_memory.py", env)
     figures["rollout_speedup_vs_hf"] = details["rollout"]["rollout_speedup_vs_hf"]
     figures["rollout_fraction_of_flop_limit"] = details["rollout"]["rollout_fraction_of_flop_limit"]
     if "train_step_speedup_vs_trl" in details["train_step"]:
         figures["train_step_speedup_vs_trl"] = details["train_step"]["train_step_speedup_vs_trl"]
+    for key in ("async_step_speedup", "tail_batching_step_speedup"):
+        figures[key] = details["rollout_mechanisms"][key]
     figures["objective_memory_ratio"] = details["objective_memory"]["objective_memory_ratio"]
     figures["kl_memory_ratio"] = details["kl_memory"]["kl_memory_ratio"]
     result = {

@@ -121,6 +121,16 @@ def test_table_marks_best_and_second_and_keeps_base_out_of_the_ranking():
     assert table.splitlines()[0] == "| method | L1 | overall | LEN |"
 
 
+def test_table_reports_prompts_sampled_beside_the_accuracy_when_a_run_spent_extra_rollouts():
+    results = synthetic_results()
+    for seed in results["methods"]["red"]["seeds"]:
+        seed["dynamics"] = {**seed.get("dynamics", {}), "prompts_sampled_per_step": 20.0}
+    lines = format_results_table(results).splitlines()
+    assert lines[0].endswith("| LEN | prompts sampled / step |")
+    assert [line for line in lines if line.startswith("| RED |")][0].endswith("| 20.0 |")
+    assert "prompts sampled" not in format_results_table(synthetic_results())  # nobody spent extra: no column
+
+
 def test_dynamics_summary_of_a_metrics_log():
     records = [
         {

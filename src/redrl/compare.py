@@ -116,6 +116,8 @@ def dynamics_summary(records: list[dict]) -> dict:
         "w_mean": _mean(column("w")),
         "accuracy_late": window("online_accuracy", records[-late:]),
         "length_late": window("online_length", records[-late:]),
+        # dynamic sampling and tail batching: prompts sampled per step (rollouts = G times that)
+        "prompts_sampled_per_step": _mean(column("prompts_sampled")),
     }
 
 

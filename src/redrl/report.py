@@ -266,7 +266,12 @@ def format_results_table(results: dict) -> str:
             {get(e).get("accuracy_mean") for _, e in rows if get(e).get("accuracy_mean") is not None}, reverse=True
         )
         ranks.append(means[:2])
-    header = ["method"] + [name for name, _ in columns] + ["LEN"]
+
+    def sampled(entry: dict) -> list[float]:  # prompts sampled per step (dynamic sampling, tail batching)
+        return finite_values((seed.get("dynamics") or {}).get("prompts_sampled_per_step") for seed in entry["seeds"])
+
+    spent = any(sampled(e) for _, e in rows)
+    header = ["method"] + [name for name, _ in columns] + ["LEN"] + (["prompts sampled / step"] if spent else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table_rows = ([("base", results["base"])] if results.get("base") else []) + rows
     for name, entry in table_rows:
@@ -281,6 +286,9 @@ def format_results_table(results: dict) -> str:
                     text = f"_{text}_"
             cells.append(text)
         cells.append(_cell(entry.get("length_mean"), entry.get("length_std"), 1, 0))
+        if spent:
+            values = sampled(entry) if name != "base" else []
+            cells.append(f"{statistics.fmean(values):.1f}" if values else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -599,6 +599,7 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                 "trained_tokens": int(par.sum([float(batch.response_mask.sum())])[0]),
                 "skipped_total": run.skipped_total,
             }
+            record["rollout_seconds"], record["train_seconds"] = rollout_seconds, train_seconds
             record["step_time"] = time.perf_counter() - started
             record["time"] = time.time()  # wall clock (Unix seconds), to line runs up with other logs
             if evaluate_now and step % cfg.train.eval_every == 0:
