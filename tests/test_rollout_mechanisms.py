@@ -206,3 +206,17 @@ def test_mechanisms_refuse_what_they_cannot_run(tiny_assets, tmp_path):
     cfg.loss.decoupled = True
     with pytest.raises(ValueError, match="loss.decoupled needs"):
         train(cfg, progress=False)
+
+
+def test_the_planning_replay_charges_rounds_by_their_slowest_worker():
+    from redrl.rollout_plan import Plan, linear_cost, measured_groups, replay
+
+    def plan(workers):  # every group's two rows stop after 3 and 1 tokens; a decoding step costs 1 s
+        return Plan(workers, 2, 2, 10, measured_groups([[3, 1]]), linear_cost(1.0, 0.0), train_seconds=2.0)
+
+    one = replay(plan(1), RolloutScheduler(2, 10), steps=3)
+    # one worker decodes the 4 rows together: 3 steps; plus the 2 s optimizer step
+    assert (one.rollout_seconds, one.seconds_per_step, one.idle_fraction, one.decoded_tokens) == (3.0, 5.0, 0.0, 8.0)
+    assert replay(plan(1), RolloutScheduler(2, 10), steps=3, staleness=1).seconds_per_step == 3.0  # max(3, 2)
+    four = replay(plan(4), RolloutScheduler(2, 10), steps=3)
+    assert four.rollout_seconds == 3.0 and four.idle_fraction == 0.5  # two of four workers have no group

@@ -22,7 +22,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class _LayerPlan:
     """A decoder layer's projections fused into one product each where they are plain linear maps
-    (LoRA-wrapped or unusual layers keep their own modules)."""
+    (LoRA-wrapped or unusual layers keep their own modules). ``qkv`` has the attention's scaling
+    folded into its query rows (the rotation is linear, so it commutes)."""
 
     qkv: torch.Tensor | None = None
     qkv_bias: torch.Tensor | None = None
@@ -30,13 +31,14 @@ class _LayerPlan:
     gate_up: torch.Tensor | None = None
 
 
-def _layer_plan(layer) -> _LayerPlan:
+def _layer_plan(layer, scaling: float) -> _LayerPlan:
     plain = torch.nn.Linear
     attn, mlp, plan = layer.self_attn, layer.mlp, _LayerPlan()
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     if all(type(p) is plain for p in projections) and len({p.bias is None for p in projections}) == 1:
-        plan.qkv = torch.cat([p.weight for p in projections])
-        plan.qkv_bias = None if attn.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        plan.qkv = torch.cat([attn.q_proj.weight * scaling, attn.k_proj.weight, attn.v_proj.weight])
+        if attn.q_proj.bias is not None:
+            plan.qkv_bias = torch.cat([attn.q_proj.bias * scaling, attn.k_proj.bias, attn.v_proj.bias])
         plan.qkv_sizes = tuple(p.out_features for p in projections)
     gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
     if (
@@ -49,6 +51,17 @@ def _layer_plan(layer) -> _LayerPlan:
     ):
         plan.gate_up = torch.cat([gate.weight, up.weight])
     return plan
+
+
+def _norm(module, x: torch.Tensor) -> torch.Tensor:
+    """An RMS norm in one fused call where it is the Llama/Qwen2/Mistral one (same formula), else the module."""
+    if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and x.dtype == torch.float32:
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)
+    return module(x)
+
+
+def _linear(module, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, module.weight, module.bias) if type(module) is torch.nn.Linear else module(x)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -164,6 +177,10 @@ class FastGenerator:
         x = body.embed_tokens(ids)
         cos_table, sin_table = body.rotary_emb(x, torch.arange(total, device=device)[None])
         cos_table, sin_table = cos_table[0], sin_table[0]
+        # rotate_half(x)·sin = roll(x, half)·(sign·sin) with sign = (-1 … -1, 1 … 1): one roll, no cat
+        half = head_dim // 2
+        sign = torch.cat([-torch.ones(half, device=device), torch.ones(head_dim - half, device=device)])
+        sin_table = sin_table * sign.to(sin_table.dtype)
         cache = [
             (
                 torch.zeros(B, kv_heads, total, head_dim, dtype=x.dtype, device=device),
@@ -172,15 +189,21 @@ class FastGenerator:
             for _ in layers
         ]
 
-        plans = [_layer_plan(layer) for layer in layers]  # fused weights, taken afresh: the model trains between calls
+        plans = [
+            _layer_plan(layer, scaling) for layer in layers
+        ]  # fused weights, taken afresh: the model trains between calls
+
+        def rotate(x, cos, sin):  # x [b, length, heads, head_dim], cos/sin [b, length, 1, head_dim]
+            return torch.addcmul(x * cos, x.roll(half, dims=-1), sin)
 
         def run(hidden, at: int, length: int, rows_alive):
             """The layers over ``length`` new positions starting at column ``at``; returns the last hidden state."""
             positions = (torch.arange(at, at + length, device=device)[None] - pads[rows_alive][:, None]).clamp(min=0)
-            cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]
+            cos, sin = cos_table[positions][:, :, None], sin_table[positions][:, :, None]
             keys_valid = valid[rows_alive, : at + length]
-            if length == 1:  # the newest query may see every real key
-                mask = keys_valid[:, None, None, :]
+            if length == 1:  # the newest query may see every real key: one additive mask for every layer
+                bias = torch.zeros(keys_valid.shape, dtype=hidden.dtype, device=device)
+                bias = bias.masked_fill_(~keys_valid, float("-inf"))[:, None, None, :]
             else:
                 causal = torch.ones(length, at + length, dtype=torch.bool, device=device).tril(at)
                 mask = (keys_valid[:, None, :] & causal[None])[:, None]  # [b, 1, q, k]
@@ -189,38 +212,39 @@ class FastGenerator:
             b = hidden.shape[0]
             for layer, plan, (k_cache, v_cache) in zip(layers, plans, cache):
                 residual = hidden
-                h = layer.input_layernorm(hidden)
-                if plan.qkv is not None:
-                    q, k, v = torch.nn.functional.linear(h, plan.qkv, plan.qkv_bias).split(plan.qkv_sizes, dim=-1)
+                h = _norm(layer.input_layernorm, hidden)
+                if plan.qkv is not None:  # queries come out scaled (folded into the weights)
+                    out = torch.nn.functional.linear(h, plan.qkv, plan.qkv_bias).view(b, length, -1, head_dim)
+                    qk = rotate(out[:, :, : heads + kv_heads], cos, sin)
+                    q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
+                    v = out[:, :, heads + kv_heads :].transpose(1, 2)
                 else:
-                    q, k, v = layer.self_attn.q_proj(h), layer.self_attn.k_proj(h), layer.self_attn.v_proj(h)
-                q = q.view(b, length, heads, head_dim).transpose(1, 2)
-                k = k.view(b, length, kv_heads, head_dim).transpose(1, 2)
-                v = v.view(b, length, kv_heads, head_dim).transpose(1, 2)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+                    q = layer.self_attn.q_proj(h).view(b, length, heads, head_dim) * scaling
+                    k = layer.self_attn.k_proj(h).view(b, length, kv_heads, head_dim)
+                    v = layer.self_attn.v_proj(h).view(b, length, kv_heads, head_dim).transpose(1, 2)
+                    q, k = rotate(q, cos, sin).transpose(1, 2), rotate(k, cos, sin).transpose(1, 2)
                 k_cache[:, :, at : at + length] = k
                 v_cache[:, :, at : at + length] = v
                 keys, values = k_cache[:, :, : at + length], v_cache[:, :, : at + length]
                 if kv_heads != heads:
                     keys = keys.repeat_interleave(heads // kv_heads, dim=1)
                     values = values.repeat_interleave(heads // kv_heads, dim=1)
-                keys, values = keys.to(q.dtype), values.to(q.dtype)
+                if keys.dtype != q.dtype:
+                    keys, values = keys.to(q.dtype), values.to(q.dtype)
                 if length == 1:  # one new token: two small batched products beat the fused kernel on CPU
-                    scores = (q * scaling) @ keys.transpose(-1, -2)
-                    out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ values
+                    out = torch.softmax(q @ keys.transpose(-1, -2) + bias, dim=-1) @ values
                 else:
-                    out = torch.nn.functional.scaled_dot_product_attention(
-                        q, keys, values, attn_mask=mask, scale=scaling
-                    )
-                hidden = residual + layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, length, heads * head_dim))
-                h = layer.post_attention_layernorm(hidden)
+                    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0)
+                hidden = residual + _linear(
+                    layer.self_attn.o_proj, out.transpose(1, 2).reshape(b, length, heads * head_dim)
+                )
+                h = _norm(layer.post_attention_layernorm, hidden)
                 if plan.gate_up is not None:
                     gate, up = torch.nn.functional.linear(h, plan.gate_up).chunk(2, dim=-1)
-                    hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+                    hidden = hidden + _linear(layer.mlp.down_proj, layer.mlp.act_fn(gate) * up)
                 else:
                     hidden = hidden + layer.mlp(h)
-            return body.norm(hidden[:, -1])
+            return _norm(body.norm, hidden[:, -1])
 
         alive = torch.arange(B, device=device)  # the batch's rows, as positions in this batch
         running = torch.ones(B, dtype=torch.bool, device=device)  # rows that have not stopped yet
