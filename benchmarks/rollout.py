@@ -41,6 +41,28 @@ def flops_per_token(config) -> float:
     return 2 * (layers * per_layer + d * vocab)
 
 
+def profile_table(engine, prompts, group_size: int, max_new_tokens: int) -> str:
+    """The fast engine's time by operator (torch.profiler, self time) over one rollout batch, with the
+    share of matrix products (weights: ``mm``/``addmm``; attention over the cache: ``bmm``)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        engine.generate(prompts, group_size, temperature=1.0, max_new_tokens=max_new_tokens)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    share = {
+        kind: sum(e.self_cpu_time_total for e in events if e.key in names) / total
+        for kind, names in (("weights", {"aten::mm", "aten::addmm"}), ("attention", {"aten::bmm"}))
+    }
+    calls = sum(e.count for e in events if e.key.startswith("aten::"))
+    head = (
+        f"profile: {total / 1e3:.0f} ms of operator time, {calls} aten calls; weight products "
+        f"{share['weights']:.0%}, attention products {share['attention']:.0%}, everything else "
+        f"{1 - share['weights'] - share['attention']:.0%}"
+    )
+    return head + "\n" + events.table(sort_by="self_cpu_time_total", row_limit=12)
+
+
 def main() -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -57,6 +79,7 @@ def main() -> dict:
         "--hidden", type=int, help="model width (default: the embedded default's); the MLP is 4x as wide"
     )
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--profile", action="store_true", help="also print where the fast engine's time goes")
     args = parser.parse_args()
 
     spec = TinySpec()
@@ -89,6 +112,8 @@ def main() -> dict:
             started = time.perf_counter()
             out = engine.generate(prompts, args.group_size, temperature=1.0, max_new_tokens=args.max_new_tokens)
             rates[name].append(sum(map(len, out)) / (time.perf_counter() - started))
+    if args.profile:
+        print(profile_table(engines["fast"], prompts, args.group_size, args.max_new_tokens))
     gflops = matmul_gflops()
     limit = gflops * 1e9 / flops_per_token(config)
     median = {name: statistics.median(values) for name, values in rates.items()}

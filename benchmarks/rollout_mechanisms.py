@@ -5,8 +5,10 @@ N workers with the lengths and decoding costs measured here, and with a long-tai
 distribution of the paper's scale (8,192-token budget).
 
 Every run is ``redrl train --method red`` with the embedded default's settings, one after the
-other, nothing else running; seconds per step are the median over steps 3..N (the first steps
-start the worker and warm caches). The embedded default's rollouts are long-tailed already (the
+other (``--repeats`` rounds, alternating), nothing else running; seconds per step are the median
+over steps 3..N of every repeat (the first steps start the worker and warm caches). The asynchronous runs split the cores between trainer and
+worker; ``synchronous_1thread`` is the synchronous run on the trainer's share alone, so its ratio to
+``async_k1`` is the speed-up of giving rollouts a device of their own (as a vLLM server has). The embedded default's rollouts are long-tailed already (the
 base's lengths: median 21, 99th percentile 65, longest 119 tokens of a 160 budget).
 
     python benchmarks/rollout_mechanisms.py [--steps 24] [--json FILE] [--figure PNG]
@@ -27,6 +29,7 @@ from common import write_figures
 
 MECHANISMS = {
     "synchronous": [],
+    "synchronous_1thread": [],  # the trainer's share of the cores alone: the asynchronous runs' trainer
     "dynamic_sampling": ["rollout.dynamic_sampling=true"],
     "tail_batching": ["rollout.tail_max_new_tokens=80"],
     "async_k1": ["rollout.async_staleness=1"],
@@ -34,15 +37,21 @@ MECHANISMS = {
 }
 
 
-def run(name: str, settings: list[str], steps: int, out: Path) -> dict:
+def run(name: str, settings: list[str], steps: int, out: Path) -> list[dict]:
+    """The metrics rows of one ``redrl train`` run."""
+    import os
+
     args = [sys.executable, "-m", "redrl", "train", "--method", "red", "--steps", str(steps), "--out", str(out)]
     for setting in settings:
         args += ["--set", setting]
-    started = time.perf_counter()
-    subprocess.run([*args, "--no-progress", "--overwrite"], check=True, capture_output=True)
-    wall = time.perf_counter() - started
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    timed = rows[2:]
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if name.endswith("1thread") else {})}
+    subprocess.run([*args, "--no-progress", "--overwrite"], check=True, capture_output=True, env=env)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary(repeats: list[list[dict]], final: Path) -> dict:
+    """Steps 3..N of every repeat together: median seconds per step, seconds per 1,000 trained tokens."""
+    timed = [row for rows in repeats for row in rows[2:]]
     seconds = [r["step_time"] for r in timed]
     return {
         "seconds_per_step": statistics.median(seconds),
@@ -53,9 +62,8 @@ def run(name: str, settings: list[str], steps: int, out: Path) -> dict:
         "rollout_tokens_per_step": statistics.mean(
             r.get("rollout_tokens_sampled", r["online_length"] * 64) for r in timed
         ),
-        "online_accuracy_last5": statistics.mean(r["online_accuracy"] for r in rows[-5:]),
-        "wall_seconds": wall,
-        "final": str(out / "final"),
+        "seconds_per_step_by_repeat": [statistics.median(r["step_time"] for r in rows[2:]) for rows in repeats],
+        "final": str(final),
     }
 
 
@@ -150,7 +158,7 @@ def figure(tables: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.8), sharey=True)
     for ax, (title, rows) in zip(axes, tables.items()):
         n = [r["workers"] for r in rows]
         ax.plot(n, [r["tail_speedup"] for r in rows], "o-", label="tail batching")
@@ -162,7 +170,7 @@ def figure(tables: dict, path: str) -> None:
         ax.set_xlabel("rollout workers N")
         ax.set_title(title, fontsize=10)
     axes[0].set_ylabel("speed-up per step over synchronous / idle share")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -170,15 +178,19 @@ def figure(tables: dict, path: str) -> None:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each mechanism, alternating")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--figure", help="write the planning figure (PNG) here")
     args = parser.parse_args()
     from redrl.rollout_plan import linear_cost, lognormal_groups, measured_groups
 
-    runs = {}
+    rows: dict[str, list] = {name: [] for name in MECHANISMS}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, settings in MECHANISMS.items():
-            runs[name] = run(name, settings, args.steps, Path(scratch) / name)
+        for _ in range(args.repeats):
+            for name, settings in MECHANISMS.items():
+                rows[name].append(run(name, settings, args.steps, Path(scratch) / name))
+        runs = {name: summary(repeats, Path(scratch) / name / "final") for name, repeats in rows.items()}
+        for name in runs:
             print(
                 f"  {name:17s} {runs[name]['seconds_per_step']:.3f} s/step  "
                 f"{runs[name]['seconds_per_1000_trained_tokens']:.3f} s per 1,000 trained tokens",
@@ -199,10 +211,20 @@ def main() -> dict:
     paper = plan_table(
         paper_groups, cost, 0.5 * probe["sync_rollout_seconds"], workers, P=64, G=7, budget=8192, tail=4096
     )
+    # The same, with a decoding step whose cost does not grow with its rows (assumed, not measured:
+    # memory-bound decoding on a GPU reads the weights once per step whatever the batch).
+    flat = linear_cost(fixed + 64 * per_row, 0.0)
+    probe_flat = plan_table(paper_groups, flat, 0.0, [8], P=64, G=7, budget=8192, tail=4096, steps=10)[0]
+    paper_flat = plan_table(
+        paper_groups, flat, 0.5 * probe_flat["sync_rollout_seconds"], workers, P=64, G=7, budget=8192, tail=4096
+    )
     base = sync["seconds_per_step"]
     figures = {
         "async_step_speedup": base / runs["async_k1"]["seconds_per_step"],
         "async_k2_step_speedup": base / runs["async_k2"]["seconds_per_step"],
+        # with a rollout device of its own: the trainer keeps the one thread it has in both runs
+        "async_step_speedup_own_device": runs["synchronous_1thread"]["seconds_per_step"]
+        / runs["async_k1"]["seconds_per_step"],
         "tail_batching_step_speedup": base / runs["tail_batching"]["seconds_per_step"],
         "dynamic_sampling_step_speedup": base / runs["dynamic_sampling"]["seconds_per_step"],
         "runs": {name: {k: v for k, v in r.items() if k != "final"} for name, r in runs.items()},
@@ -210,15 +232,22 @@ def main() -> dict:
         "measured_lengths": sorted(length for group in groups for length in group),
         "plan_ours": ours,
         "plan_paper_scale": paper,
+        "plan_paper_scale_flat_cost": paper_flat,
         "steps": args.steps,
     }
-    for name in ("async_step_speedup", "async_k2_step_speedup", "tail_batching_step_speedup"):
+    for name in (
+        "async_step_speedup",
+        "async_k2_step_speedup",
+        "async_step_speedup_own_device",
+        "tail_batching_step_speedup",
+    ):
         print(f"  {name} = {figures[name]:.2f}")
     if args.figure:
         figure(
             {
                 "embedded default: measured lengths and costs (16 x 4, 160 tokens)": ours,
                 "paper scale: log-normal lengths (64 x 7, 8,192 tokens)": paper,
+                "paper scale, a step's cost flat in its rows (assumed)": paper_flat,
             },
             args.figure,
         )
