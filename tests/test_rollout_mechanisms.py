@@ -149,12 +149,12 @@ def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _stopped_and_resumed(tiny_assets, tmp_path, monkeypatch, method, rollout):
+def _stopped_and_resumed(tiny_assets, tmp_path, monkeypatch, method, rollout, **settings):
     """The run stopped by SIGTERM after step 2 and resumed, and the uninterrupted run."""
     import redrl.trainer as trainer
     from redrl.trainer import TrainingStopped
 
-    train(_cfg(tiny_assets, tmp_path / "reference", method, rollout), progress=False)
+    train(_cfg(tiny_assets, tmp_path / "reference", method, rollout, **settings), progress=False)
     real, calls = trainer.step_record, {"n": 0}
 
     def preempted(*args, **kwargs):
@@ -165,9 +165,9 @@ def _stopped_and_resumed(tiny_assets, tmp_path, monkeypatch, method, rollout):
 
     monkeypatch.setattr(trainer, "step_record", preempted)
     with pytest.raises(TrainingStopped):
-        train(_cfg(tiny_assets, tmp_path / "run", method, rollout, save_every=1), progress=False)
+        train(_cfg(tiny_assets, tmp_path / "run", method, rollout, save_every=1, **settings), progress=False)
     monkeypatch.setattr(trainer, "step_record", real)
-    train(_cfg(tiny_assets, tmp_path / "run", method, rollout, save_every=1, resume=True), progress=False)
+    train(_cfg(tiny_assets, tmp_path / "run", method, rollout, save_every=1, resume=True, **settings), progress=False)
     return _metrics(tmp_path / "run"), _metrics(tmp_path / "reference")
 
 

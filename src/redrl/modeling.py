@@ -25,6 +25,7 @@ __all__ = [
     "encode_response",
     "load_frozen_model",
     "load_model_and_tokenizer",
+    "merged_weights",
     "prepare_model",
     "resolve_device",
     "response_distillation",
@@ -372,6 +373,32 @@ def apply_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.05, ta
     )
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def merged_weights(model, *, adapted_only: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the model as a separate sampler (vLLM, a rollout worker) loads it: a
+    peft model's adapters merged into the weights they adapt, under the base model's names (for the
+    copy only: the trained model is unmerged again afterwards).
+
+    ``adapted_only`` (LoRA) keeps only the blocks that hold an adapted module: every tensor under
+    the parent of each adapted module (``layers.0.self_attn`` for an adapted ``q_proj``), so that a
+    sampler that fuses sibling projections (vLLM's ``qkv_proj``, ``gate_up_proj``) receives each
+    fused weight whole. The other weights are frozen, so a sampler that loaded them once keeps
+    them. Without LoRA every weight is returned."""
+    if not hasattr(model, "merge_adapter"):
+        return list(model.state_dict().items())
+    model.merge_adapter()
+    try:
+        state = model.get_base_model().state_dict()
+        adapted = {name.split(".base_layer.")[0] for name in state if ".base_layer." in name}
+        blocks = {(module.rpartition(".")[0] or module) + "." for module in adapted}
+        return [
+            (name.replace(".base_layer.", "."), tensor.detach().clone())
+            for name, tensor in state.items()
+            if "lora_" not in name and (not adapted_only or any(name.startswith(block) for block in blocks))
+        ]
+    finally:
+        model.unmerge_adapter()
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

