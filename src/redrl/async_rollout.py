@@ -13,9 +13,9 @@ The worker reports the log-probability of every token it sampled (the behaviour 
 loss's importance ratio uses them (truncated at ``loss.is_cap``, or the decoupled objective with
 ``loss.decoupled``; :func:`redrl.objectives.red_loss`).
 
-Here the worker is redrl's fast engine in a second process on the same machine (on CPU the cores
-are split between the two). On GPUs the same protocol fits a vLLM server on its own device, the
-weights sent over NCCL instead of a queue (docs/rollouts.md).
+The worker samples with redrl's fast engine, or with vLLM under ``rollout.engine: vllm``, in a
+second process: on CPU the cores are split between the two; on GPUs ``rollout.worker_devices``
+gives the worker a device of its own (docs/rollouts.md).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _start_engine(config, state: dict, settings: dict):
 
     if settings.get("devices") is not None:  # before anything in this process touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = settings["devices"]
+    torch.set_num_threads(settings["threads"])
     vllm_settings = settings.get("vllm")
     if vllm_settings is None:
-        torch.set_num_threads(settings["threads"])
         from transformers import AutoModelForCausalLM
 
         from redrl.fast_engine import FastGenerator

@@ -193,13 +193,22 @@ def vllm_settings(cfg: Config, model_path: str, max_model_len: int) -> dict:
 
 
 def build_generator(
-    cfg: Config, model, tokenizer, model_path: str, par: Parallel, longest_prompt: int, scorer=None
+    cfg: Config,
+    model,
+    tokenizer,
+    model_path: str,
+    par: Parallel,
+    longest_prompt: int,
+    scorer=None,
+    *,
+    samples: bool = True,
 ) -> Generator:
     """The training run's engine (``rollout.engine``): vLLM started with the weights being trained
-    (adapters merged), else :func:`make_generator`. With asynchronous rollouts the worker process
-    holds the engine and this process samples none of the run's rollouts: ``generate`` serves it."""
+    (adapters merged), else :func:`make_generator`. A run that samples nothing in this process
+    (``samples`` false: SFT; or asynchronous rollouts, whose worker process holds the engine) starts
+    no vLLM: ``generate`` stands in."""
     engine = cfg.rollout.engine
-    if engine == "vllm" and cfg.rollout.async_staleness:
+    if engine == "vllm" and (cfg.rollout.async_staleness or not samples):
         engine = "hf"
     if engine == "vllm":
         if par.distributed:
@@ -365,6 +374,7 @@ class VLLMGenerator:
                     f"rollout.vllm_kv_cache_gib: vLLM {vllm.__version__} sizes its cache by "
                     "rollout.vllm_gpu_memory_utilization only; unset rollout.vllm_kv_cache_gib"
                 )
+        set_threads, threads = torch.set_num_threads, torch.get_num_threads()
         llm = vllm.LLM(
             model=root,
             dtype=dtype,
@@ -376,6 +386,11 @@ class VLLMGenerator:
             enable_prefix_caching=True,
             **kwargs,
         )
+        if platform.is_cpu() and torch.set_num_threads is not set_threads:
+            # vLLM's CPU backend, made to serve alone, drops this process to one torch thread and turns
+            # set_num_threads into a no-op; here the trainer and vLLM take turns on the same cores.
+            torch.set_num_threads = set_threads
+            set_threads(threads)
         _ENGINES[key] = (llm, max_model_len or 0)
         return cls(llm, eos_id, pad_id)
 

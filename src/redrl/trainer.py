@@ -243,7 +243,9 @@ def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
         optimizer,
         micro_batch_size=cfg.train.micro_batch_size,
     )
-    generator = build_generator(cfg, model, tokenizer, model_path, par, max(map(len, data.prompts)), scorer)
+    generator = build_generator(
+        cfg, model, tokenizer, model_path, par, max(map(len, data.prompts)), scorer, samples=method.rollouts
+    )
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None
