@@ -92,11 +92,27 @@ def golden():
     yield body["cases"]
 
 
+def _cpu_model() -> str:
+    """The processor's model name: two CPUs with the same instruction set still round differently
+    (an AMD EPYC and the Intel machine of an earlier recording, both AVX-512, differed at 1e-7)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine() -> dict:
-    """What bit-for-bit results depend on: torch, the CPU kernels it picked, its thread count."""
+    """What bit-for-bit results depend on: torch, the processor and the CPU kernels torch picked on
+    it, its thread count."""
     return {
         "torch": torch.__version__,
         "cpu": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": _cpu_model(),
         "threads": torch.get_num_threads(),
     }
 
