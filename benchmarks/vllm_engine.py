@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import write_figures
+from rollout_mechanisms import run
 
 RUNS = {
     "fast": ["rollout.engine=fast"],
@@ -51,7 +49,9 @@ def agreement(prompts: int = 32) -> dict:
     asked = [encode_prompt(tokenizer, r["problem"]) for r in records[:prompts]]
     started = time.perf_counter()
     vllm = VLLMGenerator.create(
-        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, **vllm_settings(cfg, base, 512)
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        **vllm_settings(cfg, base, 512 - cfg.rollout.max_new_tokens),
     )
     result: dict = {"start_seconds": time.perf_counter() - started}
     hf = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -100,14 +100,6 @@ def agreement(prompts: int = 32) -> dict:
     return result
 
 
-def run(settings: list[str], steps: int, out: Path) -> list[dict]:
-    args = [sys.executable, "-m", "redrl", "train", "--method", "red", "--steps", str(steps), "--out", str(out)]
-    for setting in settings:
-        args += ["--set", setting]
-    subprocess.run([*args, "--no-progress", "--overwrite"], check=True, capture_output=True, env=dict(os.environ))
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
@@ -118,12 +110,13 @@ def main() -> dict:
     figures = {"agreement": agreement()}
     print(json.dumps(figures["agreement"], indent=1), flush=True)
     rows: dict[str, list] = {name: [] for name in RUNS}
+    walls: dict[str, list] = {name: [] for name in RUNS}
     with tempfile.TemporaryDirectory() as scratch:
         for _ in range(args.repeats):
             for name, settings in RUNS.items():
                 started = time.perf_counter()
-                rows[name].append(run(settings, args.steps, Path(scratch) / name))
-                rows[name][-1][0]["wall"] = time.perf_counter() - started
+                rows[name].append(run(name, settings, args.steps, Path(scratch) / name))
+                walls[name].append(time.perf_counter() - started)
     steps = {}
     for name, repeats in rows.items():
         timed = [row for metrics in repeats for row in metrics[2:]]
@@ -131,7 +124,7 @@ def main() -> dict:
             "seconds_per_step": statistics.median(r["step_time"] for r in timed),
             "rollout_seconds": statistics.median(r["rollout_seconds"] for r in timed),
             "train_seconds": statistics.median(r["train_seconds"] for r in timed),
-            "run_wall_seconds": [metrics[0]["wall"] for metrics in repeats],
+            "run_wall_seconds": walls[name],
             "staleness": [r.get("staleness", 0) for r in repeats[0]],
             "online_accuracy_last": [metrics[-1]["online_accuracy"] for metrics in repeats],
         }

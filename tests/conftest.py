@@ -20,24 +20,35 @@ TINY_TEST_SPEC = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory):
-    """A tiny base (barely pretrained: seconds, not minutes) and task data with levels 1-2."""
+def _built_in_cache(cache, spec=None):
+    """The embedded default's assets (or ``spec``'s) built into ``cache``, ``REDRL_CACHE`` restored after."""
     import os
 
-    from redrl.tiny import TinySpec, ensure_tiny
+    from redrl.tiny import ensure_tiny
 
-    cache = tmp_path_factory.mktemp("redrl-cache")
     previous = os.environ.get("REDRL_CACHE")
     os.environ["REDRL_CACHE"] = str(cache)
     try:
-        spec = TinySpec(**TINY_TEST_SPEC)
         return ensure_tiny(spec, progress=False)
     finally:
         if previous is None:
             os.environ.pop("REDRL_CACHE")
         else:
             os.environ["REDRL_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """A tiny base (barely pretrained: seconds, not minutes) and task data with levels 1-2."""
+    from redrl.tiny import TinySpec
+
+    return _built_in_cache(tmp_path_factory.mktemp("redrl-cache"), TinySpec(**TINY_TEST_SPEC))
+
+
+@pytest.fixture(scope="session")
+def embedded_assets(tmp_path_factory):
+    """The embedded default itself: its shipped base and task, unpacked into a cache of the tests' own."""
+    return _built_in_cache(tmp_path_factory.mktemp("redrl-embedded"))
 
 
 @pytest.fixture(scope="session")

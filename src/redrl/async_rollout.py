@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -73,19 +74,15 @@ def _start_engine(config, state: dict, settings: dict):
 
         return engine, load
 
-    from redrl.rollout import VLLMGenerator
+    from redrl.rollout import VLLMGenerator, import_vllm
 
     if settings["cores"]:  # vLLM's CPU backend binds its threads: to the worker's share of the cores
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, settings["cores"])))
     engine = VLLMGenerator.create(eos_id=settings["eos_id"], pad_id=settings["pad_id"], **vllm_settings)
     engine.load_weights(list(state.items()))
-    import sys
-
-    import vllm
-    from vllm.platforms import current_platform
-
+    vllm, platform = import_vllm()
     print(
-        f"redrl: the rollout worker samples with vLLM {vllm.__version__} on {current_platform.device_type}",
+        f"redrl: the rollout worker samples with vLLM {vllm.__version__} on {platform.device_type}",
         file=sys.stderr,
         flush=True,
     )
@@ -136,6 +133,8 @@ class AsyncRollouts:
         vllm: :meth:`redrl.rollout.VLLMGenerator.create`'s settings: the worker samples with vLLM
             (else with redrl's fast engine).
         devices: the worker's ``CUDA_VISIBLE_DEVICES`` (``None``: the trainer's).
+        threads_before: the trainer's torch threads before it gave the worker its share, set
+            again by :meth:`close` (``None``: left as they are).
     """
 
     def __init__(
@@ -153,6 +152,7 @@ class AsyncRollouts:
         threads: int = 1,
         vllm: dict | None = None,
         devices: str | None = None,
+        threads_before: int | None = None,
     ):
         import os
 
@@ -169,7 +169,7 @@ class AsyncRollouts:
             devices=devices,
             cores=sorted(os.sched_getaffinity(0))[-threads:] if hasattr(os, "sched_getaffinity") else [],
         )
-        self.model = model
+        self.model, self.threads_before = model, threads_before
         # Started by the first request: a resumed run whose last steps were all in flight at the
         # checkpoint starts none.
         self.process = None
@@ -235,6 +235,8 @@ class AsyncRollouts:
         }
 
     def close(self) -> None:
+        if self.threads_before is not None:  # the cores are the trainer's process's again
+            torch.set_num_threads(self.threads_before)
         if self.process is None:
             return
         if self.process.is_alive():

@@ -177,14 +177,15 @@ def make_generator(
     return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision, parameters=parameters)
 
 
-def vllm_settings(cfg: Config, model_path: str, max_model_len: int) -> dict:
-    """:meth:`VLLMGenerator.create`'s settings for a run: its model, precision and ``rollout.vllm_*``."""
+def vllm_settings(cfg: Config, model_path: str, longest_prompt: int) -> dict:
+    """:meth:`VLLMGenerator.create`'s settings for a run: its model, precision, context (the longest
+    prompt and the response budget) and ``rollout.vllm_*``."""
     return dict(
         model_path=model_path,
         dtype={"bf16": "bfloat16", "fp16": "float16"}.get(cfg.train.mixed_precision, cfg.model.dtype),
         gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
         kv_cache_gib=cfg.rollout.vllm_kv_cache_gib,
-        max_model_len=max_model_len,
+        max_model_len=longest_prompt + cfg.rollout.max_new_tokens,
         seed=cfg.train.seed,
         enforce_eager=cfg.rollout.vllm_enforce_eager,
         trust_remote_code=cfg.model.trust_remote_code,
@@ -218,7 +219,7 @@ def build_generator(
         generator = VLLMGenerator.create(
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
-            **vllm_settings(cfg, model_path, longest_prompt + cfg.rollout.max_new_tokens),
+            **vllm_settings(cfg, model_path, longest_prompt),
         )
         generator.sync_weights(model)
         return generator
@@ -402,8 +403,6 @@ class VLLMGenerator:
     def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """Load ``(name, tensor)`` pairs (the Hugging Face checkpoint's names) into vLLM's model in
         place; names left out keep their values."""
-        import vllm
-
         self.last_synced = [name for name, _ in weights]
         llm = self.llm
         with _quiet_partial_reload():
@@ -422,6 +421,8 @@ class VLLMGenerator:
             else:
                 worker = getattr(getattr(llm.llm_engine, "model_executor", None), "driver_worker", None)
                 if worker is None:
+                    import vllm
+
                     raise ValueError(
                         f"rollout.engine=vllm: vLLM {vllm.__version__} offers no way to load new weights in place "
                         "(neither reload_weights nor apply_model); install a newer vLLM"

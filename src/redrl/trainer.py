@@ -362,9 +362,7 @@ def _start_pipeline(run: Run, loop: dict | None, *, model_path: str, progress: b
     from redrl.rollout import vllm_settings
 
     cfg = run.cfg
-    vllm = None
-    if cfg.rollout.engine == "vllm":
-        vllm = vllm_settings(cfg, model_path, max(map(len, run.data.prompts)) + cfg.rollout.max_new_tokens)
+    vllm = vllm_settings(cfg, model_path, max(map(len, run.data.prompts))) if cfg.rollout.engine == "vllm" else None
     threads = torch.get_num_threads()
     worker_threads = max(1, threads // 2)
     if run.par.device.type == "cpu" and threads > 1:  # the two processes share the cores
@@ -388,6 +386,7 @@ def _start_pipeline(run: Run, loop: dict | None, *, model_path: str, progress: b
         threads=worker_threads,
         vllm=vllm,
         devices=cfg.rollout.worker_devices,
+        threads_before=threads,
     )
     if loop is not None:
         pipeline.load_state_dict(loop)
