@@ -149,7 +149,7 @@ def test_diff_probs_command_writes_one_span_per_token(tiny_assets, tmp_path):
 @pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
 def test_compare_with_swept_learning_rates_continues_checkpoints_at_the_tasks_values(tiny_assets, tmp_path):
     from redrl.config import load_config
-    from redrl.sweep import task_key
+    from redrl.learning_rate import task_key
 
     base = [o for o in overrides(tiny_assets) if not o.startswith("optim.lr=")]
     sweep = tmp_path / "lr.json"

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from redrl.config import load_config
-from redrl.sweep import ladder_neighbour, require_learning_rate, run_sweep, select, task_key
+from redrl.learning_rate import require_learning_rate, task_key, with_learning_rate
+from redrl.sweep import ladder_neighbour, run_sweep, select
 
 
 def test_ladder_neighbours_follow_one_three_ten():
@@ -30,13 +31,17 @@ def test_a_config_without_lr_takes_its_methods_value_and_refuses_a_stale_file(tm
     values = {"model": {"path": "org/model"}, "data": {"train": "org/data"}}
     key = task_key(load_config(None, **values))
     sweep = _sweep_file(tmp_path / "lr.json", key, {"sft": 3e-4, "grpo": 3e-5, "red": 1e-4})
-    assert (
-        load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=red"], **values).optim.lr == 1e-4
+    red = load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=red"], **values)
+    assert red.optim.lr is None  # settings read no sweep file: the run resolves its value
+    assert with_learning_rate(red).optim.lr == 1e-4
+    staged = with_learning_rate(
+        load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=sft_grpo"], **values)
     )
-    staged = load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null", "train.method=sft_grpo"], **values)
     assert (staged.optim.lr, staged.baselines.staged_sft_lr) == (3e-5, 3e-4)  # each stage takes its own method's value
     # An explicit learning rate wins over the file.
-    assert load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=5e-5"], **values).optim.lr == 5e-5
+    assert (
+        with_learning_rate(load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=5e-5"], **values)).optim.lr == 5e-5
+    )
     # A config without a usable value still loads (evaluation needs no learning rate); training refuses it.
     with pytest.raises(ValueError, match="no learning rate for luffy"):
         require_learning_rate(
@@ -44,7 +49,7 @@ def test_a_config_without_lr_takes_its_methods_value_and_refuses_a_stale_file(tm
         )
     other = {"model": {"path": "org/model"}, "data": {"train": "org/other-data"}}
     stale = load_config(None, [f"optim.lr_sweep={sweep}", "optim.lr=null"], **other)
-    assert stale.optim.lr is None
+    assert with_learning_rate(stale, required=False).optim.lr is None
     with pytest.raises(ValueError, match="was chosen for task .* not this one"):
         require_learning_rate(stale)
     with pytest.raises(ValueError, match="optim.lr is null"):
@@ -56,10 +61,10 @@ def test_a_config_without_lr_takes_its_methods_value_and_refuses_a_stale_file(tm
 
 
 def test_the_embedded_default_reads_its_shipped_sweep():
-    from redrl.sweep import read_sweep
+    from redrl.learning_rate import read_sweep
     from redrl.tiny import TinySpec
 
-    cfg = load_config("tiny")
+    cfg = with_learning_rate(load_config("tiny"))
     shipped = read_sweep(cfg.optim.lr_sweep)
     assert shipped["task"] == TinySpec().key() == task_key(cfg)
     assert cfg.optim.lr == shipped["chosen"][cfg.train.method]
@@ -102,7 +107,7 @@ def test_sweep_chooses_on_validation_and_grows_an_edge(tiny_assets, tmp_path):
     )
     assert json.loads(save.read_text()) == json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     cfg = load_config("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null", "train.method=sft"])
-    assert cfg.optim.lr == body["chosen"]["sft"]
+    assert with_learning_rate(cfg).optim.lr == body["chosen"]["sft"]
 
 
 @pytest.mark.filterwarnings("ignore:.*teacher traces exceed")

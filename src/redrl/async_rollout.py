@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -57,34 +56,17 @@ def _start_engine(config, state: dict, settings: dict):
     if settings.get("devices") is not None:  # before anything in this process touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = settings["devices"]
     torch.set_num_threads(settings["threads"])
-    vllm_settings = settings.get("vllm")
-    if vllm_settings is None:
-        from transformers import AutoModelForCausalLM
+    from redrl.rollout import standalone_generator
 
-        from redrl.fast_engine import FastGenerator
-
-        model = AutoModelForCausalLM.from_config(config).eval()
-        model.load_state_dict(state)
-        engine = FastGenerator(model, settings["eos_id"], settings["pad_id"], settings["batch_size"])
-
-        def load(weights):
-            unknown = model.load_state_dict(dict(weights), strict=False).unexpected_keys
-            if unknown:
-                raise KeyError(f"the rollout worker's model has no weights named {unknown[:3]}")
-
-        return engine, load
-
-    from redrl.rollout import VLLMGenerator, import_vllm
-
-    if settings["cores"]:  # vLLM's CPU backend binds its threads: to the worker's share of the cores
+    if settings.get("vllm") is not None and settings["cores"]:  # vLLM's CPU backend binds its threads
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, settings["cores"])))
-    engine = VLLMGenerator.create(eos_id=settings["eos_id"], pad_id=settings["pad_id"], **vllm_settings)
-    engine.load_weights(list(state.items()))
-    vllm, platform = import_vllm()
-    print(
-        f"redrl: the rollout worker samples with vLLM {vllm.__version__} on {platform.device_type}",
-        file=sys.stderr,
-        flush=True,
+    engine = standalone_generator(
+        config,
+        state,
+        settings["eos_id"],
+        settings["pad_id"],
+        batch_size=settings["batch_size"],
+        vllm=settings.get("vllm"),
     )
     return engine, engine.load_weights
 

@@ -104,8 +104,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         values["report_to"] = args.report_to
     if args.seed is not None:
         values["seed"] = args.seed
+    from redrl.tiny_teacher import prepare_teacher
+
     cfg = load_config(args.config, args.set, train=values)
     _quiet_transformers()
+    prepare_teacher(cfg, progress=not args.no_progress)
     final = train(cfg, progress=not args.no_progress)
     from accelerate import PartialState
 
@@ -294,8 +297,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from redrl.config import describe_config, load_config
+    from redrl.learning_rate import with_learning_rate
 
-    print(describe_config(load_config(args.config, args.set)))
+    print(describe_config(with_learning_rate(load_config(args.config, args.set), required=False)))
     return 0
 
 

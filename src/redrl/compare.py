@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from redrl.config import Config, load_config, read_yaml
+from redrl.learning_rate import with_learning_rate
 from redrl.methods import COMPARED, METHODS
 from redrl.report import finite_values
 
@@ -47,12 +48,12 @@ def parse_methods(text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _jsonable(value):
+def jsonable(value):
     """Round-trip through JSON (tuples become lists) so saved and current configs compare equal."""
     return json.loads(json.dumps(value))
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
     """Write via a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -126,7 +127,7 @@ def _read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _stats(values) -> tuple[float | None, float | None]:
+def mean_std(values) -> tuple[float | None, float | None]:
     """``(mean, sample std)`` over seeds; the std is ``None`` with fewer than two values."""
     values = finite_values(values)
     if not values:
@@ -136,15 +137,15 @@ def _stats(values) -> tuple[float | None, float | None]:
 
 def aggregate(per_seed: list[dict]) -> dict:
     """Seed results of one method → ``accuracy_mean/std``, ``length_mean/std``, ``by_level``, ``seeds``."""
-    accuracy_mean, accuracy_std = _stats(r["accuracy"] for r in per_seed)
-    length_mean, length_std = _stats(r["length"] for r in per_seed)
+    accuracy_mean, accuracy_std = mean_std(r["accuracy"] for r in per_seed)
+    length_mean, length_std = mean_std(r["length"] for r in per_seed)
     levels = []
     for r in per_seed:
         levels += [level for level in r.get("by_level", {}) if level not in levels]
     by_level = {}
     for level in levels:
-        acc_m, acc_s = _stats(r["by_level"].get(level, {}).get("accuracy") for r in per_seed)
-        len_m, len_s = _stats(r["by_level"].get(level, {}).get("length") for r in per_seed)
+        acc_m, acc_s = mean_std(r["by_level"].get(level, {}).get("accuracy") for r in per_seed)
+        len_m, len_s = mean_std(r["by_level"].get(level, {}).get("length") for r in per_seed)
         by_level[level] = {"accuracy_mean": acc_m, "accuracy_std": acc_s, "length_mean": len_m, "length_std": len_s}
     return {
         "accuracy_mean": accuracy_mean,
@@ -174,7 +175,7 @@ def _eval_record(result: dict, seed: int, k: int, run: Path, cfg_dict: dict, **e
     }
 
 
-def _cached(path: Path, cfg_dict: dict) -> dict | None:
+def cached_record(path: Path, cfg_dict: dict) -> dict | None:
     """The saved result at ``path`` if it was produced by the same config, else ``None``."""
     if not path.exists():
         return None
@@ -192,7 +193,7 @@ def _trained(run: Path, cfg_dict: dict) -> bool:
     config = run / "config.yaml"
     if not (run / "final").is_dir() or verify(run / "final") is not None or not config.exists():
         return False
-    return _jsonable(read_yaml(config)) == cfg_dict
+    return jsonable(read_yaml(config)) == cfg_dict
 
 
 def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path, eval_every: int = 0) -> dict:
@@ -205,17 +206,17 @@ def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path, eval_e
     return {"train": train, "eval": {"k": eval_k}}
 
 
-def _with_compare_settings(config: str, overrides: list[str], **values) -> Config:
+def compare_config(config: str, overrides: list[str], **values) -> Config:
     """The shared config with the comparison's own settings applied (``compare.group_size``); a run
     whose config changed is trained again in its own directory (``train.overwrite``)."""
     values = {**values, "train": {**values.get("train", {}), "overwrite": True}}
     cfg = load_config(config, list(overrides), **values)
-    if cfg.compare.group_size is None or cfg.compare.group_size == cfg.rollout.group_size:
-        return cfg
-    return load_config(config, list(overrides), **values, rollout={"group_size": cfg.compare.group_size})
+    if cfg.compare.group_size is not None and cfg.compare.group_size != cfg.rollout.group_size:
+        cfg = load_config(config, list(overrides), **values, rollout={"group_size": cfg.compare.group_size})
+    return with_learning_rate(cfg, required=False)  # a run without one is refused when it trains
 
 
-def _execute(
+def execute_run(
     config: str, overrides: list[str], name: str, values: dict, split: str = "test", progress: bool = False
 ) -> tuple[dict, str]:
     """Train (unless ``name`` is ``"base"`` or the run was trained before) and evaluate one run on
@@ -224,10 +225,11 @@ def _execute(
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model
     from redrl.paths import resolve_paths, resolve_split
+    from redrl.tiny_teacher import prepare_teacher
     from redrl.trainer import train
 
-    cfg = _with_compare_settings(config, overrides, **values)
-    run, cfg_dict = Path(cfg.train.out), _jsonable(cfg.to_dict())
+    cfg = compare_config(config, overrides, **values)
+    run, cfg_dict = Path(cfg.train.out), jsonable(cfg.to_dict())
     untrained = "method" not in values.get("train", {})  # the base (or a teacher): evaluated as it is
     base_path, _, _ = resolve_paths(cfg, need_train=not untrained, need_test=False)
     eval_path = resolve_split(cfg, split)
@@ -237,6 +239,7 @@ def _execute(
     elif _trained(run, cfg_dict):
         final, note = run / "final", " (trained before)"
     else:
+        prepare_teacher(cfg, progress=progress)
         final, note = train(cfg, progress=progress), ""
     trained = time.perf_counter()
     result = evaluate_model(str(final), load_problems(eval_path), cfg, seed=cfg.train.seed, progress=progress)
@@ -255,7 +258,7 @@ def _execute(
         split=split,
         eval_seconds=time.perf_counter() - trained,
     )
-    _write_json(run / "eval.json", record)
+    write_json(run / "eval.json", record)
     timing = "" if untrained else f"lr {cfg.optim.lr:.3g}, {trained - started:.0f} s training{note}, "
     return record, (
         f"  {name} seed {cfg.train.seed}: {split} accuracy {100 * result['accuracy']:.1f}%  LEN {result['length']:.0f}  "
@@ -323,17 +326,14 @@ def measure_entropies(
     training step measures them (:func:`redrl.step.measure_entropies`)."""
     from redrl.batch import assemble_batch
     from redrl.modeling import TokenScorer, load_frozen_model
-    from redrl.rollout import make_generator
+    from redrl.rollout import in_process_engine, make_generator
     from redrl.step import measure_entropies as step_entropies
 
     model, tokenizer = load_frozen_model(model_path, **cfg.model.load_kwargs())
     torch.manual_seed(seed)
     G = cfg.rollout.group_size
-    engine = (
-        "fast" if cfg.rollout.engine == "fast" else "hf"
-    )  # in-process, as evaluation samples (vLLM belongs to training)
     generator = make_generator(
-        engine,
+        in_process_engine(cfg.rollout.engine),
         model,
         tokenizer.eos_token_id,
         tokenizer.pad_token_id,
@@ -371,7 +371,7 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
     from redrl.paths import resolve_paths
     from redrl.trainer import train
 
-    base_cfg = _with_compare_settings(config, overrides)
+    base_cfg = compare_config(config, overrides)
     base_path, train_path, _ = resolve_paths(base_cfg)
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=base_cfg.model.trust_remote_code)
     data = prepare_data(base_cfg, tokenizer, train_path)  # prompts and traces exactly as training has them
@@ -389,8 +389,8 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
                 continue
             run = out / "phases" / phase / f"seed{seed}"
             # The continuation keeps the task's learning rate for its method (a swept value belongs to the task, not the checkpoint).
-            lr = _with_compare_settings(config, overrides, train={"method": method}).optim.lr
-            cfg = _with_compare_settings(
+            lr = compare_config(config, overrides, train={"method": method}).optim.lr
+            cfg = compare_config(
                 config,
                 overrides,
                 train={"method": method, "steps": steps, "seed": seed, "out": str(run)},
@@ -398,7 +398,7 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
                 eval={"k": eval_k},
                 optim={"lr": lr},
             )
-            if not _trained(run, _jsonable(cfg.to_dict())):
+            if not _trained(run, jsonable(cfg.to_dict())):
                 log(f"  phase {phase} seed {seed}: {method} from the {start} checkpoint")
                 train(cfg, progress=progress)
             models[phase] = str(run / "final")
@@ -416,13 +416,13 @@ def _entropy_phases(config, overrides, seeds: int, steps: int, eval_k: int, out:
             saved = json.loads(cache.read_text()) if cache.exists() else None
             if not saved or saved.get("key") != key:
                 saved = {"key": key, **measure_entropies(path, base_cfg, prompts, teacher, seed=seed)}
-                _write_json(cache, saved)
+                write_json(cache, saved)
             table.setdefault(phase, []).append({"seed": seed, "h_rl": saved["h_rl"], "h_sft": saved["h_sft"]})
     summary = {}
     for phase, rows in table.items():
         summary[phase] = {"seeds": rows}
         for key in ("h_rl", "h_sft"):
-            summary[phase][f"{key}_mean"], summary[phase][f"{key}_std"] = _stats(r[key] for r in rows)
+            summary[phase][f"{key}_mean"], summary[phase][f"{key}_std"] = mean_std(r[key] for r in rows)
     return summary
 
 
@@ -448,7 +448,7 @@ def run_compare(
 
     started = time.perf_counter()
     out = Path(out)
-    shared = _with_compare_settings(config, list(overrides))
+    shared = compare_config(config, list(overrides))
     methods = methods or list(COMPARED)
     seeds = seeds or shared.compare.seeds
     steps = steps or shared.compare.steps
@@ -470,15 +470,15 @@ def run_compare(
     for seed in range(seeds):
         for name in names:
             values = _run_values(name, seed, steps, eval_k, out, shared.compare.eval_every)
-            cfg = _with_compare_settings(config, list(overrides), **values)
-            cached = _cached(Path(cfg.train.out) / "eval.json", _jsonable(cfg.to_dict()))
+            cfg = compare_config(config, list(overrides), **values)
+            cached = cached_record(Path(cfg.train.out) / "eval.json", jsonable(cfg.to_dict()))
             if cached is None:
                 tasks.append(((name, seed), (config, list(overrides), name, values, "test")))
             else:
                 records[name, seed] = cached
     if records:
         log(f"{len(records)} of {len(names) * seeds} runs finished before: reused")
-    for key, (record, _) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
+    for key, (record, _) in execute_all(tasks, execute_run, jobs=jobs, progress=progress, log=log):
         records[key] = record
     per_method = {name: [records[name, seed] for seed in range(seeds)] for name in methods}
     base_seeds = [records["base", seed] for seed in range(seeds)]
@@ -507,7 +507,7 @@ def run_compare(
         },
         "seconds": time.perf_counter() - started,
     }
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     write_outputs(results, out)
     log(
         f"{results['seconds']:.0f} s. Wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'plots'}/, {out / 'report.md'}"

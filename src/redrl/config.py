@@ -820,16 +820,6 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
     cfg = Config(**sections)
     if cfg.train.out is None:
         cfg.train.out = f"runs/{cfg.train.method}"
-    if cfg.optim.lr is None and cfg.optim.lr_sweep:
-        from redrl.sweep import swept_learning_rates
-
-        try:
-            cfg.optim.lr, staged_sft = swept_learning_rates(cfg)
-        except (ValueError, OSError):
-            pass  # evaluation needs no learning rate; training refuses the config and says why (require_learning_rate)
-        else:
-            if cfg.baselines.staged_sft_lr is None:
-                cfg.baselines.staged_sft_lr = staged_sft
     return cfg
 
 

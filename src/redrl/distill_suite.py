@@ -28,18 +28,18 @@ import time
 from pathlib import Path
 
 from redrl.compare import (
-    _cached,
-    _execute,
-    _jsonable,
-    _stats,
-    _with_compare_settings,
-    _write_json,
     aggregate,
+    cached_record,
+    compare_config,
     execute_all,
+    execute_run,
+    jsonable,
+    mean_std,
     measure_entropies,
+    write_json,
 )
 from redrl.methods import METHODS
-from redrl.report import Comparison, Verdict, _combine, finite_values, format_verdicts, plot_curves
+from redrl.report import Comparison, Verdict, combine_seeds, finite_values, format_verdicts, plot_curves
 
 __all__ = ["CELLS", "DEMO_CELLS", "judge_distill", "run_distill_suite"]
 
@@ -92,7 +92,7 @@ def _learning_rates(config: str, overrides: list[str], methods, fallback: float)
     not cover the distillation methods)."""
     lrs = {}
     for method in methods:
-        lr = _with_compare_settings(config, overrides, train={"method": method}).optim.lr
+        lr = compare_config(config, overrides, train={"method": method}).optim.lr
         lrs[method] = lr if lr is not None else fallback
     return lrs
 
@@ -117,7 +117,7 @@ def run_distill_suite(
     paper's findings; write ``results.json``, ``table.md``, ``plots/`` and ``report.md``."""
     started = time.perf_counter()
     out, overrides = Path(out), list(overrides)
-    shared = _with_compare_settings(config, overrides)
+    shared = compare_config(config, overrides)
     if not shared.teacher.path:
         raise ValueError("the distillation suite needs a teacher model: set teacher.path")
     cells = list(cells or [*CELLS, *EQUAL_COMPUTE])
@@ -149,13 +149,13 @@ def run_distill_suite(
     def run_all(plan: dict[tuple[str, int], dict]) -> None:
         tasks = []
         for (name, seed), values in plan.items():
-            cfg = _with_compare_settings(config, overrides, **values)
-            saved = _cached(Path(cfg.train.out) / "eval.json", _jsonable(cfg.to_dict()))
+            cfg = compare_config(config, overrides, **values)
+            saved = cached_record(Path(cfg.train.out) / "eval.json", jsonable(cfg.to_dict()))
             if saved is None:
                 tasks.append(((name, seed), (config, overrides, name, values, "test")))
             else:
                 records[name, seed] = saved
-        for key, (record, _) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
+        for key, (record, _) in execute_all(tasks, execute_run, jobs=jobs, progress=progress, log=log):
             records[key] = record
 
     first = {}
@@ -211,14 +211,14 @@ def run_distill_suite(
     }
     for name in ("base", "teacher", *names):
         entry = results["methods"].get(name) or results[name]
-        entry[f"pass@{eval_k}_mean"], entry[f"pass@{eval_k}_std"] = _stats(
+        entry[f"pass@{eval_k}_mean"], entry[f"pass@{eval_k}_std"] = mean_std(
             r.get(f"pass@{eval_k}") for r in entry["seeds"]
         )
-        entry["entropy_mean"], entry["entropy_std"] = _stats(entropies.get(name, []))
-        entry["train_seconds_mean"], _ = _stats(_step_seconds(r) for r in entry["seeds"] if "train_seconds" in r)
+        entry["entropy_mean"], entry["entropy_std"] = mean_std(entropies.get(name, []))
+        entry["train_seconds_mean"], _ = mean_std(_step_seconds(r) for r in entry["seeds"] if "train_seconds" in r)
     verdicts = judge_distill(results)
     results["seconds"] = time.perf_counter() - started
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     table = format_distill_table(results)
     (out / "table.md").write_text(table + "\n")
     plots = _plots(results, out / "plots", eval_k)
@@ -266,7 +266,7 @@ def _entropies(config, overrides, records, seeds: int, out: Path, log) -> dict[s
     from redrl.data.training import prepare_data
     from redrl.paths import resolve_model, resolve_paths
 
-    cfg = _with_compare_settings(config, overrides)
+    cfg = compare_config(config, overrides)
     base_path, train_path, _ = resolve_paths(cfg, need_test=False)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     data = prepare_data(cfg, tokenizer, train_path)
@@ -283,7 +283,7 @@ def _entropies(config, overrides, records, seeds: int, out: Path, log) -> dict[s
         saved = json.loads(cache.read_text()) if cache.exists() else None
         if not saved or saved.get("key") != key:
             saved = {"key": key, **measure_entropies(path, cfg, prompts, traces, seed=seed)}
-            _write_json(cache, saved)
+            write_json(cache, saved)
         table.setdefault(name, []).append(saved["h_rl"])
     return table
 
@@ -313,7 +313,7 @@ def judge_distill(results: dict) -> list[Verdict]:
     def add(claim: str, text: str, comparisons, note: str = "") -> None:
         comparisons = [c for c in comparisons if c is not None]
         if comparisons:
-            verdicts.append(Verdict(claim, text, _combine(comparisons), comparisons, note))
+            verdicts.append(Verdict(claim, text, combine_seeds(comparisons), comparisons, note))
 
     pairs = (("offline_rkl", "kd", "teacher prefixes"), ("opd", "dagger", "student prefixes"))
     add(

@@ -227,12 +227,14 @@ def evaluate_benchmarks(
 def eval_settings(cfg) -> dict:
     """:func:`evaluate`'s prompt and hardware arguments from a config: the config's prompt format, as
     training uses it (evaluation problems carry no system message of their own)."""
+    from redrl.rollout import in_process_engine
+
     return {
         "system_prompt": cfg.data.system_prompt or None,
         "prompt_format": cfg.data.prompt_kwargs(),
         "batch_size": cfg.eval.batch_size,
         "mixed_precision": cfg.train.mixed_precision,
-        "engine": "fast" if cfg.rollout.engine == "fast" else "hf",
+        "engine": in_process_engine(cfg.rollout.engine),
     }
 
 

@@ -135,6 +135,12 @@ class FastGenerator:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Nothing to copy: it samples from the trained model's own modules."""
 
+    def load_weights(self, weights) -> None:
+        """Load ``(name, tensor)`` pairs (all or some of the model's) into this engine's model."""
+        unknown = self.model.load_state_dict(dict(weights), strict=False).unexpected_keys
+        if unknown:
+            raise KeyError(f"the engine's model has no weights named {unknown[:3]}")
+
     @torch.no_grad()
     def generate_with_logprobs(
         self, prompts: list[list[int]], n: int = 1, *, temperature: float = 1.0, max_new_tokens: int = 256

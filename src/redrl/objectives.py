@@ -1093,11 +1093,21 @@ class LossSettings:
 class Objective:
     """A registered loss: ``fn(inputs, settings) -> (loss, metrics)``, the names of the metrics it
     reports (detached 0-d tensors; a method's log has every registered name, NaN where undefined),
-    and whether it has a KL-to-reference term."""
+    and what it declares about itself, which the loop asks instead of the objective's name:
+
+    * ``kl_to_reference``: it takes ``LossInputs.ref_logp`` and ``LossSettings.kl_coef``;
+    * ``scores_with_teacher``: it needs a teacher model's distributions (``kl_fwd`` / ``kl_rev``),
+      measured inside the scorer's forward (:class:`redrl.modeling.DistillScorer`);
+    * ``uses_rewards``: its gradient depends on the graded rewards, so a group without reward
+      variance carries no signal (dynamic sampling may drop it); false for NLL and distillation;
+    * ``aggregation``: the one aggregation it always uses (``None``: ``loss.aggregation``)."""
 
     fn: Callable[[LossInputs, LossSettings], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     metrics: tuple[str, ...]
-    kl_to_reference: bool = False  # takes LossInputs.ref_logp and LossSettings.kl_coef
+    kl_to_reference: bool = False
+    scores_with_teacher: bool = False
+    uses_rewards: bool = True
+    aggregation: str | None = None
 
 
 def _red_objective(x: LossInputs, s: LossSettings):
@@ -1187,9 +1197,15 @@ LOSSES: dict[str, Objective] = {
         ),
         kl_to_reference=True,
     ),
-    "sft": Objective(_sft_objective, ()),
+    "sft": Objective(_sft_objective, (), uses_rewards=False, aggregation="token-mean"),
     "srft": Objective(_srft_objective, ("sft_demo", "rl_demo", "positive", "negative", "w_sft", "w_rl")),
-    "distill": Objective(_distill_objective, ("kl_fwd", "kl_rev", "distill_entropy")),
+    "distill": Objective(
+        _distill_objective,
+        ("kl_fwd", "kl_rev", "distill_entropy"),
+        scores_with_teacher=True,
+        uses_rewards=False,
+        aggregation="token-mean",  # a token mean of the per-token KLs
+    ),
 }
 
 

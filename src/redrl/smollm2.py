@@ -36,14 +36,14 @@ def gguf_path() -> Path:
 
 def ensure_smollm2(*, progress: bool = True) -> Path:
     """The converted model's directory in the cache (built once, under the cache's lock)."""
-    from redrl.tiny import _build_lock, _say, cache_dir
+    from redrl.tiny import build_lock, build_log, cache_dir
 
     root = cache_dir() / "smollm2-135m-instruct"
     if (root / "DONE").exists():
         return root
     source = gguf_path()
-    say = _say(progress)
-    with _build_lock(root, say):
+    say = build_log(progress)
+    with build_lock(root, say):
         if (root / "DONE").exists():
             return root
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,9 +8,9 @@ again while the best stays on the edge (at most ``max_extensions`` times): the s
 method. The staged ``sft_grpo`` has no value of its own: its SFT stage takes SFT's and its GRPO
 stage GRPO's.
 
-The chosen values go to a JSON file keyed to the task (:func:`task_key`), with the command and the
+The chosen values go to a JSON file keyed to the task (:func:`redrl.learning_rate.task_key`), with the command and the
 validation accuracy of every run. A config that sets ``optim.lr_sweep`` to that file and leaves
-``optim.lr`` unset takes its method's value from it (:func:`swept_learning_rates`); a file written
+``optim.lr`` unset takes its method's value from it (:func:`redrl.learning_rate.with_learning_rate`); a file written
 for another task is refused. The embedded default ships ``configs/tiny-lr.json``.
 
 Layout of ``OUT``::
@@ -21,23 +21,14 @@ Layout of ``OUT``::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from importlib import resources
 from pathlib import Path
 
-__all__ = [
-    "DEFAULT_GRID",
-    "ladder_neighbour",
-    "read_sweep",
-    "require_learning_rate",
-    "run_sweep",
-    "select",
-    "swept_learning_rates",
-    "task_key",
-]
+from redrl.learning_rate import task_key
+
+__all__ = ["DEFAULT_GRID", "ladder_neighbour", "run_sweep", "select"]
 
 #: Log-spaced over a factor of 33 (the 1-3-10 ladder): the grid every method starts from.
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
@@ -64,71 +55,6 @@ def select(accuracy: dict[float, float]) -> tuple[float, int]:
     return best, 0
 
 
-def task_key(cfg) -> str:
-    """What the chosen values belong to: the embedded default's build hash (task, base and teacher
-    data), or for any other setup a hash of the model and the training data it names."""
-    if cfg.model.path == "tiny" and cfg.data.train == "tiny":
-        from redrl.tiny import TinySpec
-
-        return TinySpec().key()
-    text = json.dumps({"model": cfg.model.path, "train": cfg.data.train}, sort_keys=True)
-    return "data-" + hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def sweep_path(name: str) -> Path:
-    """A sweep file: an existing path, or one shipped with redrl (``tiny-lr.json``)."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    shipped = resources.files("redrl") / "configs" / Path(name).name
-    if shipped.is_file():
-        return Path(str(shipped))
-    raise FileNotFoundError(f"optim.lr_sweep not found: {name} (run `redrl sweep --save {name}` to make it)")
-
-
-def read_sweep(name: str) -> dict:
-    path = sweep_path(name)
-    try:
-        body = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
-    if not isinstance(body, dict) or not isinstance(body.get("chosen"), dict) or "task" not in body:
-        raise ValueError(f"{path} is not a sweep file: it needs 'task' and 'chosen'")
-    return body
-
-
-def swept_learning_rates(cfg) -> tuple[float, float | None]:
-    """``(optim.lr, baselines.staged_sft_lr)`` of ``cfg.train.method`` from the sweep file
-    ``cfg.optim.lr_sweep``; the staged ``sft_grpo`` takes GRPO's value and SFT's for its SFT stage."""
-    from redrl.methods import METHODS
-
-    body = read_sweep(cfg.optim.lr_sweep)
-    key = task_key(cfg)
-    if body["task"] != key:
-        raise ValueError(
-            f"optim.lr_sweep {cfg.optim.lr_sweep} was chosen for task {body['task']}, not this one ({key}): "
-            "run `redrl sweep` for this task or set optim.lr"
-        )
-    method = METHODS[cfg.train.method]
-    wanted = list(method.stages[::-1]) if method.stages else [method.name]
-    missing = [name for name in wanted if name not in body["chosen"]]
-    if missing:
-        raise ValueError(f"optim.lr_sweep {cfg.optim.lr_sweep} has no learning rate for {missing[0]}; set optim.lr")
-    lr = float(body["chosen"][wanted[0]])
-    staged_sft = float(body["chosen"]["sft"]) if method.stages and "sft" in method.stages else None
-    return lr, staged_sft
-
-
-def require_learning_rate(cfg) -> None:
-    """Raise, in one line, why ``cfg`` has no learning rate (a training run cannot start without one)."""
-    if cfg.optim.lr is not None:
-        return
-    if not cfg.optim.lr_sweep:
-        raise ValueError("optim.lr is null: set it, or name a `redrl sweep` file in optim.lr_sweep")
-    swept_learning_rates(cfg)  # raises: the file is missing, stale, or lacks the method
-    raise ValueError(f"optim.lr is null and {cfg.optim.lr_sweep} was not read")
-
-
 def _lr_name(lr: float) -> str:
     return f"{lr:.3g}"
 
@@ -151,7 +77,7 @@ def run_sweep(
     """Train every method at every grid value (``compare.steps`` steps, ``seed``), evaluate each
     final checkpoint on the validation split (avg@``compare.eval_k``), grow the grid at the edges,
     choose, and write ``OUT/sweep.json`` (and ``save``, the file a config's ``optim.lr_sweep`` names)."""
-    from redrl.compare import _execute, _with_compare_settings, execute_all
+    from redrl.compare import compare_config, execute_all, execute_run
     from redrl.methods import COMPARED, METHODS
 
     started = time.perf_counter()
@@ -162,7 +88,7 @@ def run_sweep(
     grid = tuple(sorted(float(lr) for lr in grid))
     if len(grid) < 2 or any(lr <= 0 for lr in grid):
         raise ValueError(f"redrl sweep: the grid needs at least two positive learning rates; got {grid}")
-    shared = _with_compare_settings(config, list(overrides), optim={"lr": grid[0]})  # every run sets its own value
+    shared = compare_config(config, list(overrides), optim={"lr": grid[0]})  # every run sets its own value
     if not shared.data.val:
         raise ValueError("data.val is not set: the sweep chooses on a validation split, never on the test split")
     steps = steps or shared.compare.steps
@@ -194,7 +120,7 @@ def run_sweep(
                     "eval": {"k": eval_k},
                 }
                 tasks.append(((method, lr), (config, list(overrides), method, values_set, "val")))
-        for (method, lr), (record, _line) in execute_all(tasks, _execute, jobs=jobs, progress=progress, log=log):
+        for (method, lr), (record, _line) in execute_all(tasks, execute_run, jobs=jobs, progress=progress, log=log):
             records[method, lr] = record
             tried[method][lr] = record["accuracy"]
         todo = {m: [] for m in methods}

@@ -248,7 +248,7 @@ def use_teacher_samples(cfg, teacher: Teacher, data, tokenizer, *, write: bool =
     directory, so every run with the same teacher, prompts and settings trains on the same samples.
     Each record's ``distill`` text becomes its sample, so the teacher row's reward grades the sample."""
     from redrl.paths import resolve_model
-    from redrl.rollout import make_generator
+    from redrl.rollout import in_process_engine, make_generator
     from redrl.tiny import cache_dir
 
     settings = {
@@ -262,7 +262,7 @@ def use_teacher_samples(cfg, teacher: Teacher, data, tokenizer, *, write: bool =
     if path.exists():
         samples = json.loads(path.read_text())
     else:
-        engine = "fast" if cfg.rollout.engine == "fast" else "hf"
+        engine = in_process_engine(cfg.rollout.engine)
         generator = make_generator(
             engine,
             teacher.model,

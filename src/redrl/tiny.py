@@ -43,7 +43,17 @@ import torch
 
 from redrl.data.arithmetic import direct_answer, fact_line, generate_problems, step_solution, teacher_trace, write_jsonl
 
-__all__ = ["TinySpec", "build_tokenizer", "cache_dir", "ensure_tiny", "shipped_base"]
+__all__ = [
+    "TeacherSpec",
+    "TinySpec",
+    "build_lock",
+    "build_log",
+    "build_tokenizer",
+    "cache_dir",
+    "ensure_tiny",
+    "shipped_base",
+    "teacher_root",
+]
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 WORDS = ["Compute", "Wait", "let", "me", "check", "So", "the", "answer", "is", "Think", "step", "by"]
@@ -260,7 +270,10 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     model.train()
     on_terminal = progress and sys.stderr.isatty()
     bar = tqdm(range(spec.pretrain_steps), desc="pretraining the tiny base", disable=not on_terminal, leave=False)
-    say, every = _say(progress and not on_terminal), max(1, spec.pretrain_steps // 10)  # elsewhere: a line per tenth
+    say, every = (
+        build_log(progress and not on_terminal),
+        max(1, spec.pretrain_steps // 10),
+    )  # elsewhere: a line per tenth
     for step in bar:
         rows = rng.sample(range(len(records)), spec.pretrain_batch)
         input_ids, attention_mask, response_mask = collate(
@@ -282,6 +295,28 @@ def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
     tokenizer.save_pretrained(out)
 
 
+@dataclass(frozen=True)
+class TeacherSpec:
+    """How the embedded teacher is built from the embedded base; its hash names the cache entry."""
+
+    format_version: int = 1
+    depth_factor: int = 2  # layers of the teacher per layer of the base
+    steps: int = 200
+    prompts_per_step: int = 32
+    seed: int = 0
+
+    def key(self, task_key: str) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{task_key}-teacher-{digest}"
+
+
+def teacher_root(spec: TeacherSpec | None = None, assets: TinyAssets | None = None) -> Path:
+    """Where the embedded teacher of ``spec`` lives in the cache, built or not (it is built by
+    :func:`redrl.tiny_teacher.ensure_teacher`, a training run, never by resolving a path)."""
+    assets = assets or ensure_tiny(progress=False)
+    return cache_dir() / (spec or TeacherSpec()).key(assets.root.name)
+
+
 def shipped_base() -> tuple[str | None, Path]:
     """``(key, directory)`` of the base shipped with redrl: the :meth:`TinySpec.key` it was built
     from (``None`` when no base ships) and the directory ``from_pretrained`` reads."""
@@ -294,13 +329,13 @@ def shipped_base() -> tuple[str | None, Path]:
     return json.loads(manifest.read_text())["key"], root
 
 
-def _say(progress: bool):
+def build_log(progress: bool):
     """One line per phase of a build on stderr (logs, CI, notebooks see them; ``progress=False`` is quiet)."""
     return (lambda line: print(f"redrl: {line}", file=sys.stderr, flush=True)) if progress else (lambda line: None)
 
 
 @contextlib.contextmanager
-def _build_lock(root: Path, say):
+def build_lock(root: Path, say):
     """Hold ``<root>.lock`` while building ``root``: a second process waits (and says so), then
     finds the finished build and reuses it."""
     try:
@@ -338,8 +373,8 @@ def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True, rebuild:
     assets = TinyAssets(cache_dir() / (spec.key() + ("-rebuilt" if rebuild else "")))
     if (assets.root / "DONE").exists():
         return assets
-    say = _say(progress)
-    with _build_lock(assets.root, say):
+    say = build_log(progress)
+    with build_lock(assets.root, say):
         if (assets.root / "DONE").exists():  # built by the process we waited for
             say(f"reusing {assets.root}")
             return assets

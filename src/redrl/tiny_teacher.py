@@ -19,33 +19,19 @@ to it), built once under the same lock and staging as the base.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-__all__ = ["TeacherSpec", "ensure_teacher", "grow_depth"]
+from redrl.tiny import TeacherSpec, build_lock, build_log, ensure_tiny, teacher_root
 
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """How the embedded teacher is built from the embedded base; its hash names the cache entry."""
-
-    format_version: int = 1
-    depth_factor: int = 2  # layers of the teacher per layer of the base
-    steps: int = 200
-    prompts_per_step: int = 32
-    seed: int = 0
-
-    def key(self, task_key: str) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{task_key}-teacher-{digest}"
+__all__ = ["TeacherSpec", "ensure_teacher", "grow_depth", "prepare_teacher"]
 
 
 def grow_depth(model, factor: int):
@@ -76,15 +62,13 @@ def grow_depth(model, factor: int):
 def ensure_teacher(spec: TeacherSpec | None = None, *, assets=None, progress: bool = True) -> Path:
     """The embedded teacher's directory (``from_pretrained`` reads it), built on first use from
     ``assets`` (default: the embedded default's task and base, :func:`redrl.tiny.ensure_tiny`)."""
-    from redrl.tiny import _build_lock, _say, cache_dir, ensure_tiny
-
     spec = spec or TeacherSpec()
     assets = assets or ensure_tiny(progress=progress)
-    root = cache_dir() / spec.key(assets.root.name)
+    root = teacher_root(spec, assets)
     if (root / "DONE").exists():
         return root / "model"
-    say = _say(progress)
-    with _build_lock(root, say):
+    say = build_log(progress)
+    with build_lock(root, say):
         if (root / "DONE").exists():
             say(f"reusing {root}")
             return root / "model"
@@ -108,13 +92,24 @@ def ensure_teacher(spec: TeacherSpec | None = None, *, assets=None, progress: bo
     return root / "model"
 
 
+def prepare_teacher(cfg, *, progress: bool = True) -> None:
+    """Build the embedded teacher when ``cfg`` distils it (``teacher.path: tiny-teacher``): the
+    commands call this before a run starts, since resolving a path never trains a model."""
+    from redrl.methods import METHODS
+    from redrl.objectives import LOSSES
+
+    methods = [METHODS[cfg.train.method], *(METHODS[name] for name in METHODS[cfg.train.method].stages)]
+    if cfg.teacher.path == "tiny-teacher" and any(LOSSES[m.objective].scores_with_teacher for m in methods):
+        ensure_teacher(progress=progress)
+
+
 def _build(spec: TeacherSpec, assets, staging: Path, say, progress: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from redrl.config import load_config
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model
-    from redrl.sweep import swept_learning_rates
+    from redrl.learning_rate import with_learning_rate
     from redrl.trainer import train
 
     base = AutoModelForCausalLM.from_pretrained(assets.base, dtype=torch.float32)
@@ -126,7 +121,7 @@ def _build(spec: TeacherSpec, assets, staging: Path, say, progress: bool) -> Non
         f"({sum(p.numel() for p in grown.parameters()) / 1e6:.2f}M parameters); SFT on the teacher traces, "
         f"{spec.steps} steps of {spec.prompts_per_step} prompts"
     )
-    lr, _ = swept_learning_rates(load_config("tiny", [], train={"method": "sft"}))  # the base's SFT learning rate
+    lr = with_learning_rate(load_config("tiny", [], train={"method": "sft"})).optim.lr  # the base's SFT value
     cfg = load_config(
         "tiny",
         [],

@@ -42,6 +42,7 @@ from redrl.config import TRACKERS, Config
 from redrl.curriculum import LengthCurriculum
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.errors import NonFiniteTraining, TrainingStopped
+from redrl.learning_rate import with_learning_rate
 from redrl.methods import METHODS, Method, with_prefix
 from redrl.modeling import DistillScorer, TokenScorer, load_frozen_model, prepare_model, trainable_parameters
 from redrl.objectives import LOSSES, LossSettings
@@ -74,9 +75,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     With ``train.resume`` the run continues from the newest complete checkpoint in ``train.out``
     and repeats exactly what the uninterrupted run would have done. SIGINT / SIGTERM stop it at
     the next step boundary with a checkpoint (:class:`TrainingStopped`)."""
-    from redrl.sweep import require_learning_rate
-
-    require_learning_rate(cfg)
+    cfg = with_learning_rate(cfg)
     method = METHODS[cfg.train.method]
     if method.stages:
         if Parallel.create(cfg.model.device).is_main:
