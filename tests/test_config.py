@@ -255,7 +255,9 @@ def test_config_command_prints_every_key_as_loadable_yaml(capsys):
     assert main(["config", "--set", "train.method=sft"]) == 0
     printed = capsys.readouterr().out
     sections = yaml.safe_load(printed)
-    expected = load_config("tiny", ["train.method=sft"])
+    from redrl.learning_rate import with_learning_rate
+
+    expected = with_learning_rate(load_config("tiny", ["train.method=sft"]))  # the run's learning rate, as before
     for section in dataclasses.fields(Config):
         assert set(sections[section.name]) == {f.name for f in dataclasses.fields(getattr(expected, section.name))}
     assert sections["train"]["out"] == "runs/sft" and "# str; training method" in printed

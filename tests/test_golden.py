@@ -1,15 +1,22 @@
-"""Golden steps: a few steps of every method on the tests' tiny spec, compared bit for bit with the
-recorded values in ``golden/steps.json``.
+"""Golden steps: a few steps of every method (the compared twelve, the distillation grid, and the
+rollout mechanisms) on the tests' tiny spec, compared with the values recorded in ``golden/steps.json``.
 
 The numbers guard behaviour across refactors of the loop: a change that moves any logged loss,
-gradient norm, weight ``w``, entropy or reward on CPU fails here. A change that alters the numbers
-on purpose re-records them, with the reason in the commit message::
+gradient norm, weight ``w``, entropy, KL or reward on CPU fails here. A change that alters the
+numbers on purpose re-records them, with the reason in the commit message::
 
-    REDRL_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py
+    REDRL_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py                       # this machine
+    ATEN_CPU_CAPABILITY=avx2 REDRL_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py  # its AVX2 kernels
 
-Bit-for-bit holds on one machine: another torch, CPU instruction set (AVX2 / AVX-512) or thread
-count rounds differently and sampled tokens diverge, so there the test skips and says so (record
-the numbers on your machine before a refactor, then compare after it).
+Recording adds (or replaces) the record of this machine and keeps the others. On a machine with a
+record (torch, CPU kernels, processor, threads) the steps must match bit for bit. Elsewhere they
+are compared with the record of the nearest machine (same CPU kernels first) within the rounding
+of other kernels. Measured between the AVX2 and AVX-512 kernels on one processor (the sampled
+tokens identical): entropies, KLs and ratios moved by at most 2e-7 relative, gradient norms by
+3e-6; the regulator's relative entropy changes, which divide small differences, by up to 3.5e-2,
+and with them its weight ``w`` by 7e-3 and the loss it weighs by 2e-4. So floats must agree within
+1e-3 relative (the regulator's three within 2e-2), which a change of behaviour does not; the test
+says which comparison it made.
 """
 
 import json
@@ -30,6 +37,8 @@ GOLDEN = Path(__file__).parent / "golden" / "steps.json"
 RECORD = os.environ.get("REDRL_RECORD_GOLDEN") == "1"
 KEYS = (
     "loss",
+    "kl_fwd",
+    "kl_rev",
     "grad_norm",
     "w",
     "h_rl",
@@ -48,11 +57,22 @@ KEYS = (
     "bread_rescued",
 )
 
-#: name → (method, config overrides): every method once, plus the micro-batched step and ReLIFT's SFT step.
+#: name → (method, config overrides): every compared method once, plus the micro-batched step and
+#: ReLIFT's SFT step; the distillation grid (and its staging into GRPO); the rollout mechanisms.
 CASES = {name: (name, {}) for name in sorted(COMPARED)} | {
     "red-micro-batches": ("red", {"train": {"micro_batch_size": 3}}),
     "relift-sft-step": ("relift", {"baselines": {"relift_buffer": 1}}),
+    "kd": ("kd", {}),
+    "opd": ("opd", {}),
+    "kl_mix": ("kl_mix", {}),
+    "kd-cached-teacher": ("kd", {"distill": {"cache_teacher": True}}),
+    "opd_grpo": ("opd_grpo", {"train": {"steps": 4}}),
+    "grpo-dynamic-sampling": ("grpo", {"rollout": {"dynamic_sampling": True, "max_rounds": 2}}),
+    "red-tail-batching": ("red", {"rollout": {"tail_max_new_tokens": 24}}),
+    "grpo-asynchronous": ("grpo", {"rollout": {"async_staleness": 1}}),
 }
+#: Steps per case (a staged case splits them between its stages).
+STEPS = {name: extra.get("train", {}).get("steps", 3) for name, (_, extra) in CASES.items()}
 
 
 def _golden_grader(response: str, answer: str) -> float:
@@ -61,9 +81,10 @@ def _golden_grader(response: str, answer: str) -> float:
     return float(zlib.crc32(response.encode()) % 4 == 0)
 
 
-def _config(tiny_assets, out: Path, method: str, extra: dict):
+def _config(tiny_assets, teacher, out: Path, method: str, extra: dict):
     sections = {
         "model": {"path": str(tiny_assets.base)},
+        "teacher": {"path": str(teacher)},
         "optim": {"lr": 2e-4},
         "data": {"train": str(tiny_assets.train), "test": str(tiny_assets.test), "grader": "golden"},
         "rollout": {"group_size": 3, "max_new_tokens": 48},
@@ -78,18 +99,27 @@ def _steps(metrics: Path) -> list[dict]:
     return [{key: json.loads(line).get(key) for key in KEYS} for line in metrics.read_text().splitlines()]
 
 
+def _records() -> list[dict]:
+    return json.loads(GOLDEN.read_text())["records"] if GOLDEN.is_file() else []
+
+
 @pytest.fixture(scope="module")
 def golden():
+    """``(cases, exact)``: the nearest record's steps, and whether they were recorded on this machine."""
+    here = _machine()
     if RECORD:
         recorded: dict = {}
-        yield recorded
+        yield recorded, True
+        others = [record for record in _records() if record["machine"] != here]
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({"machine": _machine(), "cases": recorded}, indent=1, sort_keys=True) + "\n")
+        body = {"records": [*others, {"machine": here, "cases": recorded}]}
+        GOLDEN.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
         return
-    body = json.loads(GOLDEN.read_text())
-    if body["machine"] != _machine():
-        pytest.skip(f"golden steps were recorded on {body['machine']}, this is {_machine()}: re-record them here")
-    yield body["cases"]
+    records = _records()
+    nearest = max(
+        records, key=lambda r: [r["machine"][key] == here[key] for key in ("torch", "cpu", "threads", "cpu_model")]
+    )
+    yield nearest["cases"], nearest["machine"] == here
 
 
 def _cpu_model() -> str:
@@ -117,18 +147,34 @@ def _machine() -> dict:
     }
 
 
+#: The regulator's numbers: ratios of small entropy differences, which amplify rounding.
+REGULATOR = ("w", "delta_h_rl", "delta_h_sft")
+
+
+def _close(key: str, got, want) -> bool:
+    """Equal, or for floats within the rounding of other CPU kernels (see the module's docstring)."""
+    if isinstance(got, float) and isinstance(want, float):
+        return abs(got - want) <= (2e-2 * abs(want) + 1e-4 if key in REGULATOR else 1e-3 * abs(want) + 1e-6)
+    return got == want
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_every_method_repeats_its_recorded_steps(tiny_assets, tmp_path, golden, case, monkeypatch):
+def test_every_method_repeats_its_recorded_steps(tiny_assets, perturbed_teacher, tmp_path, golden, case, monkeypatch):
     monkeypatch.setitem(GRADERS, "golden", _golden_grader)
+    cases, exact = golden
     method, extra = CASES[case]
-    final = train(_config(tiny_assets, tmp_path / case, method, extra), progress=False)
+    final = train(_config(tiny_assets, perturbed_teacher, tmp_path / case, method, extra), progress=False)
     steps = _steps(final.parent / "metrics.jsonl")
-    assert len(steps) == 3
+    assert len(steps) == STEPS[case]
     assert all(isinstance(s["loss"], float) and math.isfinite(s["loss"]) for s in steps)
     assert any(s["grad_norm"] > 0 for s in steps)  # something was learned, so the numbers can differ
     if RECORD:
-        golden[case] = steps
+        cases[case] = steps
         return
-    for number, (got, want) in enumerate(zip(steps, golden[case], strict=True), start=1):
+    same = (lambda key, a, b: a == b) if exact else _close
+    how = "bit for bit" if exact else "within rounding (recorded on another machine)"
+    for number, (got, want) in enumerate(zip(steps, cases[case], strict=True), start=1):
         for key in KEYS:
-            assert got[key] == want[key], f"{case} step {number} {key}: {got[key]!r} != recorded {want[key]!r}"
+            assert same(key, got[key], want[key]), (
+                f"{case} step {number} {key}: {got[key]!r} != recorded {want[key]!r} ({how})"
+            )

@@ -78,10 +78,9 @@ def test_every_objective_reports_exactly_what_it_declares_and_has_a_gradient(nam
         ref_logp=torch.full((4, 2), -1.0, dtype=F64),
         kl_fwd=kl.clone().requires_grad_(),
         kl_rev=(2 * kl).requires_grad_(),
-        teacher_logp=torch.full((4, 2), -1.2, dtype=F64),
     )
-    for estimator in ("exact", "k1", "k3") if name == "distill" else ("exact",):
-        loss, metrics = LOSSES[name].fn(x, LossSettings(kl_coef=0.1, distill_alpha=0.8, distill_estimator=estimator))
+    for _ in range(1):
+        loss, metrics = LOSSES[name].fn(x, LossSettings(kl_coef=0.1, distill_alpha=0.8))
         grads = torch.autograd.grad(loss, (x.logp, x.kl_fwd, x.kl_rev), allow_unused=True)
         grads = [g for g in grads if g is not None]
         assert all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0

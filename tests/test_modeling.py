@@ -366,7 +366,7 @@ def test_the_loss_forward_never_forms_vocabulary_sized_logits_for_every_position
 
     model.get_output_embeddings().forward = refuse
     ids, attention, mask = collate([[3, 4, 5]], [[6, 7, 8, 9]], 0)
-    logp, entropy = TokenScorer(model, chunk_size=2)(ids, attention, mask[:, 1:])
+    logp, entropy, *_ = TokenScorer(model, chunk_size=2)(ids, attention, mask[:, 1:])
     assert logp.shape == entropy.shape == (1, 6) and (logp[mask[:, 1:]] < 0).all()
     with pytest.raises(AssertionError, match="every position"):
         TokenScorer(model, full_logits=True)(ids, attention, mask[:, 1:])  # the ZeRO-3 fallback does call it

@@ -237,7 +237,7 @@ def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch
     import redrl.strategies as strategies
 
     # A sample is correct when the teacher's token 52 precedes it (the prefix reached it).
-    monkeypatch.setattr(strategies, "grade", lambda text, answer, grader: float("52" in text.split()))
+    monkeypatch.setattr(strategies, "grade_checked", lambda text, answer, grader: (float("52" in text.split()), False))
     prompts = [[1], [2], [3]]
     rollouts = [[9, 0], [9, 0], [9, 0], [9, 0], [9, 0], [9, 0]]  # G = 2
     rewards = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # group 0 has a success; groups 1 and 2 all fail
@@ -270,6 +270,34 @@ def test_bread_uses_the_shortest_teacher_prefix_that_rescues_a_group(monkeypatch
         [[2, 50, 51, 52], [3, 60, 61, 62]],
     ]
     assert all(call[1] == 2 for call in generator.calls)
+
+
+@pytest.mark.parametrize("failed_grading, expected", [("ungraded", [1.0, None]), ("wrong", [1.0, 0.0])])
+def test_bread_grades_its_resamples_as_every_rollout_is_graded(monkeypatch, failed_grading, expected):
+    import itertools
+
+    import redrl.strategies as strategies
+
+    # Of the two re-samples, the first is right and grading the second fails (an error or a timeout):
+    # data.failed_grading says what the failure is, as for every rollout.
+    outcomes = itertools.cycle([(1.0, False), (None, True)])
+    monkeypatch.setattr(strategies, "grade_checked", lambda text, answer, grader: next(outcomes))
+    _, _, rewards, stats = teacher_prefix_rollouts(
+        _Generator(),
+        _Tokenizer(),
+        [[1]],
+        [[9, 0], [9, 0]],
+        [0.0, 0.0],
+        [[50, 51, 0]],
+        ["x"],
+        group_size=2,
+        fractions=(0.5,),
+        temperature=1.0,
+        max_new_tokens=10,
+        grader="integer",
+        failed_grading=failed_grading,
+    )
+    assert stats["bread_rescued"] == 1 and rewards == expected
 
 
 def test_kl_to_the_reference_starts_at_zero_and_grows(tiny_assets, tmp_path, monkeypatch):

@@ -138,11 +138,11 @@ def test_stopped_and_resumed_with_the_vllm_engine_equals_the_uninterrupted_run(
 
 
 def test_the_lora_sync_sends_the_merged_adapted_blocks_only(embedded_assets, engine, tmp_path, monkeypatch, prompts):
-    import redrl.trainer as trainer
+    import redrl.run_setup as run_setup
 
     engines = []
-    real = trainer.build_generator
-    monkeypatch.setattr(trainer, "build_generator", lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
+    real = run_setup.build_generator
+    monkeypatch.setattr(run_setup, "build_generator", lambda *a, **k: engines.append(real(*a, **k)) or engines[-1])
     cfg = _cfg(embedded_assets, tmp_path / "lora", "grpo", {"engine": "vllm"}, steps=2)
     cfg.model.use_peft, cfg.model.lora_r, cfg.model.lora_target_modules = True, 8, "q_proj,v_proj"
     cfg.optim.lr = 3e-2

@@ -9,17 +9,26 @@ gives the matching response mask.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import torch
 
-from redrl.objectives import group_accuracy, group_advantages
+from redrl.objectives import ADVANTAGE_ESTIMATORS, AdvantageInputs, group_accuracy
 
 if TYPE_CHECKING:
     from redrl.methods import Method
 
 __all__ = ["Batch", "assemble_batch", "collate"]
+
+#: Field metadata of :class:`Batch`: which grid a per-token field lives on (``"sequence"``: ``[N, S]``
+#: like ``input_ids``; ``"target"``: ``[N, S-1]``, position ``t`` scoring ``input_ids[:, t + 1]``),
+#: and whether the scorer's forward takes it (``scorer_input``: passed by name).
+SEQUENCE, TARGET = {"grid": "sequence"}, {"grid": "target"}
+
+
+def _per_token(grid: dict, *, scorer_input: bool = False):
+    return field(default=None, metadata={**grid, "scorer_input": scorer_input})
 
 
 def collate(
@@ -46,20 +55,24 @@ class Batch:
 
     Shapes: ``input_ids``, ``attention_mask``, ``response_mask`` ``[N, S]``; ``rewards`` (NaN =
     ungradable), ``advantages``, ``group_accuracy`` ``[N]`` float; ``is_offline`` ``[N]`` bool;
-    ``sampler_logp`` ``[N, S-1]`` (target grid) the log-probabilities
-    the sampler reported for the rollout tokens, NaN elsewhere, or ``None`` when it reported none.
+    on the target grid ``[N, S-1]``: ``sampler_logp`` the log-probabilities the sampler reported for
+    the rollout tokens (NaN elsewhere; ``None`` when it reported none), ``token_advantages`` where
+    the method's estimator gives one advantage per token (``advantages`` then holds each row's
+    mean over its response). A new per-token field declares its grid (:data:`TARGET`), and slicing,
+    moving and the scorer's inputs follow.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
+    input_ids: torch.Tensor = field(metadata=SEQUENCE)
+    attention_mask: torch.Tensor = field(metadata=SEQUENCE)
+    response_mask: torch.Tensor = field(metadata=SEQUENCE)
     rewards: torch.Tensor
     advantages: torch.Tensor
     is_offline: torch.Tensor
     group_accuracy: torch.Tensor
-    sampler_logp: torch.Tensor | None = None
-    teacher_ids: torch.Tensor | None = None  # [N, S-1, k]: cached teacher top-k entries (redrl.teacher.TeacherCache)
-    teacher_logp: torch.Tensor | None = None  # [N, S-1, k+1]: their log-probs and the tail's log-mass
+    sampler_logp: torch.Tensor | None = _per_token(TARGET)
+    token_advantages: torch.Tensor | None = _per_token(TARGET)
+    teacher_ids: torch.Tensor | None = _per_token(TARGET, scorer_input=True)  # [N, S-1, k]: cached top-k entries
+    teacher_logp: torch.Tensor | None = _per_token(TARGET, scorer_input=True)  # [N, S-1, k+1]: log-probs, tail mass
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -76,12 +89,18 @@ class Batch:
         parts = {f.name: getattr(self, f.name) for f in fields(self)}
         parts = {name: None if value is None else value[index] for name, value in parts.items()}
         width = max(int(parts["attention_mask"].sum(-1).max()) if parts["attention_mask"].numel() else 0, 2)
-        for name in ("input_ids", "attention_mask", "response_mask"):
-            parts[name] = parts[name][:, :width]
-        for name in ("sampler_logp", "teacher_ids", "teacher_logp"):
-            if parts[name] is not None:
-                parts[name] = parts[name][:, : width - 1]
+        for f in fields(self):
+            if parts[f.name] is not None and "grid" in f.metadata:
+                parts[f.name] = parts[f.name][:, : width if f.metadata["grid"] == "sequence" else width - 1]
         return Batch(**parts)
+
+    def scorer_inputs(self) -> dict[str, torch.Tensor]:
+        """The per-row inputs the scorer's forward takes besides the tokens (e.g. a cached teacher's)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.metadata.get("scorer_input") and getattr(self, f.name) is not None
+        }
 
     def to(self, device) -> Batch:
         return Batch(
@@ -109,8 +128,9 @@ def assemble_batch(
 ) -> Batch:
     """Groups of ``G`` rollouts (if the method samples) + the teacher row (if it uses one), per prompt.
 
-    ``rollouts`` is prompt-major (rows ``i*G .. i*G+G-1`` answer prompt ``i``). Advantages are
-    group-relative over every row of the group; the group accuracy ``r̄`` over its rollouts.
+    ``rollouts`` is prompt-major (rows ``i*G .. i*G+G-1`` answer prompt ``i``). Advantages come from
+    the method's estimator (``Method.advantage``; group-relative over every row of the group for
+    ``"group"``); the group accuracy ``r̄`` over its rollouts.
     ``rollout_logprobs`` (one per rollout token, from the sampler) become ``Batch.sampler_logp``.
     """
     g = group_size if method.rollouts else 0
@@ -144,13 +164,21 @@ def assemble_batch(
             row += rows_per_group
     rewards_t = torch.tensor(rewards, dtype=torch.float32)
     is_offline = torch.tensor(offline, dtype=torch.bool)
+    estimated = ADVANTAGE_ESTIMATORS[method.advantage].fn(
+        AdvantageInputs(rewards_t, response_mask[:, 1:], rows_per_group, scale=advantage_scale, eps=advantage_eps)
+    )
+    token_advantages = None
+    if estimated.dim() == 2:  # one per token: each row's scalar is its mean over the response
+        token_advantages, mask = estimated, response_mask[:, 1:]
+        estimated = (estimated * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return Batch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_mask=response_mask,
         rewards=rewards_t,
-        advantages=group_advantages(rewards_t, rows_per_group, scale=advantage_scale, eps=advantage_eps),
+        advantages=estimated,
         is_offline=is_offline,
         group_accuracy=group_accuracy(rewards_t, is_offline, rows_per_group, include_offline=accuracy_includes_offline),
         sampler_logp=sampler_logp,
+        token_advantages=token_advantages,
     )

@@ -33,6 +33,7 @@ __all__ = [
     "CheckpointError",
     "find_latest",
     "list_checkpoints",
+    "load_auxiliary",
     "load_rng",
     "load_training_state",
     "rotate",
@@ -218,6 +219,12 @@ def load_training_state(folder: Path, *, optimizer, scheduler, regulator, sample
     return body
 
 
+def load_auxiliary(folder: Path, name: str) -> dict:
+    """The state an auxiliary model saved with a checkpoint (``{}`` when it saved none)."""
+    path = folder / f"auxiliary-{name}.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else {}
+
+
 def _same_modes(folder: Path) -> None:
     """Give every file the mode a new file gets under this umask (some writers use 0600 temporary files)."""
     umask = os.umask(0)
@@ -241,6 +248,7 @@ def save_checkpoint(
     config: dict,
     keep_last: int = 0,
     state: dict | None = None,
+    auxiliary: dict[str, dict] | None = None,
     model_card: str | None = None,
 ) -> None:
     """Write a complete checkpoint to ``path`` or leave the previous ones untouched (see above).
@@ -295,6 +303,9 @@ def save_checkpoint(
                     config=config,
                     save_optimizer=not par.sharded,
                 )
+                for name, body in (auxiliary or {}).items():  # models beside the policy (redrl.auxiliary)
+                    if body:
+                        torch.save(body, tmp / f"auxiliary-{name}.pt")
             _same_modes(tmp)
             write_manifest(tmp)
     except Exception as error:  # noqa: BLE001 - as above

@@ -352,7 +352,11 @@ class LossConfig:
         )
         _require(self.advantage_eps >= 0, f"loss.advantage_eps must be >= 0; got {self.advantage_eps}")
         _require(self.luffy_gamma > 0, f"loss.luffy_gamma must be > 0; got {self.luffy_gamma}")
-        _require(self.is_cap is None or self.is_cap >= 1, f"loss.is_cap must be >= 1 or null; got {self.is_cap}")
+        _require(
+            self.is_cap is None or self.is_cap >= 1 + self.eps_high,
+            f"loss.is_cap must be >= 1 + loss.eps_high ({1 + self.eps_high:g}) or null, so the cap never binds "
+            f"where the clip already does; got {self.is_cap}",
+        )
         _require(
             self.regulator_ema is None or 0 <= self.regulator_ema < 1,
             f"loss.regulator_ema must be in [0, 1) or null; got {self.regulator_ema}",

@@ -22,8 +22,8 @@ class Method:
         rollouts: samples ``G`` rollouts per prompt and trains on them with the clipped surrogate.
         offline: puts the prompt's teacher trace into its group as one more row.
         objective: ``"red"`` (:func:`redrl.objectives.red_loss`, Eq. 10), ``"sft"``
-            (:func:`redrl.objectives.sft_loss`, NLL of the teacher traces) or ``"srft"``
-            (:func:`redrl.objectives.srft_loss`).
+            (:func:`redrl.objectives.sft_loss`, NLL of the teacher traces), ``"srft"``
+            (:func:`redrl.objectives.srft_loss`) or ``"distill"`` (the KLs to a teacher model).
         offline_ratio: the teacher row's ratio (:data:`redrl.objectives.OFFLINE_RATIOS`).
         regulator: weight the teacher rows by the entropy regulator's ``w`` (else ``w = 1``).
         on_all_fail: what happens to a prompt whose ``G`` rollouts are all wrong: ``"none"``
@@ -35,8 +35,13 @@ class Method:
         stages: a staged method: the methods run one after the other, each from the previous
             one's final checkpoint, splitting ``train.steps`` (``baselines.staged_sft_fraction``).
         source: where the method comes from.
-        distill_prefix, distill_alpha: for ``objective="distill"``, the preset of ``distill.prefix``
-            (``"teacher"``: the traces; ``"student"``: its rollouts) and ``distill.alpha``.
+        distill_prefix, distill_alpha: for a method that distils a teacher model, the preset of
+            ``distill.prefix`` (``"teacher"``: the traces; ``"student"``: its rollouts) and ``distill.alpha``.
+        advantage: the advantage estimator (:data:`redrl.objectives.ADVANTAGE_ESTIMATORS`).
+        auxiliaries: models beside the policy, frozen or trained, by name
+            (:data:`redrl.auxiliary.AUXILIARIES`): ``"teacher"``, the distillation teacher.
+        conditioning: what the prompts are conditioned on (:data:`redrl.conditioning.CONDITIONINGS`):
+            the prompts the method samples from and those its loss scores under.
     """
 
     name: str
@@ -50,6 +55,9 @@ class Method:
     source: str = ""
     distill_prefix: str = "teacher"
     distill_alpha: float = 1.0
+    advantage: str = "group"
+    auxiliaries: tuple[str, ...] = ()
+    conditioning: str = "none"
 
 
 METHODS: dict[str, Method] = {
@@ -156,7 +164,15 @@ def with_prefix(method: Method, prefix: str) -> Method:
 
 
 def _distill(name: str, prefix: str, alpha: float, what: str) -> Method:
-    preset = Method(name, rollouts=False, offline=False, objective="distill", distill_alpha=alpha, source=_GRID + what)
+    preset = Method(
+        name,
+        rollouts=False,
+        offline=False,
+        objective="distill",
+        distill_alpha=alpha,
+        auxiliaries=("teacher",),
+        source=_GRID + what,
+    )
     return with_prefix(preset, prefix)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DistillScorer",
+    "ScorerOutputs",
     "TokenScorer",
     "apply_lora",
     "autocast",
@@ -181,6 +182,19 @@ def _scatter_positions(mask: torch.Tensor, selected: tuple[torch.Tensor, ...]) -
     return tuple(out)
 
 
+class ScorerOutputs(NamedTuple):
+    """What a scorer's forward returns, per token on the target grid (``[N, S-1]``, zero outside
+    the loss mask): the policy's ``logp`` (differentiable) and ``entropy``; with a teacher
+    (:class:`DistillScorer`) the exact token KLs ``kl_fwd`` and ``kl_rev``. An extra per-token
+    output (hidden states, attention-based credit) is one more field here and in
+    :class:`redrl.objectives.LossInputs`, read by name."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    kl_fwd: torch.Tensor | None = None
+    kl_rev: torch.Tensor | None = None
+
+
 class TokenScorer(torch.nn.Module):
     """A causal LM whose forward returns :func:`response_logprobs`' ``(logp, entropy)``.
 
@@ -195,9 +209,16 @@ class TokenScorer(torch.nn.Module):
         # FSDP's transformer auto-wrap policy reads the decoder-layer classes from here
         self._no_split_modules = getattr(_unwrap(model), "_no_split_modules", None)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
-        return response_logprobs(
-            self.model, input_ids, attention_mask, loss_mask, chunk_size=self.chunk_size, full_logits=self.full_logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> ScorerOutputs:
+        return ScorerOutputs(
+            *response_logprobs(
+                self.model,
+                input_ids,
+                attention_mask,
+                loss_mask,
+                chunk_size=self.chunk_size,
+                full_logits=self.full_logits,
+            )
         )
 
 
@@ -223,17 +244,19 @@ class DistillScorer(TokenScorer):
     ):
         if teacher_ids is None and self.teacher is None:
             raise ValueError("this scorer's teacher is cached: its rows need the cached teacher log-probs")
-        return response_distillation(
-            self.model,
-            self.teacher,
-            input_ids,
-            attention_mask,
-            loss_mask,
-            vocab=self.vocab,
-            temperature=self.temperature,
-            chunk_size=self.chunk_size,
-            teacher_ids=teacher_ids,
-            teacher_logp=teacher_logp,
+        return ScorerOutputs(
+            *response_distillation(
+                self.model,
+                self.teacher,
+                input_ids,
+                attention_mask,
+                loss_mask,
+                vocab=self.vocab,
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+                teacher_ids=teacher_ids,
+                teacher_logp=teacher_logp,
+            )
         )
 
 

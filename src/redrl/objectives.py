@@ -43,10 +43,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "ADVANTAGE_SCALES",
     "AGGREGATIONS",
     "LOSSES",
     "OFFLINE_RATIOS",
+    "AdvantageEstimator",
+    "AdvantageInputs",
     "LossInputs",
     "LossSettings",
     "Objective",
@@ -531,7 +534,9 @@ def red_loss(
     ``old_logp``): with ``behaviour_logp`` ``None`` and ``is_cap = C`` set, ``old_logp`` is the
     behaviour policy ``μ`` and the on-policy ratio is truncated, ``r = min(π/μ, C)`` (truncated
     importance sampling; on a negative advantage this is dual-clip PPO's bound ``C·Â``, Ye et al.
-    2020, arXiv 1912.09729; on a positive one the clip already binds). With ``behaviour_logp = log μ``
+    2020, arXiv 1912.09729; on a positive one the clip at ``1 + eps_high`` binds first when
+    ``C ≥ 1 + eps_high``, which the settings require: below that the cap would also bind on positive
+    advantages, which neither TRL's ``delta`` nor verl's dual clip does). With ``behaviour_logp = log μ``
     given, ``old_logp`` is the proximal policy ``π_prox`` (the trainer's weights before the update)
     and each on-policy token is weighed by the stop-gradient ``ρ = min(π_prox/μ, C)`` (the decoupled
     objective of Hilton et al. 2021, arXiv 2110.00641, as AReaL uses it; verl's truncated IS):
@@ -544,7 +549,7 @@ def red_loss(
     Args:
         logp: ``[N, T]`` current log-probabilities of the response tokens (differentiable).
         old_logp: ``[N, T]`` log-probabilities under the rollout policy (read on on-policy rows).
-        advantages: ``[N]`` group advantages (:func:`group_advantages`).
+        advantages: ``[N]`` group advantages (:func:`group_advantages`), or ``[N, T]`` per-token ones.
         response_mask: ``[N, T]`` bool or 0/1, true on response tokens.
         is_offline: ``[N]`` bool, true for teacher rows.
         group_accuracy: ``[N]`` ``r̄`` of each row's group (:func:`group_accuracy`).
@@ -579,6 +584,8 @@ def red_loss(
     logp = torch.where(mask, logp, torch.zeros_like(logp))
     old_logp = torch.where(on_mask, old_logp.to(logp.dtype), logp.detach())
     advantages = advantages.to(logp.dtype)
+    if advantages.dim() == 1:  # one advantage per row, the same for each of its tokens
+        advantages = advantages.unsqueeze(-1)
 
     ratio = torch.exp(logp - old_logp)
     cap = math.inf if is_cap is None else float(is_cap)
@@ -597,7 +604,7 @@ def red_loss(
     if clip_offline:
         off_term, _ = clipped_surrogate(off_ratio, advantages, eps_low, eps_high)
     else:
-        off_term = off_ratio * advantages.unsqueeze(-1)
+        off_term = off_ratio * advantages
 
     w = torch.as_tensor(w, dtype=logp.dtype, device=logp.device)
     row_weights = torch.where(offline_rows, w, torch.ones_like(w))
@@ -1040,9 +1047,11 @@ class LossInputs:
     (both over the whole step, not the micro-batch); ``ref_logp`` ``[N, T]`` a reference model's
     log-probabilities where a KL term needs them; for distillation, ``kl_fwd`` and ``kl_rev``
     ``[N, T]`` the exact per-token KLs to the teacher (:func:`token_kl_from_hidden`, differentiable
-    in the student) or ``teacher_logp`` ``[N, T]`` the teacher's log-probabilities of the tokens;
+    in the student);
     ``behaviour_logp`` ``[N, T]`` the sampler's log-probabilities when ``old_logp`` is the proximal
-    policy (the decoupled objective of :func:`red_loss`)."""
+    policy (the decoupled objective of :func:`red_loss`); ``token_advantages`` ``[N, T]`` where the
+    method's advantage estimator gives one per token (:data:`ADVANTAGE_ESTIMATORS`), else ``None``
+    and each row's ``advantages`` holds for all its tokens (:meth:`per_token_advantages`)."""
 
     logp: torch.Tensor
     old_logp: torch.Tensor
@@ -1057,8 +1066,12 @@ class LossInputs:
     ref_logp: torch.Tensor | None = None
     kl_fwd: torch.Tensor | None = None
     kl_rev: torch.Tensor | None = None
-    teacher_logp: torch.Tensor | None = None
     behaviour_logp: torch.Tensor | None = None
+    token_advantages: torch.Tensor | None = None
+
+    def per_token_advantages(self) -> torch.Tensor:
+        """``[N, T]`` token advantages, or ``[N]`` row advantages (broadcast over ``T`` by the terms)."""
+        return self.advantages if self.token_advantages is None else self.token_advantages
 
 
 @dataclass(frozen=True)
@@ -1068,9 +1081,7 @@ class LossSettings:
     ``aggregation`` and ``norm_constant`` as in :func:`aggregate_loss`; ``eps_low``, ``eps_high``,
     ``offline_ratio``, ``gamma``, ``clip_offline``, ``kl_coef`` as in :func:`red_loss`;
     ``srft_sft_coef``, ``srft_rl_coef`` as in :func:`srft_loss`; ``sft_entropy_coef`` the
-    ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss` and
-    ``distill_estimator`` ``"exact"`` (full vocabulary) or a sampled estimator of
-    :func:`sampled_kl_loss` (``"k1"``, ``"k3"``); ``is_cap`` the truncation of :func:`red_loss`'s
+    ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss`; ``is_cap`` the truncation of :func:`red_loss`'s
     behaviour correction (``None`` where ``old_logp`` is the trainer's own)."""
 
     aggregation: str = "seq-mean-token-mean"
@@ -1085,7 +1096,6 @@ class LossSettings:
     srft_rl_coef: float = 0.1
     sft_entropy_coef: float = 0.0
     distill_alpha: float = 1.0
-    distill_estimator: str = "exact"
     is_cap: float | None = None
 
 
@@ -1115,7 +1125,7 @@ def _red_objective(x: LossInputs, s: LossSettings):
     return red_loss(
         x.logp,
         x.old_logp,
-        x.advantages,
+        x.per_token_advantages(),
         x.response_mask,
         x.is_offline,
         x.group_accuracy,
@@ -1151,7 +1161,7 @@ def _srft_objective(x: LossInputs, s: LossSettings):
     return srft_loss(
         x.logp,
         x.old_logp,
-        x.advantages,
+        x.per_token_advantages(),
         x.rewards,
         x.response_mask,
         x.is_offline,
@@ -1167,14 +1177,11 @@ def _srft_objective(x: LossInputs, s: LossSettings):
 
 def _distill_objective(x: LossInputs, s: LossSettings):
     """Distillation from a teacher's distributions: :func:`kl_mixture_loss` over the exact per-token
-    KLs, or (``distill_estimator`` k1 / k3) :func:`sampled_kl_loss` from the sampled tokens."""
+    KLs (the sampled estimators of :func:`sampled_kl_loss` stay math: the scorer measures the exact
+    KLs, so the trainer has no use for an approximation of them)."""
     mask = x.response_mask.to(torch.bool)
-    if s.distill_estimator == "exact":
-        loss = kl_mixture_loss(x.kl_fwd, x.kl_rev, x.response_mask, alpha=s.distill_alpha)
-        metrics = {"kl_fwd": masked_mean(x.kl_fwd.detach(), mask), "kl_rev": masked_mean(x.kl_rev.detach(), mask)}
-    else:
-        loss, estimate = sampled_kl_loss(x.logp, x.teacher_logp, x.response_mask, estimator=s.distill_estimator)
-        metrics = {"kl_fwd": torch.tensor(math.nan), "kl_rev": estimate}
+    loss = kl_mixture_loss(x.kl_fwd, x.kl_rev, x.response_mask, alpha=s.distill_alpha)
+    metrics = {"kl_fwd": masked_mean(x.kl_fwd.detach(), mask), "kl_rev": masked_mean(x.kl_rev.detach(), mask)}
     metrics["distill_entropy"] = masked_mean(x.entropy.detach(), mask)
     return loss, metrics
 
@@ -1207,6 +1214,38 @@ LOSSES: dict[str, Objective] = {
         aggregation="token-mean",  # a token mean of the per-token KLs
     ),
 }
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What an advantage estimator sees of one step's rows (``N`` rows, groups of ``group_size``
+    contiguous rows, ``T`` positions on the target grid): ``rewards`` ``[N]`` (NaN = ungradable),
+    ``response_mask`` ``[N, T]``, and the group normalisation's ``scale`` and ``eps``."""
+
+    rewards: torch.Tensor
+    response_mask: torch.Tensor
+    group_size: int
+    scale: str = "std"
+    eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered advantage estimator: ``fn(inputs) -> [N]`` (one advantage per row) or ``[N, T]``
+    (one per token, zero outside the response), kept apart from the per-token terms and the
+    aggregation (as verl keeps its estimators beside its policy losses)."""
+
+    fn: Callable[[AdvantageInputs], torch.Tensor]
+
+
+def _group_relative(x: AdvantageInputs) -> torch.Tensor:
+    """:func:`group_advantages` (GRPO's Eq. 3 / RED's Â): the row's reward against its group's."""
+    return group_advantages(x.rewards, x.group_size, scale=x.scale, eps=x.eps)
+
+
+#: Every advantage estimator by name (``Method.advantage``). Adding one (GAE, token credit): a
+#: function here with its hand-computed test, and an entry in this dict.
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {"group": AdvantageEstimator(_group_relative)}
 
 
 # ------------------------------------------------------------------------------------------------

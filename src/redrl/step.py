@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from redrl.batch import Batch
-from redrl.modeling import autocast, trainable_parameters
+from redrl.modeling import ScorerOutputs, autocast, trainable_parameters
 from redrl.objectives import LOSSES, LossInputs, LossSettings, Objective, aggregation_units
 from redrl.parallel import Parallel
 from redrl.regulator import EntropyRegulator
@@ -39,18 +39,22 @@ __all__ = [
 
 @dataclass
 class _Pass:
-    """Per-token results of one forward over a micro-batch."""
+    """One forward over a micro-batch: its rows and the scorer's named per-token outputs."""
 
     rows: Batch
-    logp: torch.Tensor
-    entropy: torch.Tensor
-    kl_fwd: torch.Tensor | None = None  # with a teacher (DistillScorer): the exact token KLs
-    kl_rev: torch.Tensor | None = None
+    out: ScorerOutputs
+
+    @property
+    def logp(self) -> torch.Tensor:
+        return self.out.logp
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self.out.entropy
 
 
 def _forward(scorer, rows: Batch) -> _Pass:
-    cached = {} if rows.teacher_ids is None else {"teacher_ids": rows.teacher_ids, "teacher_logp": rows.teacher_logp}
-    return _Pass(rows, *scorer(rows.input_ids, rows.attention_mask, rows.loss_mask(), **cached))
+    return _Pass(rows, scorer(rows.input_ids, rows.attention_mask, rows.loss_mask(), **rows.scorer_inputs()))
 
 
 def _entropy_sums(passes: list[_Pass]) -> list[float]:
@@ -91,13 +95,15 @@ def measure_entropies(scorer, batch: Batch, micro_batch_size: int, mixed_precisi
 @dataclass(frozen=True)
 class StepSettings:
     """What one optimization step needs besides the batch and the loss: micro-batch rows, autocast
-    precision, whether rollout tokens take the sampler's log-probs as ``old_logp``, gradient clip."""
+    precision, whether rollout tokens take the sampler's log-probs as ``old_logp``, gradient clip,
+    and ``updates``: optimizer updates on the batch, each ratio taken against the rollout policy."""
 
     micro_batch_size: int = 64
     mixed_precision: str = "no"
     sampler_logp: bool = False
     max_grad_norm: float = 1.0
     decoupled: bool = False
+    updates: int = 1
 
     @classmethod
     def from_config(cls, cfg: Config) -> StepSettings:
@@ -117,14 +123,16 @@ def behaviour_logp(cfg: Config) -> bool:
 
 
 def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) -> LossSettings:
-    """The settings of ``method``'s objective from the config: SFT is a token-mean NLL whatever
-    ``loss.aggregation`` says; the length normaliser defaults to ``rollout.max_new_tokens``."""
-    if method.objective == "sft":
-        return LossSettings(aggregation="token-mean", sft_entropy_coef=sft_entropy_coef)
-    if method.objective == "distill":  # a token mean of the per-token KLs
-        alpha = method.distill_alpha if cfg.distill.alpha is None else cfg.distill.alpha
-        return LossSettings(aggregation="token-mean", distill_alpha=alpha)
-    loss = cfg.loss
+    """The settings of ``method``'s objective from the config: an objective that declares its own
+    aggregation (SFT's and distillation's token mean) keeps it whatever ``loss.aggregation`` says;
+    the length normaliser defaults to ``rollout.max_new_tokens``."""
+    loss, objective = cfg.loss, LOSSES[method.objective]
+    if objective.aggregation is not None:
+        return LossSettings(
+            aggregation=objective.aggregation,
+            sft_entropy_coef=sft_entropy_coef,
+            distill_alpha=method.distill_alpha if cfg.distill.alpha is None else cfg.distill.alpha,
+        )
     return LossSettings(
         is_cap=loss.is_cap if behaviour_logp(cfg) else None,
         aggregation=loss.aggregation,
@@ -151,11 +159,11 @@ def _loss(
     ref_logp: torch.Tensor | None = None,
     decoupled: bool = False,
 ):
-    rows = current.rows
+    rows, out = current.rows, current.out
     inputs = LossInputs(
-        logp=current.logp,
+        logp=out.logp,
         old_logp=old_logp,
-        entropy=current.entropy,
+        entropy=out.entropy,
         response_mask=rows.loss_mask(),
         advantages=rows.advantages,
         rewards=rows.rewards,
@@ -164,9 +172,10 @@ def _loss(
         w=w,
         h_rl=h_rl,
         ref_logp=ref_logp,
-        kl_fwd=current.kl_fwd,
-        kl_rev=current.kl_rev,
+        kl_fwd=out.kl_fwd,
+        kl_rev=out.kl_rev,
         behaviour_logp=rows.sampler_logp if decoupled else None,
+        token_advantages=rows.token_advantages,
     )
     return objective.fn(inputs, settings)
 
@@ -239,6 +248,85 @@ def optimization_step(
     regulator_before = regulator.state_dict()  # restored if this step turns out not to be finite
     w = regulator.update(h_rl, h_sft) if method.regulator else 1.0
 
+    outcome: dict = {}
+    for update in range(step.updates):
+        reuse = passes[0] if len(micro) == 1 and update == 0 else None  # the first pass has its graph
+        outcome = _update(
+            scorer,
+            optimizer,
+            micro,
+            units,
+            total_units,
+            objective,
+            settings,
+            old_logps,
+            w,
+            h_rl,
+            step,
+            scaler,
+            par,
+            reference,
+            reuse,
+            forward,
+        )
+        if not outcome["finite"] or outcome["scaler_skipped"]:
+            break
+    loss_value, summed, grad_norm = outcome["loss"], outcome["metrics"], outcome["grad_norm"]
+    lr = scheduler.get_last_lr()[0]
+    applied = update + int(outcome["finite"] and not outcome["scaler_skipped"])  # updates that moved the weights
+    if not applied:
+        regulator.load_state_dict(regulator_before)
+        return {
+            "loss": loss_value,
+            **summed,
+            "h_rl": h_rl,
+            "h_sft": h_sft,
+            "delta_h_rl": math.nan,
+            "delta_h_sft": math.nan,
+            "w": math.nan,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "skipped": int(not outcome["finite"]),
+            "scaler_skipped": outcome["scaler_skipped"],
+        }
+    scheduler.step()  # once per rollout batch, however many updates it took
+    return {
+        "loss": loss_value,
+        **summed,
+        "h_rl": h_rl,
+        "h_sft": h_sft,
+        "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
+        "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan,
+        "w": w,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "skipped": 0,
+        "scaler_skipped": 0,
+        **({"updates": applied} if step.updates > 1 else {}),
+    }
+
+
+def _update(
+    scorer,
+    optimizer,
+    micro,
+    units,
+    total_units,
+    objective,
+    settings,
+    old_logps,
+    w,
+    h_rl,
+    step,
+    scaler,
+    par,
+    reference,
+    reuse,
+    forward,
+) -> dict:
+    """One optimizer update on every micro-batch (the loss accumulated over them), ratios against
+    ``old_logps``; a non-finite loss or gradient (or fp16's own overflow) applies nothing."""
+    device = next(scorer.parameters()).device
     loss_value = 0.0
     # Loss metrics are averaged over micro-batches (and processes) with the loss's own weights; a
     # metric that is undefined in a micro-batch (e.g. π_off without teacher rows) is left out.
@@ -247,12 +335,12 @@ def optimization_step(
     for index, rows in enumerate(micro):
         last = index == len(micro) - 1
         with par.accumulate(scorer, last):
-            current = passes[0] if len(micro) == 1 else forward(rows)
+            current = reuse if reuse is not None else forward(rows)
             ref_logp = None
             if reference is not None and settings.kl_coef and objective.kl_to_reference:
-                with torch.no_grad(), autocast(device, precision):
-                    ref_logp = reference(rows.input_ids, rows.attention_mask, rows.loss_mask())[0]
-            with autocast(device, precision):
+                with torch.no_grad(), autocast(device, step.mixed_precision):
+                    ref_logp = reference(rows.input_ids, rows.attention_mask, rows.loss_mask()).logp
+            with autocast(device, step.mixed_precision):
                 loss, metrics = _loss(objective, settings, current, old_logps[index], w, h_rl, ref_logp, step.decoupled)
             share = units[index] / max(total_units, 1)
             scaled = loss * share * par.world
@@ -268,7 +356,6 @@ def optimization_step(
     if scaler:
         scaler.unscale_(optimizer)
     grad_norm = par.clip_grad_norm(scorer, trainable_parameters(scorer), step.max_grad_norm)
-    lr = scheduler.get_last_lr()[0]
     # A non-finite loss or gradient skips the update: weights, optimizer, schedule and regulator stay
     # as they were. Under fp16 the loss scaler skips overflowing steps itself (reported as
     # scaler_skipped, not counted: it happens while the scale calibrates); the schedule and the
@@ -284,36 +371,13 @@ def optimization_step(
         optimizer.step()
     elif scaler:
         scaler.update()  # closes this step for the scaler (it was unscaled above)
-    if not finite or scaler_skipped:
-        optimizer.zero_grad(set_to_none=True)
-        regulator.load_state_dict(regulator_before)
-        return {
-            "loss": loss_value,
-            **summed,
-            "h_rl": h_rl,
-            "h_sft": h_sft,
-            "delta_h_rl": math.nan,
-            "delta_h_sft": math.nan,
-            "w": math.nan,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "skipped": int(not finite),
-            "scaler_skipped": scaler_skipped,
-        }
-    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {
         "loss": loss_value,
-        **summed,
-        "h_rl": h_rl,
-        "h_sft": h_sft,
-        "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
-        "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan,
-        "w": w,
+        "metrics": summed,
         "grad_norm": grad_norm,
-        "lr": lr,
-        "skipped": 0,
-        "scaler_skipped": 0,
+        "finite": finite,
+        "scaler_skipped": scaler_skipped,
     }
 
 
@@ -353,12 +417,11 @@ def step_record(
         "offline_length": (float(lengths[batch.is_offline].sum()), int(batch.is_offline.sum())),
         "truncated_fraction": (sum(1 for r in rollouts if not r or r[-1] != eos_id), len(rollouts)),
     }
-    counters = {key: extra[key] for key in ("bread_failed_groups", "bread_rescued", "reward_failures") if key in extra}
-    prefix_sum = extra["bread_prefix"] * extra["bread_rescued"] if extra.get("bread_rescued") else 0.0
+    counters = {key: extra[key] for key in ("reward_failures",) if key in extra}
     flat = (
         [v for pair in local.values() for v in pair]
         + list(counters.values())
-        + [prefix_sum, sum(map(len, rollouts)), float(batch.attention_mask.sum())]
+        + [sum(map(len, rollouts)), float(batch.attention_mask.sum())]
     )
     reduced = par.sum(flat)
     record = {
@@ -366,9 +429,7 @@ def step_record(
     }
     rest = reduced[2 * len(local) :]
     record.update({key: int(value) for key, value in zip(counters, rest)})
-    prefix_total, rollout_tokens, train_tokens = rest[len(counters) :]
-    if "bread_rescued" in counters:
-        record["bread_prefix"] = prefix_total / record["bread_rescued"] if record["bread_rescued"] else math.nan
+    rollout_tokens, train_tokens = rest[len(counters) :]
     record["rollout_tokens_per_s"] = rollout_tokens / par.max(rollout_seconds) if rollout_tokens else math.nan
     record["train_tokens_per_s"] = train_tokens / par.max(train_seconds)
     return record

@@ -3,13 +3,18 @@ whose ``G`` rollouts all failed. One small object per behaviour, used by composi
 the same four methods on every one and never asks which method it runs.
 
 * :class:`Plain`: every step draws the next prompts; an all-fail group simply carries no signal (GRPO, RED, ...).
+  With an objective that does not learn from rewards (SFT, distillation) every group is informative,
+  so dynamic sampling keeps them all.
 * :class:`ReliftBuffer`: ReLIFT (arXiv 2506.07527): all-fail prompts wait in a buffer; when it holds
   ``size`` prompts, that step is one SFT step (NLL − coef·H) on their teacher traces.
 * :class:`TeacherPrefix`: BREAD (arXiv 2506.17211): an all-fail group is sampled again after the
   shortest teacher prefix that lets one continuation succeed (:func:`teacher_prefix_rollouts`).
 
 Each keeps its state in :meth:`state_dict`, saved with every checkpoint, so a resumed run repeats
-the uninterrupted one exactly. :func:`build_strategy` picks one by ``Method.on_all_fail``.
+the uninterrupted one exactly. What the loop must know of a strategy it asks: which groups carry a
+signal (:meth:`informative`, for dynamic sampling) and whether it acts on the current policy after
+grading (``needs_current_policy``: no asynchronous rollouts). :func:`build_strategy` picks one by
+``Method.on_all_fail``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from redrl.methods import METHODS, Method
-from redrl.rewards import grade
+from redrl.objectives import LOSSES
+from redrl.rewards import grade_checked
+from redrl.scheduling import is_informative
 
 if TYPE_CHECKING:
     from redrl.data.training import PromptSampler
@@ -34,6 +41,7 @@ __all__ = [
     "TeacherPrefix",
     "build_strategy",
     "check_strategy",
+    "strategy_class",
     "teacher_prefix_rollouts",
 ]
 
@@ -65,6 +73,8 @@ class StepRollouts:
 
 
 class Strategy(Protocol):
+    needs_current_policy: bool  # acts after grading with the trainer's current policy (no async rollouts)
+
     def plan(self, sampler: PromptSampler, count: int) -> StepPlan:
         """The next step's prompts and method."""
 
@@ -74,6 +84,10 @@ class Strategy(Protocol):
     def record(self, plan: StepPlan, extra: dict) -> dict:
         """The strategy's own fields of the step's metrics row."""
 
+    def informative(self, rewards: list[float | None], teacher_reward: float | None) -> bool:
+        """Whether a group with these rollout rewards carries a training signal (dynamic sampling
+        keeps only those); ``teacher_reward`` is its teacher trace's."""
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
@@ -82,8 +96,15 @@ class Strategy(Protocol):
 class Plain:
     """Every step draws the next prompts and trains the run's method on them."""
 
+    needs_current_policy = False
+
     def __init__(self, method: Method):
         self.method = method
+
+    def informative(self, rewards: list[float | None], teacher_reward: float | None) -> bool:
+        if not LOSSES[self.method.objective].uses_rewards:
+            return True
+        return is_informative(rewards, teacher_reward, with_teacher=self.method.offline)
 
     def plan(self, sampler: PromptSampler, count: int) -> StepPlan:
         return StepPlan(sampler.next(count), self.method)
@@ -107,7 +128,17 @@ def _all_failed(rewards: list[float | None], group: int, G: int) -> bool:
     return all(r is not None and r <= 0 for r in members)
 
 
-class ReliftBuffer(Plain):
+class _ActsOnAllFail(Plain):
+    """A strategy that turns all-fail groups into signal: they are informative, and acting on them
+    needs the current policy in the trainer."""
+
+    needs_current_policy = True
+
+    def informative(self, rewards: list[float | None], teacher_reward: float | None) -> bool:
+        return all(r is not None and r <= 0 for r in rewards) or super().informative(rewards, teacher_reward)
+
+
+class ReliftBuffer(_ActsOnAllFail):
     """ReLIFT: prompts whose rollouts all failed (on any process) wait in a buffer; a full buffer
     turns the next step into one SFT step on ``size`` of their teacher traces, with ``-entropy_coef·H``
     added to the NLL. The SFT step takes one of the run's optimizer steps."""
@@ -141,9 +172,10 @@ class ReliftBuffer(Plain):
         self.buffer = list(state.get("relift_buffer", []))
 
 
-class TeacherPrefix(Plain):
+class TeacherPrefix(_ActsOnAllFail):
     """BREAD: after grading, every all-fail group is sampled again after teacher prefixes
-    (:func:`teacher_prefix_rollouts`); re-sampled groups have no sampler log-probs (recomputed)."""
+    (:func:`teacher_prefix_rollouts`); re-sampled groups have no sampler log-probs (recomputed).
+    Its counters are summed over processes here, so every rank logs the same."""
 
     def __init__(
         self,
@@ -155,6 +187,7 @@ class TeacherPrefix(Plain):
         temperature: float,
         max_new_tokens: int,
         grader: str,
+        failed_grading: str = "ungraded",
     ):
         super().__init__(method)
         self.generator, self.tokenizer = generator, tokenizer
@@ -164,6 +197,7 @@ class TeacherPrefix(Plain):
             max_new_tokens,
             grader,
         )
+        self.failed_grading = failed_grading
 
     def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
         before = step.prompts
@@ -180,13 +214,23 @@ class TeacherPrefix(Plain):
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
             grader=self.grader,
+            failed_grading=self.failed_grading,
         )
         if step.logprobs is not None:
             G = step.group_size
             step.logprobs = [
                 None if step.prompts[k // G] is not before[k // G] else lp for k, lp in enumerate(step.logprobs)
             ]
-        return stats
+        prefix_sum = stats["bread_prefix"] * stats["bread_rescued"] if stats["bread_rescued"] else 0.0
+        failed, rescued, prefix_sum = par.sum([stats["bread_failed_groups"], stats["bread_rescued"], prefix_sum])
+        return {
+            "bread_failed_groups": int(failed),
+            "bread_rescued": int(rescued),
+            "bread_prefix": prefix_sum / rescued if rescued else math.nan,
+        }
+
+    def record(self, plan: StepPlan, extra: dict) -> dict:
+        return {key: extra[key] for key in ("bread_failed_groups", "bread_rescued", "bread_prefix") if key in extra}
 
 
 def teacher_prefix_rollouts(
@@ -203,13 +247,15 @@ def teacher_prefix_rollouts(
     temperature: float,
     max_new_tokens: int,
     grader: str,
+    failed_grading: str = "ungraded",
 ) -> tuple[list[list[int]], list[list[int]], list[float | None], dict]:
     """BREAD's branched rollouts (arXiv 2506.17211) for the groups whose ``G`` rollouts all failed.
 
     For each such group, the fractions are tried shortest first: the first ``⌊f·|trace|⌋`` tokens
     of the teacher trace are appended to the prompt and ``G`` continuations are sampled (the
     continuation's budget is what the prefix leaves of ``max_new_tokens``) and graded as
-    prefix + continuation. The first fraction with a correct continuation replaces the group's
+    prefix + continuation (a grader error or timeout is ungraded, or wrong with ``failed_grading:
+    wrong``, as every rollout). The first fraction with a correct continuation replaces the group's
     prompt, rollouts and rewards; a group that no fraction rescues keeps its own failed rollouts.
     The prefix becomes part of the prompt, so the loss sees the student's tokens only.
     Returns new ``(prompts, rollouts, rewards)`` and ``{"bread_failed_groups", "bread_rescued", "bread_prefix"}``.
@@ -233,7 +279,8 @@ def teacher_prefix_rollouts(
         for slot, i in enumerate(pending):
             continuations = [row[: max_new_tokens - len(prefixes[i])] for row in samples[slot * G : (slot + 1) * G]]
             texts = tokenizer.batch_decode([prefixes[i] + c for c in continuations], skip_special_tokens=True)
-            scores = [grade(text, answers[i], grader) for text in texts]
+            checked = [grade_checked(text, answers[i], grader) for text in texts]
+            scores = [0.0 if failed and failed_grading == "wrong" else score for score, failed in checked]
             if any(score is not None and score > 0 for score in scores):
                 prompts[i] = prompts[i] + prefixes[i]
                 rollouts[i * G : (i + 1) * G] = continuations
@@ -250,6 +297,11 @@ def teacher_prefix_rollouts(
     return prompts, rollouts, rewards, stats
 
 
+def strategy_class(method: Method) -> type:
+    """The strategy class of ``method.on_all_fail`` (its declared needs can be asked before it is built)."""
+    return {"sft_buffer": ReliftBuffer, "teacher_prefix": TeacherPrefix}.get(method.on_all_fail, Plain)
+
+
 def check_strategy(method: Method, baselines, par: Parallel) -> None:
     """Refuse, before any model is loaded, a strategy this launch cannot run."""
     if method.on_all_fail == "sft_buffer" and baselines.relift_buffer % par.world:
@@ -263,7 +315,9 @@ def check_strategy(method: Method, baselines, par: Parallel) -> None:
         )
 
 
-def build_strategy(method: Method, baselines, rollout, *, generator, tokenizer, grader: str) -> Strategy:
+def build_strategy(
+    method: Method, baselines, rollout, *, generator, tokenizer, grader: str, failed_grading: str = "ungraded"
+) -> Strategy:
     """The strategy of ``method.on_all_fail``, from the ``baselines`` and ``rollout`` config sections."""
     if method.on_all_fail == "sft_buffer":
         return ReliftBuffer(method, baselines.relift_buffer, baselines.relift_entropy_coef)
@@ -276,5 +330,6 @@ def build_strategy(method: Method, baselines, rollout, *, generator, tokenizer, 
             temperature=rollout.temperature,
             max_new_tokens=rollout.max_new_tokens,
             grader=grader,
+            failed_grading=failed_grading,
         )
     return Plain(method)

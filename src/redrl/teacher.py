@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,3 +288,53 @@ def use_teacher_samples(cfg, teacher: Teacher, data, tokenizer, *, write: bool =
     texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
     data.records = [{**record, "distill": text} for record, text in zip(data.records, texts)]
     data._rewards.clear()
+
+
+class DistillationTeacher:
+    """The distillation teacher as an auxiliary model (:mod:`redrl.auxiliary`): frozen, loaded at
+    set-up (:func:`load_teacher`), optionally replacing the traces by its own samples
+    (``distill.teacher_samples``) or caching its log-probs on them (``distill.cache_teacher``), and
+    placed inside the scorer's forward (:class:`redrl.modeling.DistillScorer`)."""
+
+    name = "teacher"
+
+    def __init__(self, context):
+        cfg, par, progress = context.cfg, context.par, context.progress and context.par.is_main
+        model = context.model
+        self.settings = cfg.distill
+        self.teacher = load_teacher(cfg, context.tokenizer, model.get_output_embeddings().weight.shape[0], par.device)
+        if self.teacher.note and par.is_main:
+            print(f"redrl: {self.teacher.note}", file=sys.stderr)
+        if self.settings.teacher_samples:
+            use_teacher_samples(
+                cfg, self.teacher, context.data, context.tokenizer, write=par.is_main, progress=progress
+            )
+        self.cache = None
+        if self.settings.cache_teacher:
+            self.cache = teacher_cache(
+                cfg, self.teacher, context.data, context.tokenizer.pad_token_id, write=par.is_main, progress=progress
+            )
+            self.teacher.model = None  # not needed again: every step reads the cache
+
+    def scorer(self, module):
+        from redrl.modeling import DistillScorer
+
+        return DistillScorer(
+            module.model,
+            self.teacher.model,
+            vocab=self.teacher.vocab,
+            temperature=self.settings.temperature,
+            chunk_size=self.settings.chunk_size,
+        )
+
+    def attach(self, batch, chosen: list[int]):
+        return batch if self.cache is None else self.cache.attach(batch, chosen)
+
+    def update(self, batch, stats: dict) -> dict:
+        return {}  # frozen
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
