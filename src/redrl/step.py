@@ -274,34 +274,22 @@ def optimization_step(
     loss_value, summed, grad_norm = outcome["loss"], outcome["metrics"], outcome["grad_norm"]
     lr = scheduler.get_last_lr()[0]
     applied = update + int(outcome["finite"] and not outcome["scaler_skipped"])  # updates that moved the weights
-    if not applied:
+    if applied:
+        scheduler.step()  # once per rollout batch, however many updates it took
+    else:
         regulator.load_state_dict(regulator_before)
-        return {
-            "loss": loss_value,
-            **summed,
-            "h_rl": h_rl,
-            "h_sft": h_sft,
-            "delta_h_rl": math.nan,
-            "delta_h_sft": math.nan,
-            "w": math.nan,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "skipped": int(not outcome["finite"]),
-            "scaler_skipped": outcome["scaler_skipped"],
-        }
-    scheduler.step()  # once per rollout batch, however many updates it took
     return {
         "loss": loss_value,
         **summed,
         "h_rl": h_rl,
         "h_sft": h_sft,
-        "delta_h_rl": regulator.delta_h_rl if method.regulator else math.nan,
-        "delta_h_sft": regulator.delta_h_sft if method.regulator else math.nan,
-        "w": w,
+        "delta_h_rl": regulator.delta_h_rl if applied and method.regulator else math.nan,
+        "delta_h_sft": regulator.delta_h_sft if applied and method.regulator else math.nan,
+        "w": w if applied else math.nan,
         "grad_norm": grad_norm,
         "lr": lr,
-        "skipped": 0,
-        "scaler_skipped": 0,
+        "skipped": 0 if applied else int(not outcome["finite"]),
+        "scaler_skipped": 0 if applied else outcome["scaler_skipped"],
         **({"updates": applied} if step.updates > 1 else {}),
     }
 
