@@ -12,7 +12,7 @@ then evaluated on the test split; the teacher and the base are evaluated as they
 ``kd_compute``      KD given the seconds DAgger spent   ``offline_rkl_compute`` the same against OPD
 =================== ======================================================================
 
-The ``*_compute`` cells run after the others: their steps are ``steps × r``, ``r`` the ratio of
+The ``*_compute`` cells run after the others: their steps are ``steps × r`` rounded (at least one), ``r`` the ratio of
 the student-prefix cell's to the teacher-prefix cell's training seconds measured in this suite, so
 both sides of "equal compute" spent about the same time. Every finished cell's entropy is measured
 the same way (:func:`redrl.compare.measure_entropies`: the mean token entropy of its own rollouts
@@ -174,10 +174,9 @@ def run_distill_suite(
         ratio = statistics.fmean(_step_seconds(records[against, s]) for s in range(seeds)) / statistics.fmean(
             _step_seconds(records[method, s]) for s in range(seeds)
         )
-        compute[cell] = {"method": method, "against": against, "seconds_ratio": ratio, "steps": round(steps * ratio)}
-        log(
-            f"equal compute: {cell} = {method} for {round(steps * ratio)} steps ({against} took {ratio:.2f}x its seconds)"
-        )
+        given = max(1, round(steps * ratio))  # a cell of no steps measures nothing: at least one
+        compute[cell] = {"method": method, "against": against, "seconds_ratio": ratio, "steps": given}
+        log(f"equal compute: {cell} = {method} for {given} steps ({against} took {ratio:.2f}x its seconds)")
     run_all(
         {
             (cell, seed): _values(cell, seed, spec["steps"], eval_k, out, lrs, eval_every, method=spec["method"])
