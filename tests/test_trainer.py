@@ -395,6 +395,9 @@ def test_evaluation_during_training_logs_keeps_the_best_and_changes_nothing_else
     assert 0.0 <= rows[1]["eval_accuracy"] <= rows[1]["eval_pass@2"] <= 1.0 and rows[1]["eval_length"] > 0
     best = evaluated.parent / "best"
     assert (best / "model.safetensors").is_file() and "evaluated accuracy" in (best / "README.md").read_text()
+    card = (evaluated / "README.md").read_text()  # the final model's card carries the last evaluation
+    assert f"evaluated during training (last at step 2, on `{tiny_assets.val}`): avg@2 " in card
+    assert f"{100 * rows[1]['eval_accuracy']:.1f}%" in card and "3 optimizer steps of" in card
 
 
 @pytest.mark.parametrize("method", ["kd", "dagger", "offline_rkl", "opd", "kl_mix"])

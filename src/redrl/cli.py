@@ -220,6 +220,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         if args.seed != 0:
             raise ValueError("redrl demo --distill runs seed 0; for other seeds use redrl compare --suite distill")
+        if args.resume:
+            raise ValueError("redrl demo --distill continues without --resume: run it again, finished runs are reused")
         run_distill_suite(
             "tiny",
             ["compare.distill_eval_every=0", *args.set],  # no validation curves: the demo is the final table
@@ -229,7 +231,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         return 0
-    run_demo(args.out, seed=args.seed, overrides=args.set, progress=not args.no_progress)
+    run_demo(args.out, seed=args.seed, overrides=args.set, progress=not args.no_progress, resume=args.resume)
     return 0
 
 
@@ -277,7 +279,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 f"--grid expects comma-separated learning rates, e.g. 3e-5,1e-4,3e-4,1e-3; got {args.grid!r}"
             ) from None
     _quiet_transformers()
-    command = " ".join(["redrl", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("redrl", "__main__.py")) else ""
+    command = (
+        " ".join(["redrl", *map(_portable, sys.argv[1:])]) if sys.argv[0].endswith(("redrl", "__main__.py")) else ""
+    )
     run_sweep(
         args.config,
         args.set,
@@ -293,6 +297,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     return 0
+
+
+def _portable(argument: str) -> str:
+    """A command-line argument as a record shipped to others shows it: a path on this machine becomes
+    relative to the working directory, or only its last part when it lies outside (``--out /scratch/u/sweep``
+    is recorded as ``--out sweep``; ``--set data.val=/home/u/val.jsonl`` as ``--set data.val=val.jsonl``)."""
+    from pathlib import Path
+
+    key, sep, value = argument.rpartition("=") if "=" in argument else ("", "", argument)
+    path = Path(value).expanduser()
+    if not (value.startswith(("/", "~")) or path.is_absolute()):
+        return argument
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = path.name
+    return f"{key}{sep}{shown}"
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -381,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the distillation grid instead (kd, dagger, offline_rkl, opd, kl_mix from the embedded teacher; "
         "output in runs/demo-distill)",
+    )
+    demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted demo from RED's newest checkpoint (the base's evaluation is reused)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
@@ -548,6 +574,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _how_to_continue(args: argparse.Namespace, given: list[str]) -> str:
+    """The command that continues a stopped one, where there is one: ``train`` and ``demo`` resume
+    from the checkpoint just saved; ``compare`` (and the distillation demo) reuse their finished runs."""
+    command = " ".join(["redrl", *given])
+    if args.command == "train" or (args.command == "demo" and not args.distill):
+        return f" Continue with:\n  {command if '--resume' in given else command + ' --resume'}"
+    if args.command in ("compare", "demo"):
+        return f" Run the same command again to continue (finished runs are reused):\n  {command}"
+    return ""
+
+
+def _one_line_warnings() -> None:
+    """redrl's own warnings as one line on stderr (``redrl: warning: ...``), not file, line and source."""
+    import warnings
+
+    default = warnings.formatwarning
+    if getattr(default, "redrl", False):
+        return
+
+    def formatted(message, category, filename, lineno, line=None):
+        if "redrl" in str(filename).replace("\\", "/").split("/"):
+            return f"redrl: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    formatted.redrl = True
+    warnings.formatwarning = formatted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     given = list(argv if argv is not None else sys.argv[1:])
@@ -558,12 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from redrl.errors import CheckpointError, TrainingStopped
 
+    _one_line_warnings()
+
     try:
         return args.func(args)
     except TrainingStopped as stop:
-        command = " ".join(["redrl", *(argv if argv is not None else sys.argv[1:])])
-        resume = command if "--resume" in command else f"{command} --resume"
-        print(f"redrl {args.command}: {stop}. Continue with:\n  {resume}", file=sys.stderr)
+        print(f"redrl {args.command}: {stop}.{_how_to_continue(args, given)}", file=sys.stderr)
         return 128 + stop.signum
     except (ValueError, OSError, ImportError, CheckpointError) as error:
         # Bad input (config values, paths, data), an unreachable Hub, a missing optional extra or a

@@ -208,8 +208,9 @@ def _run_values(name: str, seed: int, steps: int, eval_k: int, out: Path, eval_e
 
 def compare_config(config: str, overrides: list[str], **values) -> Config:
     """The shared config with the comparison's own settings applied (``compare.group_size``); a run
-    whose config changed is trained again in its own directory (``train.overwrite``)."""
-    values = {**values, "train": {**values.get("train", {}), "overwrite": True}}
+    whose config changed is trained again in its own directory (``train.overwrite``); a run logs no
+    per-step lines (``train.log_every``: the comparison's own line per run says how it went)."""
+    values = {**values, "train": {**values.get("train", {}), "overwrite": True, "log_every": 0}}
     cfg = load_config(config, list(overrides), **values)
     if cfg.compare.group_size is not None and cfg.compare.group_size != cfg.rollout.group_size:
         cfg = load_config(config, list(overrides), **values, rollout={"group_size": cfg.compare.group_size})

@@ -133,6 +133,12 @@ class DataConfig:
     max_prompt_tokens: int | None = _help(
         "training prompts longer than this many tokens are left out and counted (None: keep all)", None
     )
+    check_answers: bool = _help(
+        "check every training problem's reference answer with the grader when the data is loaded; those it "
+        "cannot grade (not an integer for the integer grader; unreadable or not a number, e.g. \\frac{1}{0}, "
+        "for math) are reported and left out",
+        True,
+    )
 
     def prompt_kwargs(self) -> dict:
         """Keyword arguments of :func:`redrl.modeling.encode_prompt` (besides the system prompt)."""
@@ -405,7 +411,20 @@ class TrainConfig:
     resume: bool = _help(
         "continue from the newest complete checkpoint in train.out (from step 0 when there is none)", False
     )
-    max_consecutive_skips: int = _help("stop after this many steps in a row with a non-finite loss or gradient", 5)
+    max_consecutive_skips: int = _help(
+        "stop after this many steps in a row with a non-finite loss or gradient, or with too many failed gradings",
+        5,
+    )
+    max_grading_failures: float = _help(
+        "warn when grading raises or overruns on more than this share of a step's answers; stop after "
+        "train.max_consecutive_skips such steps in a row (the grader or the answers are broken)",
+        0.5,
+    )
+    log_every: int = _help(
+        "where no progress bar shows (output to a file, or --no-progress): one plain line on stderr every N "
+        "steps with step, accuracy, w, length and seconds (0: none)",
+        10,
+    )
     mixed_precision: str = _help(
         "autocast of forward passes and rollouts: no, bf16 or fp16 (fp16 with loss scaling, CUDA only)", "no"
     )
@@ -433,6 +452,11 @@ class TrainConfig:
             self.max_consecutive_skips >= 1,
             f"train.max_consecutive_skips must be >= 1; got {self.max_consecutive_skips}",
         )
+        _require(
+            0 <= self.max_grading_failures <= 1,
+            f"train.max_grading_failures must be in [0, 1]; got {self.max_grading_failures}",
+        )
+        _require(self.log_every >= 0, f"train.log_every must be >= 0; got {self.log_every}")
         _require(
             self.report_to in TRACKERS,
             f"train.report_to must be one of {', '.join(TRACKERS)}; got {self.report_to!r}",
@@ -807,8 +831,18 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
         raw = _read_preset(preset_path(path))
     for section, name, value in map(_parse_override, overrides):
         raw.setdefault(section, {})[name] = value
+    if values and overrides:
+        _sections(raw)  # every --set is checked, also one that a command-line flag then replaces
     for section, body in values.items():
         raw.setdefault(section, {}).update(body)
+    cfg = Config(**_sections(raw))
+    if cfg.train.out is None:
+        cfg.train.out = f"runs/{cfg.train.method}"
+    return cfg
+
+
+def _sections(raw: dict[str, dict]) -> dict:
+    """Each section's settings built (and validated) from its raw values."""
     sections = {}
     for section, body in raw.items():
         if section not in _SECTIONS:
@@ -821,10 +855,7 @@ def load_config(path: str | None = "tiny", overrides: list[str] = (), **values: 
                 f"unknown config key {section}.{sorted(unknown)[0]}; {section} has {', '.join(sorted(known))}"
             )
         sections[section] = cls(**_coerce(section, cls, body))
-    cfg = Config(**sections)
-    if cfg.train.out is None:
-        cfg.train.out = f"runs/{cfg.train.method}"
-    return cfg
+    return sections
 
 
 def describe_config(cfg: Config) -> str:

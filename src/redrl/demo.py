@@ -10,7 +10,16 @@ from pathlib import Path
 __all__ = ["run_demo"]
 
 
-def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[str] = (), progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    seed: int = 0,
+    overrides: list[str] = (),
+    progress: bool = True,
+    resume: bool = False,
+) -> dict:
+    """The demo; ``resume``: continue RED's training from its newest checkpoint in ``OUT/red`` and
+    reuse the base's evaluation when it was made with the same settings."""
     from redrl.config import load_config
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model, format_table
@@ -20,18 +29,28 @@ def run_demo(out: str | Path = "runs/demo", *, seed: int = 0, overrides: list[st
     started = time.perf_counter()
     out = Path(out)
     cfg = load_config(
-        "tiny", list(overrides), train={"out": str(out / "red"), "seed": seed, "method": "red", "overwrite": True}
+        "tiny",
+        list(overrides),
+        train={"out": str(out / "red"), "seed": seed, "method": "red", "overwrite": not resume, "resume": resume},
     )
     if progress:
         print("redrl demo: building (or reusing) the tiny base and the teacher data ...", flush=True)
     base_path, _, test_path = resolve_paths(cfg, progress=progress)
     problems = load_problems(test_path)
-    if progress:
-        print(
-            f"evaluating the base on {len(problems)} test problems (avg@{cfg.eval.k}, temperature {cfg.eval.temperature}) ...",
-            flush=True,
-        )
-    results = {"base": evaluate_model(base_path, problems, cfg, seed=seed, progress=progress)}
+    saved = out / "base-eval.json"
+    settings = {"model": base_path, "test": test_path, "seed": seed, "eval": cfg.to_dict()["eval"]}
+    settings = json.loads(json.dumps(settings))  # as read back from the file
+    base = json.loads(saved.read_text()) if resume and saved.is_file() else {}
+    if base.get("settings") != settings:
+        if progress:
+            print(
+                f"evaluating the base on {len(problems)} test problems (avg@{cfg.eval.k}, temperature {cfg.eval.temperature}) ...",
+                flush=True,
+            )
+        base = {"settings": settings, "result": evaluate_model(base_path, problems, cfg, seed=seed, progress=progress)}
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(base, indent=2))
+    results = {"base": base["result"]}
     final = train(cfg, progress=progress)
     results["red"] = evaluate_model(str(final), problems, cfg, seed=seed, progress=progress)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-__all__ = ["CheckpointError", "NonFiniteTraining", "TrainingStopped"]
+__all__ = ["CheckpointError", "GradingFailed", "NonFiniteTraining", "RunDirectoryInUse", "TrainingStopped"]
 
 
 class CheckpointError(RuntimeError):
@@ -23,3 +23,11 @@ class TrainingStopped(Exception):
 
 class NonFiniteTraining(ValueError):
     """Too many steps in a row had a non-finite loss or gradient."""
+
+
+class GradingFailed(ValueError):
+    """Grading raised or overran on too many answers, too many steps in a row."""
+
+
+class RunDirectoryInUse(ValueError):
+    """Another live run holds the output directory."""

@@ -16,6 +16,7 @@ answer whose grading raises or overruns its timeout counts as wrong (``grading_f
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 
 __all__ = [
@@ -113,7 +114,7 @@ def evaluate(
     responses = []
     step = max(1, batch_size // k)
     iterator = range(0, len(prompts), step)
-    if progress:
+    if progress and sys.stderr.isatty():  # a bar on a terminal only: elsewhere it would be carriage returns
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="evaluating", leave=False, dynamic_ncols=True)

@@ -63,7 +63,11 @@ class PeriodicEvaluation:
         accuracy = run.par.max(result["accuracy"])  # every process takes the same decision (saving is collective)
         if cfg.train.keep_best and accuracy > self.best:
             self.best = accuracy
-            run.save(run.out / "best", step, model_card=model_card(cfg, run.method, step, [json.dumps(numbers)]))
+            run.save(
+                run.out / "best",
+                step,
+                model_card=model_card(cfg, run.method, step, [json.dumps(numbers)], {**numbers, "step": step}),
+            )
         return numbers
 
     def state_dict(self) -> dict:

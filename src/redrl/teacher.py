@@ -133,7 +133,9 @@ class TeacherCache:
         bias = None if head.bias is None else head.bias[:vocab]
         ids, logp = [], []
         starts = range(0, len(traces), batch_size)
-        for start in tqdm(starts, desc="caching teacher log-probs", disable=not progress, leave=False):
+        for start in tqdm(
+            starts, desc="caching teacher log-probs", disable=not (progress and sys.stderr.isatty()), leave=False
+        ):
             input_ids, attention_mask, response_mask = collate(
                 prompts[start : start + batch_size], traces[start : start + batch_size], pad_id
             )

@@ -135,6 +135,7 @@ def _build(spec: TeacherSpec, assets, staging: Path, say, progress: bool) -> Non
             "micro_batch_size": spec.prompts_per_step,
             "seed": spec.seed,
             "out": str(staging / "run"),
+            "log_every": 0,  # the build says what it does in its own lines
         },
     )
     final = train(cfg, progress=progress and sys.stderr.isatty())  # a bar on a terminal, the build's lines elsewhere

@@ -18,7 +18,9 @@ conditioning (:mod:`redrl.conditioning`); the run's files in :mod:`redrl.run_log
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,18 +31,17 @@ from pathlib import Path
 from redrl import rewards as rewards_module
 from redrl.batch import assemble_batch
 from redrl.config import Config
-from redrl.errors import NonFiniteTraining, TrainingStopped
+from redrl.errors import GradingFailed, NonFiniteTraining, TrainingStopped
 from redrl.learning_rate import with_learning_rate
 from redrl.methods import METHODS
-from redrl.parallel import Parallel
 from redrl.rollout_phase import collect, submit
-from redrl.run_dir import claim
-from redrl.run_log import RunLog, model_card
-from redrl.run_setup import Run, resolve_method, setup
+from redrl.run_dir import claim, hold
+from redrl.run_log import RunLog, model_card, step_line
+from redrl.run_setup import Run, check_inputs, resolve_method, setup
 from redrl.staged import train_staged
 from redrl.step import optimization_step, step_record
 
-__all__ = ["NonFiniteTraining", "Run", "TrainingStopped", "setup", "train"]
+__all__ = ["GradingFailed", "NonFiniteTraining", "Run", "StopRequest", "TrainingStopped", "setup", "train"]
 
 
 def train(cfg: Config, *, progress: bool = True) -> Path:
@@ -51,13 +52,25 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     With ``train.resume`` the run continues from the newest complete checkpoint in ``train.out``
     and repeats exactly what the uninterrupted run would have done. SIGINT / SIGTERM stop it at
     the next step boundary with a checkpoint (:class:`TrainingStopped`)."""
-    cfg = with_learning_rate(cfg)  # optim.lr, or the method's value in optim.lr_sweep
+    cfg = _with_learning_rate(cfg)  # optim.lr, or the method's value in optim.lr_sweep
     method = METHODS[cfg.train.method]
-    if method.stages:
-        if Parallel.create(cfg.model.device).is_main:
-            claim(Path(cfg.train.out), resume=cfg.train.resume, overwrite=cfg.train.overwrite)
-        return train_staged(cfg, method, _train_stage, progress=progress)
-    return _train_stage(cfg, progress=progress)
+    main = int(os.environ.get("RANK", "0")) == 0  # the process that writes the run's files
+    with hold(Path(cfg.train.out)) if main else contextlib.nullcontext():  # one live run per directory
+        if method.stages:
+            if main:
+                claim(Path(cfg.train.out), resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+            return train_staged(cfg, method, _train_stage, progress=progress)
+        return _train_stage(cfg, progress=progress)
+
+
+def _with_learning_rate(cfg: Config) -> Config:
+    """:func:`redrl.learning_rate.with_learning_rate`; when it fails (a sweep file chosen for another
+    task, say), a missing or malformed model or data file is named first: it is the real error."""
+    try:
+        return with_learning_rate(cfg)
+    except (ValueError, OSError):
+        check_inputs(cfg)
+        raise
 
 
 def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
@@ -66,28 +79,24 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
 
     run = setup(cfg, resolve_method(cfg), progress=progress)
     log = None
-    # SIGINT / SIGTERM (cluster preemption): finish the step, save, stop. A second Ctrl-C stops at once.
-    requested: list[int] = []
-
-    def on_signal(signum, frame):
-        if requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        requested.append(signum)
-
+    stop = StopRequest(say=run.par.is_main)
     handlers = {}
     if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         log = RunLog(cfg, run.par, run.out, run.start)
+        on_terminal = progress and run.par.is_main and sys.stderr.isatty()
         bar = tqdm(
             range(run.start + 1, run.steps + 1),
             desc=f"train {run.method.name}",
-            disable=not (progress and run.par.is_main),
+            disable=not on_terminal,  # elsewhere (a file, CI) a plain line every train.log_every steps
             dynamic_ncols=True,
             initial=run.start,
             total=run.steps,
         )
+        every = cfg.train.log_every if run.par.is_main and not on_terminal else 0
         for step in bar:
+            stop.step = step
             record = _step(run, step, log)
             bar.set_postfix(
                 {
@@ -96,7 +105,9 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
                     if isinstance(record.get(key), float) and math.isfinite(record[key])
                 }
             )
-            _checkpoint(run, step, record, requested)
+            if every and (step % every == 0 or step == run.steps):
+                print(step_line(record, run.steps), file=sys.stderr, flush=True)
+            _checkpoint(run, step, record, stop.requested)
         if cfg.train.save_every and not (run.out / f"checkpoint-{run.steps}").exists():
             run.save(run.out / f"checkpoint-{run.steps}", run.steps)  # the last step's state, for a later --resume
     finally:
@@ -108,18 +119,44 @@ def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
             run.pipeline.close()
     try:
         final = run.out / "final"
-        run.save(final, run.steps, model_card=model_card(cfg, run.method, run.steps, log.last(run.steps)))
+        run.save(
+            final,
+            run.steps,
+            model_card=model_card(cfg, run.method, run.steps, log.last(run.steps), log.last_evaluation(run.steps)),
+        )
     finally:
         if run.pipeline is not None:  # closed however the final save ends
             run.pipeline.close()
     return final
 
 
+class StopRequest:
+    """The handler of SIGINT / SIGTERM (Ctrl-C, cluster preemption): the run finishes its step, saves
+    and stops; the request is acknowledged at once. A second Ctrl-C stops at once."""
+
+    def __init__(self, *, say: bool = True):
+        self.requested: list[int] = []
+        self.step, self.say = 0, say
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested.append(signum)
+        if self.say:
+            from tqdm.auto import tqdm
+
+            tqdm.write(
+                f"redrl: {signal.Signals(signum).name} received: stopping after step {self.step} and saving a "
+                "checkpoint" + ("; press Ctrl-C again to stop at once" if signum == signal.SIGINT else ""),
+                file=sys.stderr,
+            )
+
+
 def _step(run: Run, step: int, log: RunLog) -> dict:
     """One step: rollouts, groups, the loss and its update, the weights to the engines, the record."""
     cfg, par, data = run.cfg, run.par, run.data
     started = time.perf_counter()
-    failures_before = sum(rewards_module.FAILURES.values())
+    failures_before, graded_before = sum(rewards_module.FAILURES.values()), rewards_module.GRADED["answers"]
     # the response window: rollout budget and teacher tokens trained (the length curriculum's, if on)
     window = run.curriculum.window if run.curriculum is not None else cfg.rollout.max_new_tokens
 
@@ -147,6 +184,7 @@ def _step(run: Run, step: int, log: RunLog) -> dict:
     for aux in run.auxiliaries:
         batch = aux.attach(batch, groups.chosen)
     extra["reward_failures"] = sum(rewards_module.FAILURES.values()) - failures_before
+    extra["graded_answers"] = rewards_module.GRADED["answers"] - graded_before
 
     # 4. Loss and the optimizer update (skipped, and counted, when the loss or gradient is not finite).
     train_started = time.perf_counter()
@@ -204,6 +242,15 @@ def _step(run: Run, step: int, log: RunLog) -> dict:
             f"step {step}: non-finite loss or gradient, update skipped ({run.skipped_in_a_row} in a row)",
             stacklevel=2,
         )
+    failed, answers = record.get("reward_failures", 0), record.get("graded_answers", 0)
+    failing = answers > 0 and failed / answers > cfg.train.max_grading_failures
+    run.failing_in_a_row = run.failing_in_a_row + 1 if failing else 0
+    if failing and par.is_main:
+        warnings.warn(
+            f"step {step}: grading raised or overran on {failed} of {answers} answers; the run stops after "
+            f"{cfg.train.max_consecutive_skips} such steps in a row (this is {run.failing_in_a_row})",
+            stacklevel=2,
+        )
     return record
 
 
@@ -217,6 +264,13 @@ def _checkpoint(run: Run, step: int, record: dict, requested: list[int]) -> None
         raise NonFiniteTraining(
             f"{run.skipped_in_a_row} steps in a row (up to step {step}) had a non-finite loss or "
             f"gradient; training stopped with the last good weights in {path}"
+        )
+    if run.failing_in_a_row >= cfg.train.max_consecutive_skips:
+        run.save(path, step)
+        raise GradingFailed(
+            f"grading raised or overran on more than {cfg.train.max_grading_failures:.0%} of the answers in "
+            f"{run.failing_in_a_row} steps in a row (up to step {step}): the grader or the reference answers are "
+            f"broken (data.grader={cfg.data.grader}); training stopped, its weights saved in {path}"
         )
     if run.par.max(float(bool(requested))) > 0:
         if not path.exists():

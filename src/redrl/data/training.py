@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from redrl.data.offline import load_offline
 from redrl.modeling import encode_prompt, encode_response
-from redrl.rewards import grade
+from redrl.rewards import grade, unreadable_answers
 
 if TYPE_CHECKING:
     from redrl.config import Config
@@ -74,6 +74,8 @@ def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
     ``rollout.max_new_tokens`` are cut to it, as the authors' code does (their reward stays the
     grade of the whole trace). Both are counted in a warning."""
     records = load_offline(path)
+    if cfg.data.check_answers:
+        records = _gradable(records, cfg.data.grader, path)
     fmt = cfg.data.prompt_kwargs()
     prompts = [encode_prompt(tokenizer, r["problem"], cfg.data.system_for(r), **fmt) for r in records]
     limit = cfg.data.max_prompt_tokens
@@ -102,6 +104,25 @@ def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
         teacher=[trace[:budget] for trace in teacher],
         grader=cfg.data.grader,
     )
+
+
+def _gradable(records: list[dict], grader: str, path: str) -> list[dict]:
+    """The records whose reference answer ``grader`` can grade; the others are reported and left out
+    (graded, every reward of theirs would be ``None``, or worse, a match for a meaningless answer)."""
+    bad = unreadable_answers([r["answer"] for r in records], grader, progress=True)
+    if not bad:
+        return records
+    numbers = [n for n, r in enumerate(records, 1) if r["answer"] in bad]
+    first = records[numbers[0] - 1]["answer"]
+    shown = first if len(first) <= 40 else first[:37] + "..."
+    message = (
+        f"{path}: {len(numbers)} of {len(records)} problems have a reference answer the {grader} grader cannot "
+        f"grade (problem {numbers[0]}: {shown!r}, {bad[first]})"
+    )
+    if len(numbers) == len(records):
+        raise ValueError(f"{message}; is data.grader right?")
+    warnings.warn(f"{message}; they are left out (data.check_answers=false keeps them)", stacklevel=3)
+    return [r for r in records if r["answer"] not in bad]
 
 
 def total_steps(cfg: Config, prompts: int) -> int:
