@@ -114,6 +114,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if PartialState().is_main_process:  # under accelerate launch / torchrun, one process reports
         print(f"saved {final}; per-step metrics in {final.parent / 'metrics.jsonl'}")
+    from redrl.parallel import close_process_group
+
+    close_process_group()  # gloo's threads left to interpreter shutdown can abort a finished run
     return 0
 
 

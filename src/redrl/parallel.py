@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Parallel"]
+__all__ = ["Parallel", "close_process_group"]
 
 
 _close_at_exit: list[bool] = []
@@ -28,6 +28,16 @@ def _destroy_process_group() -> None:
     gloo's worker threads can abort the process ("terminate called without an active exception")
     after training has finished."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def close_process_group() -> None:
+    """End a multi-process run that succeeded: wait until every process is done (no collective or
+    asynchronous gloo work left in flight), then close the group, as PyTorch advises at the end of
+    ``main``. Only on success: after a failure a barrier could wait for a process that is gone (the
+    exit handler then closes the group without one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
