@@ -46,6 +46,8 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "ADVANTAGE_SCALES",
     "AGGREGATIONS",
+    "BUDGET_COMBINES",
+    "BUDGET_FIDELITIES",
     "LOSSES",
     "OFFLINE_RATIOS",
     "AdvantageEstimator",
@@ -55,6 +57,8 @@ __all__ = [
     "Objective",
     "aggregate_loss",
     "aggregation_units",
+    "budget_fidelity",
+    "budget_reward",
     "clipped_surrogate",
     "entropy_aware_weight",
     "entropy_weight",
@@ -355,6 +359,71 @@ def offline_importance_ratio(
     else:  # luffy: the denominator keeps its gradient, f(π) = π / (π + γ)
         return pi / (pi + gamma), (pi + gamma).detach()
     return pi / pi_off, pi_off
+
+
+# ------------------------------------------------------------------------------------------------
+# Rewards that join correctness and what the prompt asked for (BARD, arXiv 2511.01470)
+# ------------------------------------------------------------------------------------------------
+
+#: How budget fidelity treats a response shorter than its budget: ``two_sided`` rewards tracking
+#: the budget, ``one_sided`` reads it as an upper bound. How correctness and fidelity combine:
+#: ``product`` (the paper's choice) or ``sum`` (the additive variant the paper argues against).
+BUDGET_FIDELITIES = ("two_sided", "one_sided")
+BUDGET_COMBINES = ("product", "sum")
+
+
+def budget_fidelity(
+    lengths: torch.Tensor, budgets: torch.Tensor, *, form: str = "two_sided", tau: float = 0.5
+) -> torch.Tensor:
+    """How closely each response's length ``L`` keeps to its thinking budget ``b``, in ``[0, 1]``.
+
+    BARD (arXiv 2511.01470) rewards "budget fidelity" without a formula in the text we could read;
+    this one is inferred (a setting, documented as such)::
+
+        two_sided:  f(L, b) = max(0, 1 − |L − b| / (τ b))
+        one_sided:  f(L, b) = 1 if L ≤ b, else max(0, 1 − (L − b) / (τ b))
+
+    Args:
+        lengths, budgets: ``[N]`` response lengths (tokens, the end-of-sequence token not counted)
+            and the budgets their prompts asked for (> 0).
+        tau: the relative deviation at which fidelity reaches 0 (0.5: half the budget).
+    Returns ``[N]`` float, the dtype of ``lengths`` if floating (else float32).
+    """
+    _check_choice("form", form, BUDGET_FIDELITIES)
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0; got {tau}")
+    dtype = lengths.dtype if lengths.is_floating_point() else torch.float32
+    lengths, budgets = lengths.to(dtype), budgets.to(dtype)
+    if bool((budgets <= 0).any()):
+        raise ValueError("budgets must be > 0")
+    over = (lengths - budgets) / (tau * budgets)
+    if form == "two_sided":
+        return (1 - over.abs()).clamp(min=0)
+    return torch.where(lengths <= budgets, torch.ones_like(over), (1 - over).clamp(min=0))
+
+
+def budget_reward(
+    correct,
+    lengths: torch.Tensor,
+    budgets: torch.Tensor,
+    *,
+    combine: str = "product",
+    form: str = "two_sided",
+    tau: float = 0.5,
+    weight: float = 1.0,
+) -> torch.Tensor:
+    """BARD's phase-2 reward: correctness joined with :func:`budget_fidelity`::
+
+        product:  R = R_acc · f(L, b)          (the paper: right *and* within budget)
+        sum:      R = R_acc + λ · f(L, b)      (the additive variant: a short wrong answer earns λ·f)
+
+    ``correct`` is ``[N]`` (``1.0`` / ``0.0``; ``None`` or NaN = ungradable, which stays NaN, so the
+    row stays out of the advantages). ``weight`` is ``λ``.
+    """
+    _check_choice("combine", combine, BUDGET_COMBINES)
+    fidelity = budget_fidelity(lengths, budgets, form=form, tau=tau)
+    accuracy = _rewards_tensor(correct).to(fidelity.dtype)
+    return accuracy * fidelity if combine == "product" else accuracy + weight * fidelity
 
 
 # ------------------------------------------------------------------------------------------------
