@@ -126,3 +126,86 @@ def test_the_budget_joins_the_system_message():
     assert with_budget("Reason step by step.", 500, "Think within {budget} tokens.") == (
         "Reason step by step.\nThink within 500 tokens."
     )
+
+
+# ---- the method on the embedded task --------------------------------------------------------------
+
+from redrl.config import load_config  # noqa: E402
+from redrl.reward_shapes import REWARD_SHAPES  # noqa: E402
+
+
+def _bard_config(tiny_assets, out, method="bard", **bard):
+    return load_config(
+        "tiny",
+        model={"path": str(tiny_assets.base)},
+        data={"train": str(tiny_assets.train), "test": str(tiny_assets.test)},
+        rollout={"group_size": 2, "max_new_tokens": 48},
+        optim={"lr": 2e-4},
+        train={"method": method, "steps": 4, "prompts_per_step": 2, "out": str(out)},
+        eval={"k": 1, "max_new_tokens": 48},
+        bard={"buckets": (16, 24, 32, 48), **bard},
+    )
+
+
+def test_the_budget_reward_of_rollouts_by_hand():
+    cfg = load_config("tiny")
+    eos = 2
+    rollouts = [[7] * 40 + [eos], [7] * 50 + [eos], [7] * 40, [7] * 30 + [eos]]
+    records = [{"budget": 40}] * 4
+    shaped = REWARD_SHAPES["budget"]([1.0, 1.0, 0.0, None], rollouts, records, cfg, eos)
+    assert shaped == [1.0, 0.5, 0.0, None]  # L = 40, 50 (EOS not counted), 40 (cut off: no EOS), ungradable
+    additive = REWARD_SHAPES["budget_additive"]([1.0, 1.0, 0.0, None], rollouts, records, cfg, eos)
+    assert additive == [2.0, 1.5, 1.0, None]
+    assert REWARD_SHAPES["correct"]([1.0, None], rollouts[:2], records[:2], cfg, eos) == [1.0, None]
+
+
+def test_bard_samples_and_scores_under_the_budget_it_trains_for(tiny_assets, tmp_path):
+    from redrl import run_setup
+    from redrl.methods import METHODS
+
+    run = run_setup.setup(_bard_config(tiny_assets, tmp_path / "run", "bard_rl"), METHODS["bard_rl"], progress=False)
+    records = run.data.records
+    assert {r["budget"] for r in records} <= {16, 24, 32, 48} and len(records) > 40  # several budgets per problem
+    by_problem: dict = {}
+    for r in records:
+        by_problem.setdefault(r["problem"], []).append(r["budget"])
+    assert all(sorted(b) == b and len(set(b)) == len(b) for b in by_problem.values())
+    index = next(i for i, r in enumerate(records) if r["budget"] == 32)
+    prompt = run.conditioning.sample_prompt(records[index], run.data.prompts[index])
+    assert prompt == run.conditioning.train_prompt(records[index], run.data.prompts[index])
+    text = run.tokenizer.decode(prompt)
+    assert "32" in text and text != run.tokenizer.decode(run.data.prompts[index])  # the budget is in the prompt
+    assert records[index]["problem"] in text
+
+
+@pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
+def test_bard_trains_its_two_phases_and_evaluates_at_a_budget(tiny_assets, tmp_path):
+    import json
+
+    from redrl.evaluate import evaluate_model
+    from redrl.trainer import train
+
+    cfg = _bard_config(tiny_assets, tmp_path / "run")
+    final = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["bard_sft", "bard_sft", "bard_rl", "bard_rl"]
+    assert all(0.0 <= r["online_accuracy"] <= 1.0 for r in rows[2:])  # the grades, not the shaped rewards
+    cfg.eval.budget = 24
+    result = evaluate_model(str(final), [json.loads(x) for x in tiny_assets.test.read_text().splitlines()], cfg, seed=0)
+    assert result["budget"] == 24 and 0.0 <= result["within_budget"] <= 1.0 and result["budget_deviation"] >= 0.0
+
+
+def test_budget_settings_that_cannot_work_are_refused(tiny_assets, tmp_path):
+    from redrl import run_setup
+    from redrl.methods import METHODS
+
+    def setup(method, **bard):
+        cfg = _bard_config(tiny_assets, tmp_path / method, method, **bard)
+        return run_setup.setup(cfg, METHODS[method], progress=False)
+
+    with pytest.raises(ValueError, match="bard.\\* settings apply to the budget-conditioned methods"):
+        setup("grpo")
+    with pytest.raises(ValueError, match="a budget of 64 tokens cannot be met with rollout.max_new_tokens=48"):
+        setup("bard_sft", buckets=(16, 64))
+    with pytest.raises(ValueError, match="'Think within 48 tokens.', which this tokenizer cannot write"):
+        setup("bard_sft", budget_template="Think within {budget} tokens.")

@@ -205,6 +205,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"avg@{k} {100 * result['accuracy']:.1f}%  pass@{k} {100 * result[f'pass@{k}']:.1f}%  "
         f"LEN {result['length']:.0f}  ({result['n']} problems)"
     )
+    if "within_budget" in result:
+        print(
+            f"budget {result['budget']} tokens: {100 * result['within_budget']:.1f}% of answers within it, "
+            f"mean |L - b| / b {result['budget_deviation']:.2f}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(

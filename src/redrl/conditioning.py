@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["CONDITIONINGS", "Conditioning", "Unconditioned", "build_conditioning"]
+__all__ = [
+    "CONDITIONINGS",
+    "BudgetConditioning",
+    "Conditioning",
+    "Unconditioned",
+    "build_conditioning",
+    "check_budget_text",
+]
 
 
 class Conditioning(Protocol):
@@ -40,8 +47,53 @@ class Unconditioned:
         return prompt
 
 
+class BudgetConditioning:
+    """BARD (arXiv 2511.01470): sample and score under the record's prompt with its thinking budget
+    stated in the system message (``bard.budget_template``, after the record's own system message),
+    rendered by the tokenizer's chat template. Refuses, when built, a template whose budgets the
+    tokenizer cannot write (the embedded vocabulary is closed: numbers yes, most words no)."""
+
+    needs_recomputed_logp = False
+
+    def __init__(self, tokenizer, cfg):
+        from redrl.data.budget import budget_text
+
+        self.tokenizer, self.cfg, self._prompts = tokenizer, cfg, {}
+        check_budget_text(
+            tokenizer, budget_text(max(cfg.bard.buckets), cfg.bard.budget_template), "bard.budget_template"
+        )
+
+    def sample_prompt(self, record: dict, prompt: list[int]) -> list[int]:
+        from redrl.data.budget import with_budget
+        from redrl.modeling import encode_prompt
+
+        if "budget" not in record:
+            raise ValueError("a budget-conditioned method needs records with a budget (Method.records='budgets')")
+        key = (record["problem"], record.get("system"), record["budget"])
+        if key not in self._prompts:
+            data = self.cfg.data
+            system = with_budget(data.system_for(record), record["budget"], self.cfg.bard.budget_template)
+            self._prompts[key] = encode_prompt(self.tokenizer, record["problem"], system, **data.prompt_kwargs())
+        return self._prompts[key]
+
+    train_prompt = sample_prompt
+
+
+def check_budget_text(tokenizer, text: str, setting: str) -> None:
+    """Refuse, in one line, a stated budget the tokenizer can only write with unknown tokens."""
+    unknown = tokenizer.unk_token_id
+    if unknown is not None and unknown in tokenizer(text, add_special_tokens=False).input_ids:
+        raise ValueError(
+            f"{setting} renders {text!r}, which this tokenizer cannot write (it has no tokens for part of it); "
+            "state the budget in words it has (the embedded vocabulary: the number alone, '{budget}')"
+        )
+
+
 #: Every conditioning by name (``Method.conditioning``): a builder from the run's tokenizer and config.
-CONDITIONINGS: dict[str, Callable[[object, object], Conditioning]] = {"none": lambda tokenizer, cfg: Unconditioned()}
+CONDITIONINGS: dict[str, Callable[[object, object], Conditioning]] = {
+    "none": lambda tokenizer, cfg: Unconditioned(),
+    "budget": BudgetConditioning,
+}
 
 
 def build_conditioning(name: str, tokenizer, cfg) -> Conditioning:

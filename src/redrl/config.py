@@ -473,9 +473,15 @@ class EvalConfig:
     temperature: float = _help("sampling temperature (0 = greedy)", 0.6)
     max_new_tokens: int = _help("generation budget per answer", 160)
     batch_size: int = _help("rows generated at once", 256)
+    budget: int | None = _help(
+        "ask for a thinking budget of this many tokens (the prompt states it as bard.budget_template); reports "
+        "the share of answers within it (null: no budget)",
+        None,
+    )
 
     def __post_init__(self):
         _require(self.k >= 1, f"eval.k must be >= 1; got {self.k}")
+        _require(self.budget is None or self.budget >= 1, f"eval.budget must be >= 1; got {self.budget}")
         _require(self.temperature >= 0, f"eval.temperature must be >= 0; got {self.temperature}")
         _require(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1; got {self.max_new_tokens}")
         _require(self.batch_size >= 1, f"eval.batch_size must be >= 1; got {self.batch_size}")
@@ -615,6 +621,50 @@ class DistillConfig:
 
 
 @dataclass
+class BardConfig:
+    """BARD (arXiv 2511.01470): a thinking budget in the prompt, SFT on traces compressed to several
+    budgets, then RL whose reward joins correctness and budget fidelity. The defaults fit the
+    embedded task; the fidelity's form and tau are inferred (the paper's formula was not available)."""
+
+    buckets: tuple[int, ...] = _help(
+        "the budgets (response tokens) a trace is tagged with: the smallest one it fits",
+        (16, 24, 32, 48, 64, 96, 128, 160),
+    )
+    budget_template: str = _help(
+        "how the prompt states the budget, {budget} standing for it, put in the system message (the embedded "
+        "vocabulary has numbers but no words for it; real models: e.g. 'Think within {budget} tokens.')",
+        "{budget}",
+    )
+    traces: str | None = _help(
+        "JSONL of compressed teacher traces {problem, budget, distill}, e.g. written by a compressor model "
+        "(null: the embedded task's own compressor)",
+        None,
+    )
+    fidelity: str = _help(
+        "budget fidelity f(L, b): two_sided, max(0, 1 - |L-b|/(tau b)), or one_sided (1 within the budget); "
+        "inferred, not from the paper's text",
+        "two_sided",
+    )
+    tau: float = _help("relative deviation from the budget at which fidelity reaches 0 (inferred)", 0.5)
+    weight: float = _help("bard_additive: the weight of fidelity in R = R_acc + weight * f", 1.0)
+
+    def __post_init__(self):
+        from redrl.objectives import BUDGET_FIDELITIES
+
+        self.buckets = tuple(self.buckets)
+        _require(
+            bool(self.buckets) and all(isinstance(b, int) and b >= 1 for b in self.buckets),
+            f"bard.buckets must be integers >= 1; got {self.buckets}",
+        )
+        _require("{budget}" in self.budget_template, "bard.budget_template must contain {budget}")
+        _require(
+            self.fidelity in BUDGET_FIDELITIES,
+            f"bard.fidelity must be one of {', '.join(BUDGET_FIDELITIES)}; got {self.fidelity!r}",
+        )
+        _require(self.tau > 0, f"bard.tau must be > 0; got {self.tau}")
+
+
+@dataclass
 class CompareConfig:
     """What ``redrl compare`` runs: every method x seed, each for ``steps`` optimizer steps."""
 
@@ -666,6 +716,7 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    bard: BardConfig = field(default_factory=BardConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
@@ -683,6 +734,7 @@ _SECTIONS = {
     "baselines": BaselinesConfig,
     "teacher": TeacherConfig,
     "distill": DistillConfig,
+    "bard": BardConfig,
     "compare": CompareConfig,
 }
 
@@ -697,6 +749,13 @@ def preset_path(name: str) -> Path:
     if shipped.is_file():
         return Path(str(shipped))
     raise FileNotFoundError(f"config not found: {name}")
+
+
+def _whole(value) -> int:
+    """An integer setting's value: ``16`` or ``"16"``, not ``16.5`` or ``True``."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError
+    return int(value)
 
 
 def _coerce(section: str, cls, body: dict) -> dict:
@@ -722,7 +781,8 @@ def _coerce(section: str, cls, body: dict) -> dict:
             elif bool in allowed and isinstance(value, str) and value.lower() in ("true", "false"):
                 value = value.lower() == "true"
             elif typing.get_origin(expected) is tuple and isinstance(value, (list, tuple)):
-                value = tuple(float(v) for v in value)
+                item = typing.get_args(expected)[0]  # tuple[float, float], tuple[int, ...]
+                value = tuple(_whole(v) if item is int else float(v) for v in value)
             elif str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = str(value)
             else:

@@ -90,6 +90,8 @@ def evaluate(
     engine: str = "hf",
     progress: bool = False,
     samples: list | None = None,
+    budget: int | None = None,
+    budget_template: str = "{budget}",
 ) -> dict:
     """Sample ``k`` answers to each problem, grade them, and :func:`summarize`.
 
@@ -97,11 +99,20 @@ def evaluate(
     holds :func:`redrl.modeling.encode_prompt`'s formatting arguments
     (:meth:`redrl.config.DataConfig.prompt_kwargs`), so problems are asked as in training.
     With a list as ``samples``, every sampled completion is appended to it as
-    ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``."""
+    ``{"index", "problem", "answer", "sample", "completion", "reward", "length"}``. With a thinking
+    ``budget`` the system message states it (``budget_template``, as BARD's training prompts do) and
+    the result adds ``within_budget`` (the share of answers of at most ``budget`` tokens, the
+    end-of-sequence token not counted) and ``budget_deviation`` (their mean ``|L - b| / b``)."""
     from redrl.modeling import encode_prompt
     from redrl.rewards import grade_checked
     from redrl.rollout import make_generator
 
+    if budget is not None:
+        from redrl.conditioning import check_budget_text
+        from redrl.data.budget import budget_text, with_budget
+
+        check_budget_text(tokenizer, budget_text(budget, budget_template), "bard.budget_template")
+        system_prompt = with_budget(system_prompt, budget, budget_template)
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
     generator = make_generator(
         engine,
@@ -151,7 +162,13 @@ def evaluate(
             for i, p in enumerate(problems)
             for j in range(k)
         ]
-    return {**summarize(problems, rewards, lengths, k), "grading_failures": len(failed)}
+    result = {**summarize(problems, rewards, lengths, k), "grading_failures": len(failed)}
+    if budget is not None:
+        spoken = [len(r) - (1 if r and r[-1] == tokenizer.eos_token_id else 0) for r in responses]
+        result["budget"] = budget
+        result["within_budget"] = sum(n <= budget for n in spoken) / max(1, len(spoken))
+        result["budget_deviation"] = sum(abs(n - budget) / budget for n in spoken) / max(1, len(spoken))
+    return result
 
 
 def evaluate_model(path: str, problems: list[dict], cfg, *, seed: int, progress: bool = True) -> dict:
@@ -236,6 +253,8 @@ def eval_settings(cfg) -> dict:
         "batch_size": cfg.eval.batch_size,
         "mixed_precision": cfg.train.mixed_precision,
         "engine": in_process_engine(cfg.rollout.engine),
+        "budget": cfg.eval.budget,
+        "budget_template": cfg.bard.budget_template,
     }
 
 

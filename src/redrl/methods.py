@@ -42,6 +42,10 @@ class Method:
             (:data:`redrl.auxiliary.AUXILIARIES`): ``"teacher"``, the distillation teacher.
         conditioning: what the prompts are conditioned on (:data:`redrl.conditioning.CONDITIONINGS`):
             the prompts the method samples from and those its loss scores under.
+        records: the training records the method reads (:data:`redrl.data.training.RECORD_VIEWS`):
+            ``"as_given"``, or ``"budgets"`` (one per problem and thinking budget, BARD).
+        reward: how a rollout's grade becomes its reward (:data:`redrl.reward_shapes.REWARD_SHAPES`):
+            ``"correct"`` (the grade), ``"budget"`` / ``"budget_additive"`` (BARD: joined with budget fidelity).
     """
 
     name: str
@@ -58,6 +62,8 @@ class Method:
     advantage: str = "group"
     auxiliaries: tuple[str, ...] = ()
     conditioning: str = "none"
+    records: str = "as_given"
+    reward: str = "correct"
 
 
 METHODS: dict[str, Method] = {
@@ -197,6 +203,54 @@ METHODS |= {
         source=f"{_GRID}{name} for baselines.staged_sft_fraction of the steps, then GRPO from its checkpoint",
     )
     for name in ("kd", "dagger", "offline_rkl", "opd", "kl_mix")
+}
+
+# BARD (arXiv 2511.01470): a thinking budget in the prompt; phase 1 SFT on traces compressed to several
+# budgets, phase 2 GRPO whose reward joins correctness and budget fidelity; staged as one method.
+_BARD = "BARD, arXiv 2511.01470: "
+_BUDGETED = {"records": "budgets", "conditioning": "budget"}
+METHODS |= {
+    "bard_sft": Method(
+        "bard_sft",
+        rollouts=False,
+        offline=True,
+        objective="sft",
+        source=_BARD + "phase 1, SFT on (question, budget) -> the trace compressed to that budget",
+        **_BUDGETED,
+    ),
+    "bard_rl": Method(
+        "bard_rl",
+        rollouts=True,
+        offline=False,
+        reward="budget",
+        source=_BARD + "phase 2 alone (no budget SFT first), GRPO on R = R_acc * f(L, b)",
+        **_BUDGETED,
+    ),
+    "bard_rl_additive": Method(
+        "bard_rl_additive",
+        rollouts=True,
+        offline=False,
+        reward="budget_additive",
+        source=_BARD
+        + "phase 2 with the additive reward R = R_acc + weight * f(L, b), the variant the paper argues against",
+        **_BUDGETED,
+    ),
+    "bard": Method(
+        "bard",
+        rollouts=True,
+        offline=True,
+        stages=("bard_sft", "bard_rl"),
+        source=_BARD + "budget SFT for baselines.staged_sft_fraction of the steps, then GRPO on R_acc * f(L, b)",
+        **_BUDGETED,
+    ),
+    "bard_additive": Method(
+        "bard_additive",
+        rollouts=True,
+        offline=True,
+        stages=("bard_sft", "bard_rl_additive"),
+        source=_BARD + "budget SFT, then GRPO on the additive reward R_acc + weight * f(L, b)",
+        **_BUDGETED,
+    ),
 }
 
 #: The paper's Table 2 rows in its order: what ``redrl compare --methods all`` runs.

@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from redrl.reward_shapes import REWARD_SHAPES
 from redrl.rewards import grade_checked
 from redrl.scheduling import GroupOutcome
 from redrl.step import behaviour_logp
@@ -40,6 +41,11 @@ def collect(run, step: int, window: int) -> tuple[StepPlan, StepRollouts, dict]:
             chosen = run.par.share(plan.prompts)  # this process's groups
             if plan.method.rollouts:
                 rollouts, logprobs, rewards = _sample_groups(run, chosen, window, with_logprobs=with_logprobs)
+    correct = None
+    if plan.method.reward != "correct":  # the reward joins the grade with what the prompt asked for
+        G, shape = cfg.rollout.group_size, REWARD_SHAPES[plan.method.reward]
+        records = [data.records[chosen[j // G]] for j in range(len(rollouts))]
+        correct, rewards = rewards, shape(rewards, rollouts, records, cfg, run.tokenizer.eos_token_id)
     groups = StepRollouts(
         chosen,
         [run.conditioning.train_prompt(data.records[i], data.prompts[i]) for i in chosen],
@@ -49,6 +55,7 @@ def collect(run, step: int, window: int) -> tuple[StepPlan, StepRollouts, dict]:
         rewards,
         logprobs,
         cfg.rollout.group_size,
+        correct,
     )
     return plan, groups, scheduling
 
@@ -74,7 +81,7 @@ def _sample_groups(run, prompts: list[int], budget: int, *, with_logprobs: bool)
 
 
 def grade(run, prompts: list[int], rollouts: list[list[int]]) -> list[float | None]:
-    """Each rollout's reward; a grader error or timeout is ungraded (``None``), or wrong with
+    """Each rollout's grade; a grader error or timeout is ungraded (``None``), or wrong with
     ``data.failed_grading: wrong``."""
     cfg, G = run.cfg, run.cfg.rollout.group_size
     texts = run.tokenizer.batch_decode(rollouts, skip_special_tokens=True) if rollouts else []  # ([] decodes to [''])
@@ -117,7 +124,8 @@ def start_pipeline(run, loop: dict | None, *, model_path: str, progress: bool):
     from redrl.rollout import vllm_settings
 
     cfg = run.cfg
-    vllm = vllm_settings(cfg, model_path, max(map(len, run.data.prompts))) if cfg.rollout.engine == "vllm" else None
+    longest = max(len(prompt) for prompt in _sample_prompts(run, range(len(run.data.prompts))))
+    vllm = vllm_settings(cfg, model_path, longest) if cfg.rollout.engine == "vllm" else None
     threads = torch.get_num_threads()
     worker_threads = max(1, threads // 2)
     if run.par.device.type == "cpu" and threads > 1:  # the two processes share the cores

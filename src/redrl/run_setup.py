@@ -22,7 +22,7 @@ import yaml
 from redrl import checkpoint
 from redrl.auxiliary import Auxiliary, AuxiliaryContext, build_auxiliaries
 from redrl.conditioning import Conditioning, build_conditioning
-from redrl.config import TRACKERS, Config
+from redrl.config import TRACKERS, BardConfig, Config
 from redrl.curriculum import LengthCurriculum
 from redrl.data.offline import load_offline
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
@@ -162,6 +162,18 @@ def check_run(cfg: Config, method: Method, par: Parallel) -> None:
             f"rollout.async_staleness: {method.name} samples again or changes steps after grading "
             "(ReLIFT, BREAD), which needs the current policy in the trainer; run it synchronously"
         )
+    if method.records != "budgets" and cfg.bard != BardConfig():
+        raise ValueError(f"bard.* settings apply to the budget-conditioned methods (bard, ...), not {method.name}")
+    if method.records == "budgets" and max(cfg.bard.buckets) > r.max_new_tokens:
+        raise ValueError(
+            f"bard.buckets: a budget of {max(cfg.bard.buckets)} tokens cannot be met with "
+            f"rollout.max_new_tokens={r.max_new_tokens}; raise it or drop the bucket"
+        )
+    if r.dynamic_sampling and method.reward != "correct":
+        raise ValueError(
+            f"rollout.dynamic_sampling keeps groups by their grades; {method.name}'s reward is shaped from them: "
+            "run it without"
+        )
     if cfg.loss.decoupled and not (r.old_logp == "sampler" or r.async_staleness):
         raise ValueError(
             "loss.decoupled needs the sampler's log-probs: rollout.old_logp=sampler or rollout.async_staleness"
@@ -238,7 +250,7 @@ def _build(cfg: Config, method: Method, par: Parallel, out: Path, resume_from: P
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(str(resume_from / "adapter_model.safetensors")))
-    data = prepare_data(cfg, tokenizer, train_path)
+    data = prepare_data(cfg, tokenizer, train_path, method.records)
     steps = total_steps(cfg, len(data.records))
     sampler = PromptSampler(len(data.records), cfg.train.seed)
     optimizer = torch.optim.AdamW(
@@ -249,9 +261,9 @@ def _build(cfg: Config, method: Method, par: Parallel, out: Path, resume_from: P
     for aux in auxiliaries:  # each places itself inside the scorer's forward (the teacher's KLs)
         module = aux.scorer(module)
     scorer, optimizer = par.prepare(module, optimizer, micro_batch_size=cfg.train.micro_batch_size)
-    generator = build_generator(
-        cfg, model, tokenizer, model_path, par, max(map(len, data.prompts)), scorer, samples=method.rollouts
-    )
+    conditioning = build_conditioning(method.conditioning, tokenizer, cfg)
+    longest = max(len(conditioning.sample_prompt(r, p)) for r, p in zip(data.records, data.prompts))
+    generator = build_generator(cfg, model, tokenizer, model_path, par, longest, scorer, samples=method.rollouts)
     warmup = round(cfg.optim.warmup_ratio * steps) if cfg.optim.warmup_ratio is not None else cfg.optim.warmup_steps
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup, steps, min_ratio=cfg.optim.min_lr_ratio)
     regulator = EntropyRegulator(
@@ -273,9 +285,7 @@ def _build(cfg: Config, method: Method, par: Parallel, out: Path, resume_from: P
     run = Run(
         cfg, method, par, out, model, tokenizer, scorer, optimizer, scheduler,
         torch.amp.GradScaler("cuda") if cfg.train.mixed_precision == "fp16" else None,
-        regulator, sampler, generator, strategy, data, steps,
-        build_conditioning(method.conditioning, tokenizer, cfg),
-        auxiliaries, reference, StepSettings.from_config(cfg),
+        regulator, sampler, generator, strategy, data, steps, conditioning, auxiliaries, reference, StepSettings.from_config(cfg),
     )  # fmt: skip
     r, d = cfg.rollout, cfg.distill
     if method.rollouts and (r.dynamic_sampling or r.tail_max_new_tokens is not None):

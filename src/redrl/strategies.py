@@ -60,7 +60,9 @@ class StepPlan:
 @dataclass
 class StepRollouts:
     """This process's groups of one step after grading, as a strategy may rewrite them. ``rollouts``,
-    ``rewards`` and ``logprobs`` are prompt-major, ``group_size`` per prompt."""
+    ``rewards`` and ``logprobs`` are prompt-major, ``group_size`` per prompt. ``correct``: the
+    grades, where the method's rewards are shaped from them (``Method.reward``; else ``None``:
+    the rewards are the grades)."""
 
     chosen: list[int]
     prompts: list[list[int]]
@@ -70,6 +72,7 @@ class StepRollouts:
     rewards: list[float | None]
     logprobs: list[list[float] | None] | None
     group_size: int
+    correct: list[float | None] | None = None
 
 
 class Strategy(Protocol):

@@ -151,7 +151,8 @@ def _step(run: Run, step: int, log: RunLog) -> dict:
 
     # 1-2. Rollouts, graded with the evaluation's grader; the strategy then acts on the groups.
     plan, groups, scheduling = collect(run, step, window)
-    graded = [r for r in groups.rewards if r is not None]  # the policy's own accuracy, logged below
+    grades = groups.rewards if groups.correct is None else groups.correct
+    graded = [r for r in grades if r is not None]  # the policy's own accuracy, logged below
     extra = {**run.strategy.after_grading(groups, plan, par), **scheduling}
     rollout_seconds = time.perf_counter() - started
 

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from redrl.rewards import grade, unreadable_answers
 if TYPE_CHECKING:
     from redrl.config import Config
 
-__all__ = ["PromptSampler", "TrainingData", "prepare_data", "total_steps"]
+__all__ = ["RECORD_VIEWS", "PromptSampler", "TrainingData", "prepare_data", "total_steps"]
 
 
 class PromptSampler:
@@ -67,7 +68,27 @@ class TrainingData:
         return self._rewards[index]
 
 
-def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
+def _budget_view(records: list[dict], tokenizer, cfg: Config) -> list[dict]:
+    from redrl.data.budget import budget_records, read_compressed
+
+    prefix = cfg.data.response_prefix
+
+    def length(trace: str) -> int:  # response tokens, the end-of-sequence token not counted
+        return len(encode_response(tokenizer, trace, prefix)) - 1
+
+    compressed = read_compressed(cfg.bard.traces) if cfg.bard.traces else None
+    return budget_records(records, length, cfg.bard.buckets, compressed=compressed)
+
+
+#: What a method reads of the training records (``Method.records``): as given, or one record per
+#: problem and thinking budget with the trace compressed to it (:mod:`redrl.data.budget`).
+RECORD_VIEWS: dict[str, Callable[[list[dict], object, Config], list[dict]]] = {
+    "as_given": lambda records, tokenizer, cfg: records,
+    "budgets": _budget_view,
+}
+
+
+def prepare_data(cfg: Config, tokenizer, path: str, view: str = "as_given") -> TrainingData:
     """Load the offline data, chat-format the prompts and tokenise the teacher traces.
 
     Prompts longer than ``data.max_prompt_tokens`` are left out; teacher traces longer than
@@ -76,6 +97,7 @@ def prepare_data(cfg: Config, tokenizer, path: str) -> TrainingData:
     records = load_offline(path)
     if cfg.data.check_answers:
         records = _gradable(records, cfg.data.grader, path)
+    records = RECORD_VIEWS[view](records, tokenizer, cfg)
     fmt = cfg.data.prompt_kwargs()
     prompts = [encode_prompt(tokenizer, r["problem"], cfg.data.system_for(r), **fmt) for r in records]
     limit = cfg.data.max_prompt_tokens
