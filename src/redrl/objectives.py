@@ -57,6 +57,7 @@ __all__ = [
     "Objective",
     "aggregate_loss",
     "aggregation_units",
+    "answer_utility",
     "budget_fidelity",
     "budget_reward",
     "clipped_surrogate",
@@ -69,6 +70,7 @@ __all__ = [
     "masked_mean",
     "offline_importance_ratio",
     "policy_shift",
+    "ravr_rewards",
     "red_loss",
     "relative_entropy_change",
     "sampled_kl_loss",
@@ -80,6 +82,8 @@ __all__ = [
     "token_logprobs_and_entropy_from_hidden",
     "teacher_top_k",
     "top_k_kl_from_hidden",
+    "utility_weights",
+    "weighted_prior_nll",
 ]
 
 #: How per-token values become one scalar (see :func:`aggregate_loss`).
@@ -424,6 +428,70 @@ def budget_reward(
     fidelity = budget_fidelity(lengths, budgets, form=form, tau=tau)
     accuracy = _rewards_tensor(correct).to(fidelity.dtype)
     return accuracy * fidelity if combine == "product" else accuracy + weight * fidelity
+
+
+# ------------------------------------------------------------------------------------------------
+# RAVR: reference-answer-guided variational reasoning (arXiv 2510.25206)
+# ------------------------------------------------------------------------------------------------
+
+
+def answer_utility(answer_logp: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """The utility of a reasoning path ``z``: how probable the policy finds the reference answer
+    after it, ``s(z) = π_θ(y* | x, z)`` (RAVR, arXiv 2510.25206, the utility of Sec. 3), here
+    length-normalised (inferred: the geometric mean over the answer's tokens, so answers of
+    different lengths compare)::
+
+        s(z) = exp( (1/|y*|) Σ_j log π_θ(y*_j | x, z, y*_{<j}) )
+
+    Args:
+        answer_logp: ``[N, A]`` log-probabilities of the reference answer's tokens after each path.
+        answer_mask: ``[N, A]`` bool, the answer's tokens (each row has at least one).
+    Returns ``[N]`` in ``(0, 1]``."""
+    mask = answer_mask.to(answer_logp.dtype)
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("every row needs at least one answer token")
+    values = torch.where(answer_mask, answer_logp, torch.zeros_like(answer_logp))
+    return torch.exp(values.sum(-1) / mask.sum(-1))
+
+
+def ravr_rewards(posterior_utility: torch.Tensor, prior_utility: torch.Tensor, group_size: int, prior_size: int):
+    """The reward of each answer-conditioned (posterior) path: its utility over the prompt's
+    question-only (prior) baseline (RAVR's utility-baseline reward; the baseline's form is inferred)::
+
+        r(z) = s(z) − b(x),   b(x) = (1/G') Σ_k s(z'_k),   z'_k ∼ π_θ(· | x)
+
+    ``posterior_utility`` is ``[P·G]`` (prompt-major, ``G = group_size``), ``prior_utility``
+    ``[P·G']`` (``G' = prior_size``). Under group-normalised advantages the baseline is a per-prompt
+    constant and cancels (:func:`group_advantages` of ``r`` equals that of ``s``); it changes the
+    update only where advantages are not centred (``ravr.advantage = baseline``)."""
+    posterior = _grouped(posterior_utility, group_size)
+    baseline = _grouped(prior_utility, prior_size).mean(-1, keepdim=True)
+    if posterior.shape[0] != baseline.shape[0]:
+        raise ValueError(f"{posterior.shape[0]} posterior groups but {baseline.shape[0]} prior groups")
+    return (posterior - baseline).reshape(-1)
+
+
+def utility_weights(utility: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each posterior path's share of its group's utility, ``w_i = s(z_i) / Σ_j s(z_j)`` (RAVR's
+    utility reweighting of the posterior-to-prior term; inferred form). ``[N]`` → ``[N]``, no gradient."""
+    grouped = _grouped(utility.detach(), group_size)
+    return (grouped / grouped.sum(-1, keepdim=True)).reshape(-1)
+
+
+def weighted_prior_nll(logp: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The question-only policy learns the posterior's paths, weighted by their utility (RAVR's
+    amortisation of ``q(z | x, y*)`` into ``π(z | x)``, the KL term of its ELBO read as weighted
+    maximum likelihood; inferred)::
+
+        L_prior = − Σ_i w_i · (1/|z_i|) Σ_t log π_θ(z_{i,t} | x, z_{i,<t})
+
+    ``logp``/``response_mask`` ``[N, T]`` (the paths scored under the question alone), ``weights``
+    ``[N]`` (:func:`utility_weights`, summing to 1 per group: the loss is a sum over groups)."""
+    mask = response_mask.to(torch.bool)
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("every path needs at least one token")
+    per_row = torch.where(mask, logp, torch.zeros_like(logp)).sum(-1) / mask.sum(-1).to(logp.dtype)
+    return -(weights.to(per_row.dtype) * per_row).sum()
 
 
 # ------------------------------------------------------------------------------------------------
