@@ -59,7 +59,8 @@ def read_sweep(name: str) -> dict:
 
 def swept_learning_rates(cfg: Config) -> tuple[float, float | None]:
     """``(optim.lr, baselines.staged_sft_lr)`` of ``cfg.train.method`` from the sweep file
-    ``cfg.optim.lr_sweep``; the staged ``sft_grpo`` takes GRPO's value and SFT's for its SFT stage."""
+    ``cfg.optim.lr_sweep``; a staged method takes its last stage's value, and its first stage's for
+    that stage (``sft_grpo``: GRPO's, and SFT's for its SFT stage)."""
     body = read_sweep(cfg.optim.lr_sweep)
     key = task_key(cfg)
     if body["task"] != key:
@@ -73,7 +74,7 @@ def swept_learning_rates(cfg: Config) -> tuple[float, float | None]:
     if missing:
         raise ValueError(f"optim.lr_sweep {cfg.optim.lr_sweep} has no learning rate for {missing[0]}; set optim.lr")
     lr = float(body["chosen"][wanted[0]])
-    staged_sft = float(body["chosen"]["sft"]) if method.stages and "sft" in method.stages else None
+    staged_sft = float(body["chosen"][method.stages[0]]) if method.stages else None  # the first stage's own
     return lr, staged_sft
 
 
