@@ -70,3 +70,39 @@ def test_a_red_step_on_the_real_model_trains_and_saves_a_loadable_model(smollm2,
     problems = [{"problem": "Compute 2 + 3.", "answer": "5", "level": "1"}]
     result = evaluate_model(str(final), problems, cfg, seed=0, progress=False)
     assert result["n"] == 1 and 0.0 <= result["accuracy"] <= 1.0
+
+
+@pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
+def test_bard_trains_on_the_real_model_with_its_budget_in_words(smollm2, tmp_path):
+    from redrl.config import load_config
+    from redrl.trainer import train
+
+    cfg = load_config(
+        "smollm2",
+        model={"path": smollm2},
+        rollout={"group_size": 2, "max_new_tokens": 48},
+        optim={"lr": 1e-5},
+        train={"method": "bard", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "bard")},
+        bard={"buckets": (24, 32, 48), "budget_template": "Think within {budget} tokens."},
+    )
+    final = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["bard_sft", "bard_rl"] and all(math.isfinite(r["loss"]) for r in rows)
+    from redrl import run_setup
+    from redrl.methods import METHODS
+
+    run = run_setup.setup(
+        load_config(
+            "smollm2",
+            model={"path": smollm2},
+            rollout={"max_new_tokens": 48},
+            train={"method": "bard_rl", "out": str(tmp_path / "probe"), "steps": 1},
+            optim={"lr": 1e-5},
+            bard={"buckets": (24, 32, 48), "budget_template": "Think within {budget} tokens."},
+        ),
+        METHODS["bard_rl"],
+        progress=False,
+    )
+    record = run.data.records[0]
+    text = run.tokenizer.decode(run.conditioning.sample_prompt(record, run.data.prompts[0]))
+    assert f"Think within {record['budget']} tokens." in text and "<|im_start|>system" in text  # ChatML renders it
