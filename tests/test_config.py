@@ -262,3 +262,14 @@ def test_config_command_prints_every_key_as_loadable_yaml(capsys):
         assert set(sections[section.name]) == {f.name for f in dataclasses.fields(getattr(expected, section.name))}
     assert sections["train"]["out"] == "runs/sft" and "# str; training method" in printed
     assert load_config(None, **sections) == expected  # what it prints is the config itself
+
+
+def test_the_bard_preset_holds_what_the_paper_says_each_with_its_source():
+    cfg = load_config("configs/paper/qwen3-8b-bard.yaml")
+    assert (cfg.train.method, max(cfg.bard.buckets), min(cfg.bard.buckets)) == ("bard", 8000, 500)
+    assert cfg.rollout.max_new_tokens >= max(cfg.bard.buckets) and "{budget}" in cfg.bard.budget_template
+    for line in (PAPER / "qwen3-8b-bard.yaml").read_text().splitlines():
+        if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
+            assert any(tag in line for tag in ("[paper]", "[ours]", "[memory]")) or line.strip().startswith(
+                ("out:", "method:")
+            ), line
