@@ -109,7 +109,7 @@ def evaluate(
 
     if budget is not None:
         from redrl.conditioning import check_budget_text
-        from redrl.data.budget import budget_text, with_budget
+        from redrl.data.budget import budget_text, response_length, with_budget
 
         check_budget_text(tokenizer, budget_text(budget, budget_template), "bard.budget_template")
         system_prompt = with_budget(system_prompt, budget, budget_template)
@@ -164,7 +164,7 @@ def evaluate(
         ]
     result = {**summarize(problems, rewards, lengths, k), "grading_failures": len(failed)}
     if budget is not None:
-        spoken = [len(r) - (1 if r and r[-1] == tokenizer.eos_token_id else 0) for r in responses]
+        spoken = [response_length(r, tokenizer.eos_token_id) for r in responses]
         result["budget"] = budget
         result["within_budget"] = sum(n <= budget for n in spoken) / max(1, len(spoken))
         result["budget_deviation"] = sum(abs(n - budget) / budget for n in spoken) / max(1, len(spoken))

@@ -13,14 +13,10 @@ from collections.abc import Callable
 
 import torch
 
+from redrl.data.budget import response_length
 from redrl.objectives import budget_reward
 
-__all__ = ["REWARD_SHAPES", "response_length"]
-
-
-def response_length(tokens: list[int], eos_id: int) -> int:
-    """A response's length in tokens, the closing end-of-sequence token not counted."""
-    return len(tokens) - (1 if tokens and tokens[-1] == eos_id else 0)
+__all__ = ["REWARD_SHAPES"]
 
 
 def _correct(rewards, rollouts, records, cfg, eos_id):

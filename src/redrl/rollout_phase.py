@@ -124,8 +124,10 @@ def start_pipeline(run, loop: dict | None, *, model_path: str, progress: bool):
     from redrl.rollout import vllm_settings
 
     cfg = run.cfg
-    longest = max(len(prompt) for prompt in _sample_prompts(run, range(len(run.data.prompts))))
-    vllm = vllm_settings(cfg, model_path, longest) if cfg.rollout.engine == "vllm" else None
+    vllm = None
+    if cfg.rollout.engine == "vllm":  # sized for the longest prompt the worker will sample after
+        longest = max(len(prompt) for prompt in _sample_prompts(run, range(len(run.data.prompts))))
+        vllm = vllm_settings(cfg, model_path, longest)
     threads = torch.get_num_threads()
     worker_threads = max(1, threads // 2)
     if run.par.device.type == "cpu" and threads > 1:  # the two processes share the cores

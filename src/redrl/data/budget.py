@@ -23,7 +23,15 @@ from collections.abc import Callable, Sequence
 
 from redrl.data.offline import read_records
 
-__all__ = ["budget_bucket", "budget_records", "budget_text", "compress_trace", "read_compressed", "with_budget"]
+__all__ = [
+    "budget_bucket",
+    "budget_records",
+    "budget_text",
+    "compress_trace",
+    "read_compressed",
+    "response_length",
+    "with_budget",
+]
 
 _OPERATION = re.compile(r"-?\d+ [-+*/] -?\d+ = -?\d+")
 _RECHECK = "Wait, let me check:"
@@ -50,6 +58,11 @@ def compress_trace(trace: str, problem: str) -> list[str]:
     c2 = [line for line in c1[:-1] if _OPERATION.fullmatch(line)] + [answer_line]
     c3 = [f"{match.group(1)} = {answer}", answer_line]
     return list(dict.fromkeys("\n".join(c) for c in (lines, c1, c2, c3)))
+
+
+def response_length(tokens: list[int], eos_id: int) -> int:
+    """A response's length in tokens as a budget counts it: the closing end-of-sequence token not counted."""
+    return len(tokens) - (1 if tokens and tokens[-1] == eos_id else 0)
 
 
 def budget_bucket(length: int, buckets: Sequence[int]) -> int | None:
