@@ -225,3 +225,18 @@ def test_a_step_that_cannot_be_split_evenly_is_refused():
     with pytest.raises(ValueError, match="multiple of 2"):
         par.share([1, 2, 3])
     assert Parallel(None).sum([1, 2.5]) == [1.0, 2.5] and Parallel(None).gather([3]) == [3]
+
+
+def test_a_single_process_leaves_a_process_group_it_did_not_make(tmp_path):
+    """An in-process vLLM engine makes a one-process group and closes it at its own shutdown; a
+    train in that process must not close it first (vLLM's shutdown then fails on its subgroups)."""
+    import torch.distributed as dist
+
+    from redrl.parallel import close_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        close_process_group()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -23,11 +23,18 @@ __all__ = ["Parallel", "close_process_group"]
 _close_at_exit: list[bool] = []
 
 
+def _ours() -> bool:
+    """Whether the default process group is the one a multi-process launch of redrl made. An
+    in-process vLLM engine starts a one-process group of its own and closes it (with its subgroups)
+    at its shutdown: closing it first makes that shutdown fail."""
+    return bool(_close_at_exit) and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _destroy_process_group() -> None:
     """Close the process group while the interpreter is still whole: left to interpreter shutdown,
     gloo's worker threads can abort the process ("terminate called without an active exception")
     after training has finished."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _ours():
         torch.distributed.destroy_process_group()
 
 
@@ -35,8 +42,8 @@ def close_process_group() -> None:
     """End a multi-process run that succeeded: wait until every process is done (no collective or
     asynchronous gloo work left in flight), then close the group, as PyTorch advises at the end of
     ``main``. Only on success: after a failure a barrier could wait for a process that is gone (the
-    exit handler then closes the group without one)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    exit handler then closes the group without one). A single process has nothing to close."""
+    if _ours():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
