@@ -14,32 +14,18 @@ the *leak* share (right answers with no operation line, the answer copied rather
 from __future__ import annotations
 
 import argparse
-import re
 from collections import defaultdict
 
 import torch
 from common import write_figures
 
 from redrl.config import load_config
+from redrl.data.arithmetic import operation_lines
 from redrl.data.offline import load_problems
 from redrl.modeling import encode_prompt, load_frozen_model
 from redrl.paths import resolve_paths, resolve_split
 from redrl.rewards import grade
 from redrl.rollout import make_generator
-
-_OPERATION = re.compile(r"^\s*(\d+) ([+-]) (\d+) = (\d+)\s*$")
-
-
-def operation_lines(text: str) -> tuple[int, int]:
-    """``(operation lines, true ones)`` of a response: lines ``a op b = c`` and how many hold."""
-    found = true = 0
-    for line in text.splitlines():
-        match = _OPERATION.match(line)
-        if match:
-            a, op, b, c = match.groups()
-            found += 1
-            true += (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
-    return found, true
 
 
 def main(argv=None) -> dict:

@@ -58,7 +58,8 @@ class Batch:
     on the target grid ``[N, S-1]``: ``sampler_logp`` the log-probabilities the sampler reported for
     the rollout tokens (NaN elsewhere; ``None`` when it reported none), ``token_advantages`` where
     the method's estimator gives one advantage per token (``advantages`` then holds each row's
-    mean over its response). A new per-token field declares its grid (:data:`TARGET`), and slicing,
+    mean over its response); ``row_weights`` ``[N]`` where rows carry a weight of their own (a
+    companion row's, see :func:`assemble_batch`; 1 elsewhere). A new per-token field declares its grid (:data:`TARGET`), and slicing,
     moving and the scorer's inputs follow.
     """
 
@@ -71,6 +72,7 @@ class Batch:
     group_accuracy: torch.Tensor
     sampler_logp: torch.Tensor | None = _per_token(TARGET)
     token_advantages: torch.Tensor | None = _per_token(TARGET)
+    row_weights: torch.Tensor | None = None
     teacher_ids: torch.Tensor | None = _per_token(TARGET, scorer_input=True)  # [N, S-1, k]: cached top-k entries
     teacher_logp: torch.Tensor | None = _per_token(TARGET, scorer_input=True)  # [N, S-1, k+1]: log-probs, tail mass
 
@@ -125,8 +127,16 @@ def assemble_batch(
     advantage_eps: float = 1e-6,
     accuracy_includes_offline: bool = False,
     rollout_logprobs: list[list[float] | None] | None = None,
+    companions: list[list[tuple[list[int], list[int], float]]] | None = None,
+    advantage: str | None = None,
 ) -> Batch:
     """Groups of ``G`` rollouts (if the method samples) + the teacher row (if it uses one), per prompt.
+
+    ``companions`` (one list per prompt, each as long) adds rows to each group after its rollouts
+    in the teacher row's place, as offline rows under their own prompt: ``(prompt, response,
+    weight)``, the weight in ``Batch.row_weights`` (RAVR's transfer rows: a posterior path scored
+    under the question alone, weighted by its utility); they are ungraded, so they take no part in
+    the advantages. ``advantage`` names the estimator (default ``Method.advantage``).
 
     ``rollouts`` is prompt-major (rows ``i*G .. i*G+G-1`` answer prompt ``i``). Advantages come from
     the method's estimator (``Method.advantage``; group-relative over every row of the group for
@@ -135,16 +145,25 @@ def assemble_batch(
     """
     g = group_size if method.rollouts else 0
     rows_prompt, rows_response, rewards, offline = [], [], [], []
+    weights = []
     for i, prompt in enumerate(prompts):
-        members = [(rollouts[i * g + j], rollout_rewards[i * g + j], False) for j in range(g)]
-        if method.offline:
-            members.append((teacher[i], teacher_rewards[i], True))
-        for response, reward, is_teacher in members:
-            rows_prompt.append(prompt)
+        members = [(prompt, rollouts[i * g + j], rollout_rewards[i * g + j], False, 1.0) for j in range(g)]
+        if companions is not None:
+            members += [(row_prompt, response, None, True, weight) for row_prompt, response, weight in companions[i]]
+        elif method.offline:
+            members.append((prompt, teacher[i], teacher_rewards[i], True, 1.0))
+        for row_prompt, response, reward, is_offline, weight in members:
+            rows_prompt.append(row_prompt)
             rows_response.append(response)
             rewards.append(math.nan if reward is None else float(reward))
-            offline.append(is_teacher)
-    rows_per_group = g + int(method.offline)
+            offline.append(is_offline)
+            weights.append(weight)
+    if companions is not None:
+        if len({len(rows) for rows in companions}) > 1:
+            raise ValueError("every group needs as many companion rows")
+        rows_per_group = g + (len(companions[0]) if companions else 0)
+    else:
+        rows_per_group = g + int(method.offline)
     input_ids, attention_mask, response_mask = collate(rows_prompt, rows_response, pad_id)
     sampler_logp = None
     if rollout_logprobs is not None and g:
@@ -164,7 +183,7 @@ def assemble_batch(
             row += rows_per_group
     rewards_t = torch.tensor(rewards, dtype=torch.float32)
     is_offline = torch.tensor(offline, dtype=torch.bool)
-    estimated = ADVANTAGE_ESTIMATORS[method.advantage].fn(
+    estimated = ADVANTAGE_ESTIMATORS[advantage or method.advantage].fn(
         AdvantageInputs(rewards_t, response_mask[:, 1:], rows_per_group, scale=advantage_scale, eps=advantage_eps)
     )
     token_advantages = None
@@ -181,4 +200,5 @@ def assemble_batch(
         group_accuracy=group_accuracy(rewards_t, is_offline, rows_per_group, include_offline=accuracy_includes_offline),
         sampler_logp=sampler_logp,
         token_advantages=token_advantages,
+        row_weights=torch.tensor(weights, dtype=torch.float32) if companions is not None else None,
     )

@@ -16,11 +16,13 @@ from typing import Protocol
 
 __all__ = [
     "CONDITIONINGS",
+    "AnswerConditioning",
     "BudgetConditioning",
     "Conditioning",
     "Unconditioned",
+    "append_to_system",
     "build_conditioning",
-    "check_budget_text",
+    "check_writable",
 ]
 
 
@@ -59,8 +61,11 @@ class BudgetConditioning:
         from redrl.data.budget import budget_text
 
         self.tokenizer, self.cfg, self._prompts = tokenizer, cfg, {}
-        check_budget_text(
-            tokenizer, budget_text(max(cfg.bard.buckets), cfg.bard.budget_template), "bard.budget_template"
+        check_writable(
+            tokenizer,
+            budget_text(max(cfg.bard.buckets), cfg.bard.budget_template),
+            "bard.budget_template",
+            BUDGET_ADVICE,
         )
 
     def sample_prompt(self, record: dict, prompt: list[int]) -> list[int]:
@@ -79,13 +84,51 @@ class BudgetConditioning:
     train_prompt = sample_prompt
 
 
-def check_budget_text(tokenizer, text: str, setting: str) -> None:
-    """Refuse, in one line, a stated budget the tokenizer can only write with unknown tokens."""
+class AnswerConditioning:
+    """RAVR (arXiv 2510.25206): sample, and train the sampled rows, under the record's prompt with its
+    reference answer stated in the system message (``ravr.hint_template``, after the record's own
+    system message): the answer-conditioned posterior. The question-only prior is the record's own
+    prompt, which the method's strategy scores the same paths under. Refuses, when built, a hint
+    the tokenizer cannot write for some record."""
+
+    needs_recomputed_logp = False
+
+    def __init__(self, tokenizer, cfg):
+        self.tokenizer, self.cfg, self._prompts = tokenizer, cfg, {}
+
+    def hint(self, record: dict) -> str:
+        return self.cfg.ravr.hint_template.replace("{answer}", str(record["answer"]))
+
+    def sample_prompt(self, record: dict, prompt: list[int]) -> list[int]:
+        from redrl.modeling import encode_prompt
+
+        key = (record["problem"], record.get("system"), record["answer"])
+        if key not in self._prompts:
+            stated = self.hint(record)
+            check_writable(self.tokenizer, stated, "ravr.hint_template", "state it in words the tokenizer has")
+            data = self.cfg.data
+            system = append_to_system(data.system_for(record), stated)
+            self._prompts[key] = encode_prompt(self.tokenizer, record["problem"], system, **data.prompt_kwargs())
+        return self._prompts[key]
+
+    train_prompt = sample_prompt
+
+
+#: What to say when a budget cannot be written.
+BUDGET_ADVICE = "state the budget in words it has (the embedded vocabulary: the number alone, '{budget}')"
+
+
+def append_to_system(system: str | None, text: str) -> str:
+    """A system message that also says ``text`` (after the record's or config's own, if any)."""
+    return f"{system}\n{text}" if system else text
+
+
+def check_writable(tokenizer, text: str, setting: str, advice: str) -> None:
+    """Refuse, in one line, text a prompt would state that the tokenizer can only write with unknown tokens."""
     unknown = tokenizer.unk_token_id
     if unknown is not None and unknown in tokenizer(text, add_special_tokens=False).input_ids:
         raise ValueError(
-            f"{setting} renders {text!r}, which this tokenizer cannot write (it has no tokens for part of it); "
-            "state the budget in words it has (the embedded vocabulary: the number alone, '{budget}')"
+            f"{setting} renders {text!r}, which this tokenizer cannot write (it has no tokens for part of it); {advice}"
         )
 
 
@@ -93,6 +136,7 @@ def check_budget_text(tokenizer, text: str, setting: str) -> None:
 CONDITIONINGS: dict[str, Callable[[object, object], Conditioning]] = {
     "none": lambda tokenizer, cfg: Unconditioned(),
     "budget": BudgetConditioning,
+    "answer": AnswerConditioning,
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from redrl.objectives import ADVANTAGE_SCALES, AGGREGATIONS, OFFLINE_RATIOS
+from redrl.objectives import ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES, AGGREGATIONS, OFFLINE_RATIOS
 
 __all__ = ["Config", "describe_config", "load_config", "preset_path", "read_yaml"]
 
@@ -311,6 +311,11 @@ class LossConfig:
     )
     advantage_scale: str = _help(f"advantage scale: {', '.join(ADVANTAGE_SCALES)} (none = Dr.GRPO)", "std")
     advantage_eps: float = _help("added to the group std", 1e-6)
+    advantage: str | None = _help(
+        "override the method's advantage estimator: group (group-normalised, GRPO) or raw (the reward itself; "
+        "ravr's baseline variant, where the reward already subtracts the prior's baseline); null = the method's",
+        None,
+    )
     accuracy_includes_offline: bool = _help("group accuracy r̄ also averages the teacher row (the authors' code)", False)
     offline_ratio: str | None = _help(f"override the method's offline ratio: {', '.join(OFFLINE_RATIOS)}", None)
     clip_offline: bool = _help("clip the offline ratio too", False)
@@ -357,6 +362,10 @@ class LossConfig:
             f"loss.norm_constant must be > 0; got {self.norm_constant}",
         )
         _require(self.advantage_eps >= 0, f"loss.advantage_eps must be >= 0; got {self.advantage_eps}")
+        _require(
+            self.advantage is None or self.advantage in ADVANTAGE_ESTIMATORS,
+            f"loss.advantage must be one of {', '.join(ADVANTAGE_ESTIMATORS)} or null; got {self.advantage!r}",
+        )
         _require(self.luffy_gamma > 0, f"loss.luffy_gamma must be > 0; got {self.luffy_gamma}")
         _require(
             self.is_cap is None or self.is_cap >= 1 + self.eps_high,
@@ -665,6 +674,34 @@ class BardConfig:
 
 
 @dataclass
+class RavrConfig:
+    """RAVR (arXiv 2510.25206): rollouts sampled with the reference answer in the prompt (the posterior),
+    rewarded by the utility of their path, and taught to the question-only prompt (the prior). The
+    paper's full text was not available: the hint's wording, the baseline, the weights and the
+    combination of the two terms are inferred (docs/conditioned.md)."""
+
+    hint_template: str = _help(
+        "how the posterior prompt states the reference answer, {answer} standing for it, put in the system "
+        "message (real chat models: a think-aloud instruction that asks not to reveal it)",
+        "So the answer is {answer}.",
+    )
+    answer_prefix: str = _help(
+        "appended to a path without a \\boxed{ before the reference answer is scored after it (the paper's answer "
+        "prefix)",
+        "\nSo the answer is \\boxed{",
+    )
+    prior_size: int = _help(
+        "G': question-only samples per prompt whose mean utility is the baseline b(x) (inferred)", 2
+    )
+    prior_coef: float = _help("c_prior: the weight of the transfer rows' utility-weighted NLL (inferred)", 1.0)
+
+    def __post_init__(self):
+        _require("{answer}" in self.hint_template, "ravr.hint_template must contain {answer}")
+        _require(self.prior_size >= 1, f"ravr.prior_size must be >= 1; got {self.prior_size}")
+        _require(self.prior_coef >= 0, f"ravr.prior_coef must be >= 0; got {self.prior_coef}")
+
+
+@dataclass
 class CompareConfig:
     """What ``redrl compare`` runs: every method x seed, each for ``steps`` optimizer steps."""
 
@@ -717,6 +754,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     bard: BardConfig = field(default_factory=BardConfig)
+    ravr: RavrConfig = field(default_factory=RavrConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
@@ -735,6 +773,7 @@ _SECTIONS = {
     "teacher": TeacherConfig,
     "distill": DistillConfig,
     "bard": BardConfig,
+    "ravr": RavrConfig,
     "compare": CompareConfig,
 }
 

@@ -108,10 +108,10 @@ def evaluate(
     from redrl.rollout import make_generator
 
     if budget is not None:
-        from redrl.conditioning import check_budget_text
+        from redrl.conditioning import BUDGET_ADVICE, check_writable
         from redrl.data.budget import budget_text, response_length, with_budget
 
-        check_budget_text(tokenizer, budget_text(budget, budget_template), "bard.budget_template")
+        check_writable(tokenizer, budget_text(budget, budget_template), "bard.budget_template", BUDGET_ADVICE)
         system_prompt = with_budget(system_prompt, budget, budget_template)
     prompts = [encode_prompt(tokenizer, p["problem"], system_prompt, **(prompt_format or {})) for p in problems]
     generator = make_generator(

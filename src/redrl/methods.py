@@ -26,12 +26,15 @@ class Method:
             (:func:`redrl.objectives.srft_loss`) or ``"distill"`` (the KLs to a teacher model).
         offline_ratio: the teacher row's ratio (:data:`redrl.objectives.OFFLINE_RATIOS`).
         regulator: weight the teacher rows by the entropy regulator's ``w`` (else ``w = 1``).
-        on_all_fail: what happens to a prompt whose ``G`` rollouts are all wrong: ``"none"``
-            (no signal, as GRPO), ``"sft_buffer"`` (ReLIFT: the prompt waits in a buffer; when it
-            holds ``baselines.relift_buffer`` prompts, that step is one SFT step on their teacher
-            traces instead of an RL step) or ``"teacher_prefix"`` (BREAD: sample the ``G`` rollouts
-            again after the shortest teacher prefix in ``baselines.bread_fractions`` that lets one
-            of them succeed; the prefix joins the prompt, so the loss sees student tokens only).
+        strategy: what the method does beyond its loss (:data:`redrl.strategies.STRATEGIES`):
+            ``"plain"`` (an all-fail group has no signal, as GRPO), ``"sft_buffer"`` (ReLIFT: a
+            prompt whose rollouts all failed waits in a buffer; when it holds
+            ``baselines.relift_buffer`` prompts, that step is one SFT step on their teacher traces
+            instead of an RL step), ``"teacher_prefix"`` (BREAD: an all-fail group is sampled again
+            after the shortest teacher prefix in ``baselines.bread_fractions`` that lets one of them
+            succeed; the prefix joins the prompt, so the loss sees student tokens only) or
+            ``"answer_posterior"`` (RAVR: answer-conditioned samples rewarded by their utility and
+            taught to the question-only prompt).
         stages: a staged method: the methods run one after the other, each from the previous
             one's final checkpoint, splitting ``train.steps`` (``baselines.staged_sft_fraction``).
         source: where the method comes from.
@@ -54,7 +57,7 @@ class Method:
     objective: str = "red"
     offline_ratio: str = "shift"
     regulator: bool = False
-    on_all_fail: str = "none"
+    strategy: str = "plain"
     stages: tuple[str, ...] = ()
     source: str = ""
     distill_prefix: str = "teacher"
@@ -107,7 +110,7 @@ METHODS: dict[str, Method] = {
         "relift",
         rollouts=True,
         offline=False,
-        on_all_fail="sft_buffer",
+        strategy="sft_buffer",
         source="ReLIFT, arXiv 2506.07527: GRPO, with one SFT step (NLL - 0.001·H) on the teacher traces of "
         "buffered prompts whose rollouts all failed",
     ),
@@ -115,7 +118,7 @@ METHODS: dict[str, Method] = {
         "bread",
         rollouts=True,
         offline=False,
-        on_all_fail="teacher_prefix",
+        strategy="teacher_prefix",
         source="BREAD, arXiv 2506.17211: GRPO; a group whose rollouts all fail is re-sampled after the shortest "
         "teacher prefix that lets one succeed; loss on the student's tokens only",
     ),
@@ -252,6 +255,19 @@ METHODS |= {
         **_BUDGETED,
     ),
 }
+
+# RAVR (arXiv 2510.25206): rollouts sampled with the reference answer in the prompt, rewarded by the
+# utility of their path over a question-only baseline, and taught to the question-only prompt.
+METHODS["ravr"] = Method(
+    "ravr",
+    rollouts=True,
+    offline=False,
+    objective="ravr",
+    strategy="answer_posterior",
+    conditioning="answer",
+    source="RAVR, arXiv 2510.25206: answer-conditioned posterior rollouts, reward s(z) - b(x) with "
+    "s(z) = π(y* | x, z), the paths taught to the question-only prompt weighted by utility (inferred parts: docs)",
+)
 
 #: The paper's Table 2 rows in its order: what ``redrl compare --methods all`` runs.
 COMPARED: tuple[str, ...] = (

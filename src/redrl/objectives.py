@@ -70,7 +70,9 @@ __all__ = [
     "masked_mean",
     "offline_importance_ratio",
     "policy_shift",
+    "ravr_loss",
     "ravr_rewards",
+    "raw_advantages",
     "red_loss",
     "relative_entropy_change",
     "sampled_kl_loss",
@@ -492,6 +494,73 @@ def weighted_prior_nll(logp: torch.Tensor, response_mask: torch.Tensor, weights:
         raise ValueError("every path needs at least one token")
     per_row = torch.where(mask, logp, torch.zeros_like(logp)).sum(-1) / mask.sum(-1).to(logp.dtype)
     return -(weights.to(per_row.dtype) * per_row).sum()
+
+
+def ravr_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    is_transfer: torch.Tensor,
+    row_weights: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    prior_coef: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RAVR's objective (arXiv 2510.25206): the answer-conditioned posterior ``q(z | x, y*)`` is
+    trained with the clipped surrogate on its own samples, and the question-only prior ``π(z | x)``
+    learns those samples by utility-weighted likelihood (the ELBO's ``KL(q ‖ π)`` term read as
+    amortisation; the combination is inferred). Every row contributes one term, the loss is their
+    mean over the step's rows::
+
+        posterior row i (sampled after x, y*):   ℓ_i = −(1/|o_i|) Σ_t min(ρ_{i,t} Â_i, clip(ρ_{i,t}, 1−ε_low, 1+ε_high) Â_i)
+        transfer row i (the same path after x):  ℓ_i = c_prior · u_i · (−(1/|z_i|) Σ_t log π_θ(z_{i,t} | x, z_{i,<t}))
+        L = (1/N) Σ_i ℓ_i
+
+    with ``u_i = G · w_i`` (:func:`utility_weights` scaled to mean 1 over a group of ``G``). With
+    one transfer row per posterior row (``P`` groups of ``G``, ``N = 2PG``) this is
+    ``L = ½ (L_GRPO + c_prior · (1/P) Σ_groups L_prior)``, ``L_prior`` of :func:`weighted_prior_nll`.
+
+    Args:
+        logp, old_logp: ``[N, T]`` (``old_logp`` is the sampling policy's on posterior rows).
+        advantages: ``[N]`` or ``[N, T]`` (used on posterior rows only).
+        response_mask: ``[N, T]``.
+        is_transfer: ``[N]`` bool, the transfer rows.
+        row_weights: ``[N]`` the ``u_i`` of the transfer rows (ignored elsewhere; no gradient).
+        prior_coef: ``c_prior``.
+    Returns ``(loss, metrics)``: ``ravr_posterior`` (the mean of ``ℓ`` over posterior rows),
+    ``ravr_prior_nll`` (the ``u``-weighted mean NLL of the transfer rows), ``clip_fraction``."""
+    mask = response_mask.to(torch.bool)
+    transfer = is_transfer.to(torch.bool)
+    has_tokens = mask.any(-1)
+    dtype = _compute_dtype(logp.dtype)
+    logp, old_logp = logp.to(dtype), old_logp.to(dtype)
+    lengths = mask.sum(-1).clamp(min=1).to(dtype)
+    ratio = torch.exp(torch.where(mask, logp - old_logp, torch.zeros_like(logp)))
+    term, clipped = clipped_surrogate(ratio, advantages.to(dtype), eps_low, eps_high)
+    posterior_rows = -torch.where(mask, term, torch.zeros_like(term)).sum(-1) / lengths
+    nll_rows = -torch.where(mask, logp, torch.zeros_like(logp)).sum(-1) / lengths
+    weights = row_weights.detach().to(dtype)
+    rows = torch.where(transfer, prior_coef * weights * nll_rows, posterior_rows)
+    counted = has_tokens.to(dtype)
+    loss = (rows * counted).sum() / counted.sum().clamp(min=1)
+    post, moved = has_tokens & ~transfer, has_tokens & transfer
+    nan = torch.tensor(math.nan, dtype=dtype)
+    metrics = {
+        "ravr_posterior": posterior_rows[post].detach().mean() if post.any() else nan,
+        "ravr_prior_nll": (weights * nll_rows)[moved].detach().mean() if moved.any() else nan,
+        "clip_fraction": masked_mean(clipped.to(dtype), _row_mask(~transfer, mask)) if post.any() else nan,
+    }
+    return loss, metrics
+
+
+def raw_advantages(rewards) -> torch.Tensor:
+    """The reward itself as the advantage, ``Â_i = R_i`` (REINFORCE without a learned baseline;
+    RAVR's ``baseline`` variant, whose reward ``s(z) − b(x)`` already subtracts one). Ungradable
+    rows (NaN) get 0."""
+    rewards = _rewards_tensor(rewards)
+    return torch.where(torch.isnan(rewards), torch.zeros_like(rewards), rewards)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1188,7 +1257,9 @@ class LossInputs:
     ``behaviour_logp`` ``[N, T]`` the sampler's log-probabilities when ``old_logp`` is the proximal
     policy (the decoupled objective of :func:`red_loss`); ``token_advantages`` ``[N, T]`` where the
     method's advantage estimator gives one per token (:data:`ADVANTAGE_ESTIMATORS`), else ``None``
-    and each row's ``advantages`` holds for all its tokens (:meth:`per_token_advantages`)."""
+    and each row's ``advantages`` holds for all its tokens (:meth:`per_token_advantages`);
+    ``row_weights`` ``[N]`` a per-row weight where the batch carries one (RAVR's utility weights of
+    its transfer rows), else ``None``."""
 
     logp: torch.Tensor
     old_logp: torch.Tensor
@@ -1205,6 +1276,7 @@ class LossInputs:
     kl_rev: torch.Tensor | None = None
     behaviour_logp: torch.Tensor | None = None
     token_advantages: torch.Tensor | None = None
+    row_weights: torch.Tensor | None = None
 
     def per_token_advantages(self) -> torch.Tensor:
         """``[N, T]`` token advantages, or ``[N]`` row advantages (broadcast over ``T`` by the terms)."""
@@ -1218,7 +1290,8 @@ class LossSettings:
     ``aggregation`` and ``norm_constant`` as in :func:`aggregate_loss`; ``eps_low``, ``eps_high``,
     ``offline_ratio``, ``gamma``, ``clip_offline``, ``kl_coef`` as in :func:`red_loss`;
     ``srft_sft_coef``, ``srft_rl_coef`` as in :func:`srft_loss`; ``sft_entropy_coef`` the
-    ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss`; ``is_cap`` the truncation of :func:`red_loss`'s
+    ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss`; ``prior_coef`` the ``c_prior`` of
+    :func:`ravr_loss`; ``is_cap`` the truncation of :func:`red_loss`'s
     behaviour correction (``None`` where ``old_logp`` is the trainer's own)."""
 
     aggregation: str = "seq-mean-token-mean"
@@ -1234,6 +1307,7 @@ class LossSettings:
     sft_entropy_coef: float = 0.0
     distill_alpha: float = 1.0
     is_cap: float | None = None
+    prior_coef: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -1323,6 +1397,23 @@ def _distill_objective(x: LossInputs, s: LossSettings):
     return loss, metrics
 
 
+def _ravr_objective(x: LossInputs, s: LossSettings):
+    """:func:`ravr_loss`: the offline rows of a RAVR batch are its transfer rows."""
+    if x.row_weights is None:
+        raise ValueError("the ravr objective needs the batch's row weights (its transfer rows' utility weights)")
+    return ravr_loss(
+        x.logp,
+        x.old_logp,
+        x.per_token_advantages(),
+        x.response_mask,
+        x.is_offline,
+        x.row_weights,
+        eps_low=s.eps_low,
+        eps_high=s.eps_high,
+        prior_coef=s.prior_coef,
+    )
+
+
 #: Every objective by name (``Method.objective``). Adding one: a function here with its
 #: hand-computed test, and an entry in this dict.
 LOSSES: dict[str, Objective] = {
@@ -1349,6 +1440,11 @@ LOSSES: dict[str, Objective] = {
         scores_with_teacher=True,
         uses_rewards=False,
         aggregation="token-mean",  # a token mean of the per-token KLs
+    ),
+    "ravr": Objective(
+        _ravr_objective,
+        ("ravr_posterior", "ravr_prior_nll", "clip_fraction"),
+        aggregation="seq-mean-token-mean",  # the mean over rows of each row's term
     ),
 }
 
@@ -1382,7 +1478,10 @@ def _group_relative(x: AdvantageInputs) -> torch.Tensor:
 
 #: Every advantage estimator by name (``Method.advantage``). Adding one (GAE, token credit): a
 #: function here with its hand-computed test, and an entry in this dict.
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {"group": AdvantageEstimator(_group_relative)}
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "group": AdvantageEstimator(_group_relative),
+    "raw": AdvantageEstimator(lambda x: raw_advantages(x.rewards)),
+}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -277,6 +277,10 @@ def _build(cfg: Config, method: Method, par: Parallel, out: Path, resume_from: P
         tokenizer=tokenizer,
         grader=cfg.data.grader,
         failed_grading=cfg.data.failed_grading,
+        scorer=scorer,
+        prompts=data.prompts,
+        ravr=cfg.ravr,
+        train=cfg.train,
     )
     reference = None
     if cfg.loss.kl_coef:  # π_ref: the model this run starts from, frozen

@@ -132,6 +132,9 @@ def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) ->
             aggregation=objective.aggregation,
             sft_entropy_coef=sft_entropy_coef,
             distill_alpha=method.distill_alpha if cfg.distill.alpha is None else cfg.distill.alpha,
+            eps_low=loss.eps_low,
+            eps_high=loss.eps_high,
+            prior_coef=cfg.ravr.prior_coef,
         )
     return LossSettings(
         is_cap=loss.is_cap if behaviour_logp(cfg) else None,
@@ -176,6 +179,7 @@ def _loss(
         kl_rev=out.kl_rev,
         behaviour_logp=rows.sampler_logp if decoupled else None,
         token_advantages=rows.token_advantages,
+        row_weights=rows.row_weights,
     )
     return objective.fn(inputs, settings)
 

@@ -9,12 +9,15 @@ the same four methods on every one and never asks which method it runs.
   ``size`` prompts, that step is one SFT step (NLL − coef·H) on their teacher traces.
 * :class:`TeacherPrefix`: BREAD (arXiv 2506.17211): an all-fail group is sampled again after the
   shortest teacher prefix that lets one continuation succeed (:func:`teacher_prefix_rollouts`).
+* :class:`AnswerPosterior`: RAVR (arXiv 2510.25206): the groups were sampled with the reference
+  answer in the prompt; each path is rewarded by its utility over a question-only baseline, and
+  joins its group once more under the question alone, weighted by its utility.
 
 Each keeps its state in :meth:`state_dict`, saved with every checkpoint, so a resumed run repeats
 the uninterrupted one exactly. What the loop must know of a strategy it asks: which groups carry a
 signal (:meth:`informative`, for dynamic sampling) and whether it acts on the current policy after
 grading (``needs_current_policy``: no asynchronous rollouts). :func:`build_strategy` picks one by
-``Method.on_all_fail``.
+``Method.strategy``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+import torch
 
 from redrl.methods import METHODS, Method
 from redrl.objectives import LOSSES
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from redrl.parallel import Parallel
 
 __all__ = [
+    "STRATEGIES",
+    "AnswerPosterior",
     "Plain",
     "ReliftBuffer",
     "StepPlan",
@@ -43,6 +50,7 @@ __all__ = [
     "check_strategy",
     "strategy_class",
     "teacher_prefix_rollouts",
+    "path_utilities",
 ]
 
 
@@ -61,8 +69,9 @@ class StepPlan:
 class StepRollouts:
     """This process's groups of one step after grading, as a strategy may rewrite them. ``rollouts``,
     ``rewards`` and ``logprobs`` are prompt-major, ``group_size`` per prompt. ``correct``: the
-    grades, where the method's rewards are shaped from them (``Method.reward``; else ``None``:
-    the rewards are the grades)."""
+    grades, where the method's rewards are shaped from them (``Method.reward``, or a strategy that
+    rewards otherwise; else ``None``: the rewards are the grades). ``companions``: rows a strategy
+    adds to each group (:func:`redrl.batch.assemble_batch`)."""
 
     chosen: list[int]
     prompts: list[list[int]]
@@ -73,6 +82,7 @@ class StepRollouts:
     logprobs: list[list[float] | None] | None
     group_size: int
     correct: list[float | None] | None = None
+    companions: list[list[tuple[list[int], list[int], float]]] | None = None
 
 
 class Strategy(Protocol):
@@ -300,31 +310,218 @@ def teacher_prefix_rollouts(
     return prompts, rollouts, rewards, stats
 
 
+class AnswerPosterior(Plain):
+    """RAVR: the step's groups were sampled after the answer-conditioned prompt (the posterior ``q``,
+    :class:`redrl.conditioning.AnswerConditioning`). After grading, ``G'`` question-only samples per
+    prompt are drawn from the current policy (the prior), and every path's utility
+    ``s(z) = π_θ(y* | x, z)`` is measured under the question-only prompt with one no-grad forward
+    (:func:`path_utilities`). A posterior path's reward becomes ``s(z) − b(x)``, ``b`` the prior
+    samples' mean utility (:func:`redrl.objectives.ravr_rewards`), its grade kept as ``correct``; and
+    each path joins its group once more as a transfer row under the question alone, weighted by
+    ``G · s(z_i) / Σ_j s(z_j)`` (:func:`redrl.objectives.utility_weights`). Counters, summed over
+    processes: the mean utilities, the prior samples' accuracy, and the leak rate (posterior paths
+    graded right with no operation line ``a op b = c``: the answer copied, not reasoned)."""
+
+    needs_current_policy = True
+
+    def __init__(
+        self,
+        method: Method,
+        generator,
+        tokenizer,
+        scorer,
+        prompts: list[list[int]],
+        *,
+        prior_size: int,
+        answer_prefix: str,
+        temperature: float,
+        max_new_tokens: int,
+        grader: str,
+        micro_batch_size: int = 64,
+        mixed_precision: str = "no",
+    ):
+        super().__init__(method)
+        self.generator, self.tokenizer, self.scorer, self.prompts = generator, tokenizer, scorer, prompts
+        self.prior_size, self.answer_prefix = prior_size, answer_prefix
+        self.temperature, self.max_new_tokens, self.grader = temperature, max_new_tokens, grader
+        self.micro_batch_size, self.mixed_precision = micro_batch_size, mixed_precision
+
+    def after_grading(self, step: StepRollouts, plan: StepPlan, par: Parallel) -> dict:
+        from redrl.data.arithmetic import operation_lines
+        from redrl.objectives import ravr_rewards, utility_weights
+
+        G, prior_size = step.group_size, self.prior_size
+        prior_prompts = [self.prompts[i] for i in step.chosen]
+        prior = self.generator.generate(
+            prior_prompts, prior_size, temperature=self.temperature, max_new_tokens=self.max_new_tokens
+        )
+        answers = [self.tokenizer(a, add_special_tokens=False).input_ids for a in step.answers]
+        kwargs = {
+            "tokenizer": self.tokenizer,
+            "answer_prefix": self.answer_prefix,
+            "micro_batch_size": self.micro_batch_size,
+            "mixed_precision": self.mixed_precision,
+        }
+        s_post = path_utilities(self.scorer, prior_prompts, step.rollouts, answers, G, **kwargs)
+        s_prior = path_utilities(self.scorer, prior_prompts, prior, answers, prior_size, **kwargs)
+        rewards = ravr_rewards(s_post, s_prior, G, prior_size)
+        weights = G * utility_weights(s_post, G)
+        step.correct, step.rewards = step.rewards, rewards.tolist()
+        step.companions = [
+            [(prior_prompts[g], step.rollouts[g * G + j], float(weights[g * G + j])) for j in range(G)]
+            for g in range(len(step.chosen))
+        ]
+        texts = self.tokenizer.batch_decode(step.rollouts, skip_special_tokens=True) if step.rollouts else []
+        leaks = sum(1 for text, c in zip(texts, step.correct) if c and operation_lines(text)[0] == 0)
+        prior_texts = self.tokenizer.batch_decode(prior, skip_special_tokens=True) if prior else []
+        prior_right = sum(
+            (grade_checked(text, step.answers[k // prior_size], self.grader)[0] or 0.0)
+            for k, text in enumerate(prior_texts)
+        )
+        totals = par.sum([float(s_post.sum()), len(s_post), float(s_prior.sum()), len(s_prior), leaks, prior_right])
+        post_sum, post_n, prior_sum, prior_n, leaks, prior_right = totals
+        return {
+            "ravr_utility_posterior": post_sum / post_n if post_n else math.nan,
+            "ravr_utility_prior": prior_sum / prior_n if prior_n else math.nan,
+            "ravr_prior_accuracy": prior_right / prior_n if prior_n else math.nan,
+            "ravr_leak_rate": leaks / post_n if post_n else math.nan,
+        }
+
+    def record(self, plan: StepPlan, extra: dict) -> dict:
+        return {key: value for key, value in extra.items() if key.startswith("ravr_")}
+
+
+def path_utilities(
+    scorer,
+    prompts: list[list[int]],
+    paths: list[list[int]],
+    answers: list[list[int]],
+    group_size: int,
+    *,
+    tokenizer,
+    answer_prefix: str,
+    micro_batch_size: int = 64,
+    mixed_precision: str = "no",
+) -> torch.Tensor:
+    """RAVR's utility of each path, ``s(z) = π_θ(y* | x, z)`` (length-normalised,
+    :func:`redrl.objectives.answer_utility`), measured with one no-grad forward of ``prompt + z + y*``.
+
+    ``paths`` is prompt-major (``group_size`` per prompt in ``prompts``, whose answer tokens are
+    ``answers``). A path is cut after its last ``\\boxed{`` (what it wrote of an answer after that is
+    replaced by the reference's); one without gets ``answer_prefix`` appended (the paper's answer
+    prefix). Returns ``[len(paths)]``."""
+    from redrl.batch import collate
+    from redrl.modeling import autocast
+    from redrl.objectives import answer_utility
+
+    prefix = tokenizer(answer_prefix, add_special_tokens=False).input_ids
+    rows_prompt, rows_response, spans = [], [], []
+    for k, path in enumerate(paths):
+        g = k // group_size
+        z = _before_answer(path, tokenizer, prefix)
+        rows_prompt.append(prompts[g])
+        rows_response.append(z + answers[g])
+        spans.append((len(prompts[g]) + len(z), len(answers[g])))
+    if not paths:
+        return torch.zeros(0)
+    device = next(scorer.parameters()).device
+    utilities = []
+    for start in range(0, len(paths), micro_batch_size):
+        chunk = slice(start, start + micro_batch_size)
+        input_ids, attention_mask, _ = collate(rows_prompt[chunk], rows_response[chunk], tokenizer.pad_token_id)
+        answer_mask = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool)
+        for row, (begin, length) in enumerate(spans[chunk]):
+            answer_mask[row, begin - 1 : begin - 1 + length] = True  # target grid: t scores token t + 1
+        with torch.no_grad(), autocast(device, mixed_precision):
+            out = scorer(input_ids.to(device), attention_mask.to(device), answer_mask.to(device))
+        utilities.append(answer_utility(out.logp.float().cpu(), answer_mask))
+    return torch.cat(utilities)
+
+
+def _before_answer(path: list[int], tokenizer, prefix: list[int]) -> list[int]:
+    """The path's tokens up to and including its last ``\\boxed{``; else the path (end-of-sequence
+    token dropped) followed by ``prefix``."""
+    eos = tokenizer.eos_token_id
+    body = path[:-1] if path and path[-1] == eos else list(path)
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    found = text.rfind("\\boxed{")
+    if found < 0:
+        return body + prefix
+    end = found + len("\\boxed{")
+    low, high = 1, len(body)  # the fewest tokens whose text covers the "\boxed{"
+    while low < high:
+        mid = (low + high) // 2
+        if len(tokenizer.decode(body[:mid], skip_special_tokens=True)) >= end:
+            high = mid
+        else:
+            low = mid + 1
+    kept = body[:low]
+    written = tokenizer.decode(kept, skip_special_tokens=True)
+    if written == text[:end]:
+        return kept
+    # the last token runs past the brace (a merged "{1"): end on the brace instead
+    before = tokenizer.decode(body[: low - 1], skip_special_tokens=True)
+    return body[: low - 1] + tokenizer(text[len(before) : end], add_special_tokens=False).input_ids
+
+
 def strategy_class(method: Method) -> type:
-    """The strategy class of ``method.on_all_fail`` (its declared needs can be asked before it is built)."""
-    return {"sft_buffer": ReliftBuffer, "teacher_prefix": TeacherPrefix}.get(method.on_all_fail, Plain)
+    """The strategy class of ``method.strategy`` (its declared needs can be asked before it is built)."""
+    return STRATEGIES.get(method.strategy, Plain)
 
 
 def check_strategy(method: Method, baselines, par: Parallel) -> None:
     """Refuse, before any model is loaded, a strategy this launch cannot run."""
-    if method.on_all_fail == "sft_buffer" and baselines.relift_buffer % par.world:
+    if method.strategy == "sft_buffer" and baselines.relift_buffer % par.world:
         raise ValueError(
             f"baselines.relift_buffer ({baselines.relift_buffer}) must be a multiple of the {par.world} processes"
         )
-    if method.on_all_fail == "teacher_prefix" and par.sharded:
+    if method.strategy == "teacher_prefix" and par.sharded:
         raise ValueError(
             "bread re-samples only where groups failed, but gathering sharded weights for generation needs "
             "every process; run it with DDP (configs/accelerate/ddp.yaml)"
         )
+    if method.strategy == "answer_posterior" and par.sharded:
+        raise ValueError(
+            f"{method.name} samples and scores its prior rows beside the step, which sharded weights do not allow; "
+            "run it with DDP (configs/accelerate/ddp.yaml)"
+        )
 
 
 def build_strategy(
-    method: Method, baselines, rollout, *, generator, tokenizer, grader: str, failed_grading: str = "ungraded"
+    method: Method,
+    baselines,
+    rollout,
+    *,
+    generator,
+    tokenizer,
+    grader: str,
+    failed_grading: str = "ungraded",
+    scorer=None,
+    prompts: list[list[int]] | None = None,
+    ravr=None,
+    train=None,
 ) -> Strategy:
-    """The strategy of ``method.on_all_fail``, from the ``baselines`` and ``rollout`` config sections."""
-    if method.on_all_fail == "sft_buffer":
+    """The strategy of ``method.strategy``, from the ``baselines``, ``rollout``, ``ravr`` and ``train``
+    config sections; ``scorer`` and ``prompts`` (every record's own prompt) for a strategy that
+    scores paths under the question alone."""
+    if method.strategy == "sft_buffer":
         return ReliftBuffer(method, baselines.relift_buffer, baselines.relift_entropy_coef)
-    if method.on_all_fail == "teacher_prefix":
+    if method.strategy == "answer_posterior":
+        return AnswerPosterior(
+            method,
+            generator,
+            tokenizer,
+            scorer,
+            prompts,
+            prior_size=ravr.prior_size,
+            answer_prefix=ravr.answer_prefix,
+            temperature=rollout.temperature,
+            max_new_tokens=rollout.max_new_tokens,
+            grader=grader,
+            micro_batch_size=train.micro_batch_size,
+            mixed_precision=train.mixed_precision,
+        )
+    if method.strategy == "teacher_prefix":
         return TeacherPrefix(
             method,
             generator,
@@ -336,3 +533,11 @@ def build_strategy(
             failed_grading=failed_grading,
         )
     return Plain(method)
+
+
+#: The strategy of each ``Method.strategy`` other than ``"plain"``.
+STRATEGIES: dict[str, type] = {
+    "sft_buffer": ReliftBuffer,
+    "teacher_prefix": TeacherPrefix,
+    "answer_posterior": AnswerPosterior,
+}

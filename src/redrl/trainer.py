@@ -170,6 +170,8 @@ def _step(run: Run, step: int, log: RunLog) -> dict:
         advantage_eps=cfg.loss.advantage_eps,
         accuracy_includes_offline=cfg.loss.accuracy_includes_offline,
         rollout_logprobs=groups.logprobs,
+        companions=groups.companions,
+        advantage=cfg.loss.advantage,
     )
     for aux in run.auxiliaries:
         batch = aux.attach(batch, groups.chosen)

@@ -20,7 +20,9 @@ Everything is a pure function of a seed; train, validation and test problems are
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +31,7 @@ __all__ = [
     "fact_line",
     "generate_problems",
     "make_problem",
+    "operation_lines",
     "step_solution",
     "teacher_trace",
     "write_jsonl",
@@ -147,3 +150,21 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> None:
     with open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+
+
+_OPERATION_LINE = re.compile(r"^\s*(-?\d+) ?([-+*/]) ?(-?\d+) ?= ?(-?\d+)\s*\.?\s*$")
+
+
+def operation_lines(text: str) -> tuple[int, int]:
+    """``(operation lines, true ones)`` of a response: lines that are one ``a op b = c`` (the
+    teacher's steps, ``13 + 5 = 18``; ``op`` one of ``+ - * /``) and how many of them hold. A right
+    answer with none is one the response did not reason its way to (RAVR's leak)."""
+    found = true = 0
+    for line in text.splitlines():
+        match = _OPERATION_LINE.match(line)
+        if match:
+            a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+            found += 1
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else math.nan}[op]
+            true += value == c
+    return found, true

@@ -78,8 +78,9 @@ def budget_text(budget: int, template: str) -> str:
 
 def with_budget(system: str | None, budget: int, template: str) -> str:
     """A system message that also states the budget (after the record's or config's own, if any)."""
-    stated = budget_text(budget, template)
-    return f"{system}\n{stated}" if system else stated
+    from redrl.conditioning import append_to_system
+
+    return append_to_system(system, budget_text(budget, template))
 
 
 def read_compressed(path: str) -> dict[str, list[tuple[int, str]]]:
