@@ -273,3 +273,14 @@ def test_the_bard_preset_holds_what_the_paper_says_each_with_its_source():
             assert any(tag in line for tag in ("[paper]", "[ours]", "[memory]")) or line.strip().startswith(
                 ("out:", "method:")
             ), line
+
+
+def test_the_ravr_preset_holds_what_the_paper_says_each_with_its_source():
+    cfg = load_config("configs/paper/qwen3-1.7b-ravr.yaml")
+    assert (cfg.train.method, cfg.model.path, cfg.rollout.group_size) == ("ravr", "Qwen/Qwen3-1.7B", 8)
+    assert "{answer}" in cfg.ravr.hint_template and cfg.ravr.answer_prefix.endswith("\\boxed{")
+    for line in (PAPER / "qwen3-1.7b-ravr.yaml").read_text().splitlines():
+        if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
+            assert any(tag in line for tag in ("[paper]", "[ours]", "[memory]")) or line.strip().startswith(
+                ("out:", "method:")
+            ), line

@@ -78,6 +78,7 @@ def test_every_objective_reports_exactly_what_it_declares_and_has_a_gradient(nam
         ref_logp=torch.full((4, 2), -1.0, dtype=F64),
         kl_fwd=kl.clone().requires_grad_(),
         kl_rev=(2 * kl).requires_grad_(),
+        row_weights=torch.tensor([1.0, 1.5, 1.0, 0.5], dtype=F64),  # a weight per offline row (RAVR's transfer rows)
     )
     for _ in range(1):
         loss, metrics = LOSSES[name].fn(x, LossSettings(kl_coef=0.1, distill_alpha=0.8))

@@ -106,3 +106,28 @@ def test_bard_trains_on_the_real_model_with_its_budget_in_words(smollm2, tmp_pat
     record = run.data.records[0]
     text = run.tokenizer.decode(run.conditioning.sample_prompt(record, run.data.prompts[0]))
     assert f"Think within {record['budget']} tokens." in text and "<|im_start|>system" in text  # ChatML renders it
+
+
+def test_ravr_trains_on_the_real_model_with_a_think_aloud_hint(smollm2, tmp_path):
+    from redrl import run_setup
+    from redrl.config import load_config
+    from redrl.methods import METHODS
+    from redrl.trainer import train
+
+    hint = load_config("configs/paper/qwen3-1.7b-ravr.yaml").ravr.hint_template  # the preset's words
+    cfg = load_config(
+        "smollm2",
+        model={"path": smollm2},
+        rollout={"group_size": 2, "max_new_tokens": 32},
+        optim={"lr": 1e-5},
+        train={"method": "ravr", "steps": 2, "prompts_per_step": 2, "out": str(tmp_path / "ravr")},
+        ravr={"hint_template": hint, "prior_size": 2},
+    )
+    run = run_setup.setup(cfg, METHODS["ravr"], progress=False)
+    record = run.data.records[0]
+    text = run.tokenizer.decode(run.conditioning.sample_prompt(record, run.data.prompts[0]))
+    assert hint.replace("{answer}", record["answer"]) in text and "<|im_start|>system" in text  # ChatML renders it
+    assert "reference answer" not in run.tokenizer.decode(run.data.prompts[0])  # the prior: the question alone
+    final = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and 0 < r["ravr_utility_prior"] <= 1 for r in rows)

@@ -22,7 +22,7 @@ import yaml
 from redrl import checkpoint
 from redrl.auxiliary import Auxiliary, AuxiliaryContext, build_auxiliaries
 from redrl.conditioning import Conditioning, build_conditioning
-from redrl.config import TRACKERS, BardConfig, Config
+from redrl.config import TRACKERS, BardConfig, Config, RavrConfig
 from redrl.curriculum import LengthCurriculum
 from redrl.data.offline import load_offline
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
@@ -160,10 +160,12 @@ def check_run(cfg: Config, method: Method, par: Parallel) -> None:
     if r.async_staleness and strategy_class(method).needs_current_policy:
         raise ValueError(
             f"rollout.async_staleness: {method.name} samples again or changes steps after grading "
-            "(ReLIFT, BREAD), which needs the current policy in the trainer; run it synchronously"
+            "(ReLIFT, BREAD, RAVR), which needs the current policy in the trainer; run it synchronously"
         )
     if method.records != "budgets" and cfg.bard != BardConfig():
         raise ValueError(f"bard.* settings apply to the budget-conditioned methods (bard, ...), not {method.name}")
+    if method.conditioning != "answer" and cfg.ravr != RavrConfig():
+        raise ValueError(f"ravr.* settings apply to the answer-conditioned methods (ravr), not {method.name}")
     if method.records == "budgets" and max(cfg.bard.buckets) > r.max_new_tokens:
         raise ValueError(
             f"bard.buckets: a budget of {max(cfg.bard.buckets)} tokens cannot be met with "
