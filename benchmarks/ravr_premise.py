@@ -8,7 +8,11 @@ validation problem with the question alone and with the answer stated in the sys
 answer, the share of *valid chains* (every ``a op b = c`` line true and the final answer right), and
 the *leak* share (right answers with no operation line, the answer copied rather than reasoned).
 
-    python benchmarks/ravr_premise.py [--k 8] [--json FILE]
+    python benchmarks/ravr_premise.py [--k 8] [--task DIR] [--json FILE]
+
+``--task`` names another task directory of the cache (one ``redrl build-base`` wrote: its ``base/``
+and ``val.jsonl``), e.g. the variant pretrained with varied system messages. A template's ``\\n``
+stands for a line break.
 """
 
 from __future__ import annotations
@@ -32,24 +36,29 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--hints", default="{answer}|So the answer is {answer}.")
+    parser.add_argument("--task", help="a task directory with base/ and val.jsonl (default: the embedded default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
     cfg = load_config("tiny", [])
-    base, _, _ = resolve_paths(cfg, need_train=False, need_test=False, progress=False)
-    problems = load_problems(resolve_split(cfg, "val", progress=False))
+    if args.task:
+        base, problems = f"{args.task}/base", load_problems(f"{args.task}/val.jsonl")
+    else:
+        base, _, _ = resolve_paths(cfg, need_train=False, need_test=False, progress=False)
+        problems = load_problems(resolve_split(cfg, "val", progress=False))
     model, tokenizer = load_frozen_model(base)
     generator = make_generator("fast", model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     data = cfg.data
-    conditions = {"question": None, **{f"hint {h!r}": h for h in args.hints.split("|")}}
-    figures = {"k": args.k, "problems": len(problems), "conditions": {}}
+    hints = [h.replace("\\n", "\n") for h in args.hints.split("|")]
+    conditions = {"question": None, **{f"hint {h!r}": h for h in hints}}
+    figures = {"k": args.k, "problems": len(problems), "base": str(base), "conditions": {}}
     for name, hint in conditions.items():
         torch.manual_seed(args.seed)
         prompts = []
         for p in problems:
             system = data.system_for(p)
-            if hint is not None:
+            if hint is not None:  # a template without {answer} is a control: the same words, no answer
                 stated = hint.replace("{answer}", str(p["answer"]))
                 if tokenizer.unk_token_id in tokenizer(stated, add_special_tokens=False).input_ids:
                     raise SystemExit(f"the embedded vocabulary cannot write the hint {stated!r}")

@@ -142,3 +142,31 @@ def test_the_sweep_covers_distillation_methods_and_the_suite_takes_their_values(
     assert set(body["validation"]["kd"]) == {"0.0001", "0.001"} and body["chosen"]["kd"] in (1e-4, 1e-3)
     lrs = _learning_rates("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null"], ["kd", "opd"], 5e-5)
     assert lrs == {"kd": body["chosen"]["kd"], "opd": 5e-5}  # swept where swept, else compare.distill_lr
+
+
+def test_saving_a_sweep_of_some_methods_keeps_the_others_values():
+    from redrl.sweep import merge_sweeps
+
+    def body(methods, command, task="tiny-a"):
+        return {
+            "task": task,
+            "command": command,
+            "date": "d",
+            "settings": {"grid": [1e-4]},
+            "seconds": 1.0,
+            "chosen": dict.fromkeys(methods, 1e-4),
+            "validation": {m: {"1e-4": 0.5} for m in methods},
+            "by_level": {m: {"1e-4": {"1": 1.0}} for m in methods},
+        }
+
+    first = merge_sweeps(None, body(["sft", "grpo", "red"], "all"))
+    assert first == body(["sft", "grpo", "red"], "all")
+    second = merge_sweeps(first, {**body(["grpo", "ravr"], "two"), "chosen": {"grpo": 3e-4, "ravr": 1e-5}})
+    assert second["chosen"] == {"sft": 1e-4, "grpo": 3e-4, "red": 1e-4, "ravr": 1e-5}
+    assert second["command"] == "all" and second["merged"][-1]["methods"] == ["grpo", "ravr"]
+    third = merge_sweeps(second, body(["ravr"], "one"))
+    assert [e["methods"] for e in third["merged"]] == [["grpo"], ["ravr"]]  # ravr's older record is dropped
+    assert merge_sweeps(third, body(["sft", "grpo", "red", "ravr"], "every")) == body(
+        ["sft", "grpo", "red", "ravr"], "every"
+    )
+    assert merge_sweeps(third, body(["sft"], "other", task="tiny-b"))["chosen"] == {"sft": 1e-4}  # another task

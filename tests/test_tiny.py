@@ -124,3 +124,34 @@ def test_an_interrupted_build_leaves_nothing_the_next_one_trips_on(tmp_path, mon
     (stale / "train.jsonl").write_text("half a file")
     assets = tiny.ensure_tiny(spec, progress=False)
     assert (assets.root / "DONE").is_file() and not stale.exists()
+
+
+def test_the_varied_system_variant_changes_only_the_system_messages_of_plain_chat_rows(tmp_path, tokenizer):
+    from dataclasses import replace
+
+    from redrl.tiny import TinySpec, _write_task
+
+    plain = TinySpec(**TINY_TEST_SPEC)
+    varied = replace(plain, system_share=0.5)
+    assert replace(plain, system_budgets=(1, 2)).key() == plain.key()  # unset, the new fields leave the key alone
+    assert varied.key() != plain.key()
+    _write_task(plain, tmp_path / "plain")
+    _write_task(varied, tmp_path / "varied")
+    for split in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        assert (tmp_path / "plain" / split).read_text() == (tmp_path / "varied" / split).read_text()
+    rows = [[json.loads(line) for line in (tmp_path / name / "pretrain.jsonl").read_text().splitlines()]
+            for name in ("plain", "varied")]  # fmt: skip
+    assert len(rows[0]) == len(rows[1])
+    key = ["problem", "response", "text"]
+    assert sorted(str([r.get(k) for k in key]) for r in rows[0]) == sorted(
+        str([r.get(k) for k in key]) for r in rows[1]
+    )
+    added = [r for r in rows[1] if r.get("system") not in (None, plain.prompted_system)]
+    chat = [r for r in rows[0] if "problem" in r and "system" not in r]
+    assert 0.35 < len(added) / len(chat) < 0.65  # about the share asked for
+    kinds = {("budget" if s.isdigit() else "answer" if "\n" not in s else "both") for s in (r["system"] for r in added)}
+    assert kinds == {"budget", "answer", "both"}
+    for r in added:
+        stated = r["system"].splitlines()[-1]
+        assert stated.isdigit() or stated == f"So the answer is {r['answer']}."  # the right answer, when stated
+        assert tokenizer.unk_token_id not in tokenizer(r["system"], add_special_tokens=False).input_ids

@@ -57,7 +57,9 @@ def _cmd_build_base(args: argparse.Namespace) -> int:
     from redrl.tiny import build_base
 
     _quiet_transformers()
-    summary = build_base(seed=args.seed, install=args.install, progress=not args.no_progress)
+    summary = build_base(
+        seed=args.seed, system_share=args.system_share, install=args.install, progress=not args.no_progress
+    )
     print(f"built {summary['key']} in {summary['build_seconds']:.0f} s: {summary['base']}")
     levels = list(next(iter(summary["validation"].values()))["by_level"])
     print("| base | " + " | ".join(f"L{level}" for level in levels) + " | all |")
@@ -549,6 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--seed", type=int, help="a fresh task instead: new problems, teacher traces and base from this seed"
+    )
+    build.add_argument(
+        "--system-share",
+        type=float,
+        default=0.0,
+        help="a variant whose pretraining prompts carry a budget, a stated answer or both in the system message "
+        "at this share (a pretrained LLM has read many system messages)",
     )
     build.add_argument(
         "--install", action="store_true", help="copy the rebuilt base into redrl/assets/tiny-base (maintainers)"

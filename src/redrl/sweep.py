@@ -28,7 +28,7 @@ from pathlib import Path
 
 from redrl.learning_rate import task_key
 
-__all__ = ["DEFAULT_GRID", "ladder_neighbour", "run_sweep", "select"]
+__all__ = ["DEFAULT_GRID", "ladder_neighbour", "merge_sweeps", "run_sweep", "select"]
 
 #: Log-spaced over a factor of 33 (the 1-3-10 ladder): the grid every method starts from.
 DEFAULT_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
@@ -169,10 +169,31 @@ def run_sweep(
     (out / "sweep.json").write_text(text)
     if save:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
-        Path(save).write_text(text)
+        previous = json.loads(Path(save).read_text()) if Path(save).is_file() else None
+        Path(save).write_text(json.dumps(merge_sweeps(previous, body), indent=2) + "\n")
     log(format_sweep(body))
     log(f"{body['seconds']:.0f} s. Wrote {out / 'sweep.json'}" + (f" and {save}" if save else ""))
     return body
+
+
+def merge_sweeps(previous: dict | None, body: dict) -> dict:
+    """What ``--save`` writes: this sweep's choices joined to those already in the file for the same
+    task, so sweeping some methods keeps the others' values. This sweep's methods replace theirs
+    and are recorded under ``merged`` with their command and settings; a file for another task, or
+    one whose methods this sweep covers entirely, is replaced."""
+    if previous is None or previous.get("task") != body["task"] or set(previous["chosen"]) <= set(body["chosen"]):
+        return body
+    methods = list(body["chosen"])
+    merged = dict(previous)
+    for key in ("chosen", "validation", "by_level"):
+        merged[key] = {**previous.get(key, {}), **body[key]}
+    earlier = [
+        {**entry, "methods": [m for m in entry["methods"] if m not in methods]} for entry in previous.get("merged", [])
+    ]
+    merged["merged"] = [entry for entry in earlier if entry["methods"]] + [
+        {"methods": methods} | {key: body[key] for key in ("command", "date", "settings", "seconds")}
+    ]
+    return merged
 
 
 def format_sweep(body: dict) -> str:

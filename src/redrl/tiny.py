@@ -125,6 +125,11 @@ class TinySpec:
         600,
     )  # chat rows asked to think step by step, answered so
     prompted_system: str = "Think step by step."
+    # the share of the other chat rows whose prompt also carries a system message of the kinds redrl's
+    # methods write (a thinking budget, a stated answer, or both), the response unchanged: a pretrained
+    # LLM has read many system messages, and this base otherwise knows only the one above
+    system_share: float = 0.0
+    system_budgets: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 160)
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -134,7 +139,10 @@ class TinySpec:
     pretrain_lr: float = 2e-3
 
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        values = asdict(self)
+        if not self.system_share:  # fields added later enter the key only when they change the task
+            del values["system_share"], values["system_budgets"]
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
         return f"tiny-{digest}"
 
 
@@ -204,10 +212,14 @@ def _write_task(spec: TinySpec, root: Path) -> None:
         )
     share = dict(zip(spec.levels, spec.base_step_share))
     rows = []
+    systems = random.Random(spec.seed + 7)  # its own stream: the default task draws nothing from it
     for p in pretrain:
         stepwise = rng.random() < share[p["level"]]
         response = step_solution(p["steps"], rng, spec.base_recheck_prob) if stepwise else direct_answer(p["steps"])
-        rows.append({"problem": p["problem"], "answer": p["answer"], "response": response, "level": p["level"]})
+        row = {"problem": p["problem"], "answer": p["answer"], "response": response, "level": p["level"]}
+        if spec.system_share and systems.random() < spec.system_share:
+            row["system"] = varied_system(p["answer"], systems, spec.system_budgets)
+        rows.append(row)
     for level, count in zip(spec.levels, spec.prompted_per_level):
         for p in generate_problems(
             spec.seed * 100 + 70 + level, count, [level], exclude=held_out, distinct=False, max_value=spec.max_value
@@ -229,6 +241,13 @@ def _write_task(spec: TinySpec, root: Path) -> None:
         rows.append({"text": "\n".join(fact_line(p["steps"][0]) for p in facts)})
     random.Random(spec.seed + 1).shuffle(rows)
     write_jsonl(rows, root / "pretrain.jsonl")
+
+
+def varied_system(answer: str, rng: random.Random, budgets: tuple[int, ...]) -> str:
+    """A system message of a kind redrl's methods write, drawn uniformly: a thinking budget (a
+    number), the answer stated (``So the answer is 13.``), or both."""
+    budget, stated = str(rng.choice(budgets)), f"So the answer is {answer}."
+    return rng.choice((budget, stated, f"{budget}\n{stated}"))
 
 
 def _pretrain(spec: TinySpec, root: Path, out: Path, progress: bool) -> None:
@@ -408,12 +427,15 @@ def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True, rebuild:
     return assets
 
 
-def build_base(*, seed: int | None = None, install: bool = False, progress: bool = True) -> dict:
+def build_base(
+    *, seed: int | None = None, system_share: float = 0.0, install: bool = False, progress: bool = True
+) -> dict:
     """``redrl build-base``: pretrain the embedded default's base from scratch and check it against
     the shipped one on the validation split (avg@4 at temperature 0.6, the demo's evaluation).
 
     ``seed`` builds a fresh task instead (new problems, new teacher traces, a new base): the same
-    task family drawn again. ``install`` copies the rebuilt base into ``redrl/assets/tiny-base``
+    task family drawn again. ``system_share`` > 0 builds the variant whose pretraining prompts also
+    carry varied system messages (:attr:`TinySpec.system_share`). ``install`` copies the rebuilt base into ``redrl/assets/tiny-base``
     (what a maintainer commits after changing :class:`TinySpec`)."""
     from dataclasses import replace
 
@@ -421,7 +443,7 @@ def build_base(*, seed: int | None = None, install: bool = False, progress: bool
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model
 
-    spec = TinySpec() if seed is None else replace(TinySpec(), seed=seed)
+    spec = replace(TinySpec(), seed=TinySpec().seed if seed is None else seed, system_share=system_share)
     started = time.perf_counter()
     assets = ensure_tiny(spec, progress=progress, rebuild=True)
     built_seconds = time.perf_counter() - started
