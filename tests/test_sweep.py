@@ -114,7 +114,7 @@ def test_sweep_chooses_on_validation_and_grows_an_edge(tiny_assets, tmp_path):
 def test_the_sweep_covers_distillation_methods_and_the_suite_takes_their_values(
     tiny_assets, perturbed_teacher, tmp_path
 ):
-    from redrl.distill_suite import _learning_rates
+    from redrl.compare import method_learning_rates
 
     overrides = [
         f"model.path={tiny_assets.base}",
@@ -140,7 +140,7 @@ def test_the_sweep_covers_distillation_methods_and_the_suite_takes_their_values(
         progress=False,
     )
     assert set(body["validation"]["kd"]) == {"0.0001", "0.001"} and body["chosen"]["kd"] in (1e-4, 1e-3)
-    lrs = _learning_rates("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null"], ["kd", "opd"], 5e-5)
+    lrs = method_learning_rates("tiny", [*overrides, f"optim.lr_sweep={save}", "optim.lr=null"], ["kd", "opd"], 5e-5)
     assert lrs == {"kd": body["chosen"]["kd"], "opd": 5e-5}  # swept where swept, else compare.distill_lr
 
 

@@ -249,6 +249,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from redrl.compare import parse_methods, run_compare
 
     _quiet_transformers()
+    if args.suite == "conditioned":
+        from redrl.conditioned_suite import run_conditioned_suite
+
+        run_conditioned_suite(
+            args.config,
+            args.set,
+            cells=None if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()],
+            seeds=args.seeds,
+            steps=args.steps,
+            out=args.out if args.out != "runs/compare" else "runs/compare-conditioned",
+            jobs=args.jobs,
+            progress=not args.no_progress,
+        )
+        return 0
     if args.suite == "distill":
         from redrl.distill_suite import run_distill_suite
 
@@ -486,15 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--suite",
-        choices=("red", "distill"),
+        choices=("red", "distill", "conditioned"),
         default="red",
         help="red: the RED paper's methods; distill: the distillation grid with its findings judged "
-        "(output in runs/compare-distill)",
+        "(output in runs/compare-distill); conditioned: BARD and RAVR beside SFT, GRPO and RED "
+        "(output in runs/compare-conditioned)",
     )
     compare.add_argument(
         "--methods",
         default="all",
-        help="'all' (the suite's: the RED paper's twelve, or every distillation cell) or a comma-separated list, "
+        help="'all' (the suite's: the RED paper's twelve, every distillation cell, or every conditioned cell) "
+        "or a comma-separated list, "
         "e.g. sft,grpo,red",
     )
     compare.add_argument("--seeds", type=int, help="seeds per method (default: the config's compare.seeds)")

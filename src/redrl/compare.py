@@ -267,6 +267,63 @@ def execute_run(
     )
 
 
+def cell_values(
+    name: str, method: str, extra: dict, seed: int, steps: int, eval_k: int, out: Path, lrs: dict, eval_every: int = 0
+) -> dict:
+    """The config values of one suite cell ``name``: ``method`` with ``extra`` config values, at its
+    method's learning rate (``lrs``); a staged method trains its first stage at that stage's rate
+    and its second at the second's. Its run lives in ``OUT/runs/NAME/seedS``."""
+    run = out / "runs" / name / f"seed{seed}"
+    train = {"seed": seed, "out": str(run), "method": method, "steps": steps}
+    if eval_every:
+        train |= {"eval_every": eval_every, "eval_on": "val"}
+    stages = METHODS[method].stages
+    if stages:
+        optim, extra = {"lr": lrs[stages[1]]}, {**extra, "baselines": {"staged_sft_lr": lrs[stages[0]]}}
+    else:
+        optim = {"lr": lrs[method]}
+    return {**extra, "train": train, "eval": {"k": eval_k}, "optim": optim}
+
+
+def untrained_values(name: str, seed: int, eval_k: int, out: Path, model: str | None = None) -> dict:
+    """The config values of a model evaluated as it is (the base, or ``model``: a teacher)."""
+    values = {"train": {"seed": seed, "out": str(out / "runs" / name / f"seed{seed}")}, "eval": {"k": eval_k}}
+    return values | ({"model": {"path": model}} if model else {})
+
+
+def method_learning_rates(config: str, overrides: list[str], methods, fallback: float | None = None) -> dict:
+    """Each method's learning rate as a run of it alone would take it (``optim.lr``, else its value in
+    the sweep file ``optim.lr_sweep``), else ``fallback``; a staged method's stages are looked up in
+    its place. Without a rate and without a fallback: one line naming the sweep to run."""
+    lrs = {}
+    for method in sorted({stage for m in methods for stage in (METHODS[m].stages or (m,))}):
+        lr = compare_config(config, overrides, train={"method": method}).optim.lr
+        if lr is None and fallback is None:
+            raise ValueError(
+                f"no learning rate for {method}: run redrl sweep --methods {method} --save FILE "
+                "and name FILE in optim.lr_sweep, or --set optim.lr=..."
+            )
+        lrs[method] = lr if lr is not None else fallback
+    return lrs
+
+
+def run_cached(
+    plan: dict, config: str, overrides: list[str], records: dict, *, jobs=None, progress=True, log=print
+) -> None:
+    """Train and evaluate on the test split every ``(name, seed) → values`` of ``plan`` whose saved
+    ``eval.json`` was not produced by the same config (those are reused); fill ``records``."""
+    tasks = []
+    for (name, seed), values in plan.items():
+        cfg = compare_config(config, overrides, **values)
+        saved = cached_record(Path(cfg.train.out) / "eval.json", jsonable(cfg.to_dict()))
+        if saved is None:
+            tasks.append(((name, seed), (config, overrides, name, values, "test")))
+        else:
+            records[name, seed] = saved
+    for key, (record, _) in execute_all(tasks, execute_run, jobs=jobs, progress=progress, log=log):
+        records[key] = record
+
+
 def execute_all(tasks: list[tuple], function, *, jobs: int | None = None, progress: bool = True, log=print):
     """Run ``function(*args)`` for each ``(key, args)`` of ``tasks``, ``jobs`` at once (each in its own
     single-threaded process; 1: here, one after the other); log each returned line and yield

@@ -29,13 +29,13 @@ from pathlib import Path
 
 from redrl.compare import (
     aggregate,
-    cached_record,
+    cell_values,
     compare_config,
-    execute_all,
-    execute_run,
-    jsonable,
     mean_std,
     measure_entropies,
+    method_learning_rates,
+    run_cached,
+    untrained_values,
     write_json,
 )
 from redrl.methods import METHODS
@@ -70,38 +70,6 @@ CURVES = {
 }
 
 
-def _values(cell: str, seed: int, steps: int, eval_k: int, out: Path, lrs: dict, eval_every: int, method=None) -> dict:
-    """One cell's config values, at its method's learning rate (``lrs``); a staged cell distils at
-    its first stage's and runs GRPO at GRPO's."""
-    method, extra = (method, {}) if method else CELLS[cell]
-    run = out / "runs" / cell / f"seed{seed}"
-    train = {"seed": seed, "out": str(run), "method": method, "steps": steps}
-    if eval_every:
-        train |= {"eval_every": eval_every, "eval_on": "val"}
-    stages = METHODS[method].stages
-    if stages:
-        optim, extra = {"lr": lrs[stages[1]]}, {**extra, "baselines": {"staged_sft_lr": lrs[stages[0]]}}
-    else:
-        optim = {"lr": lrs[method]}
-    return {"train": train, "eval": {"k": eval_k}, "optim": optim, **extra}
-
-
-def _learning_rates(config: str, overrides: list[str], methods, fallback: float) -> dict[str, float]:
-    """Each method's learning rate as a run of it alone would take it (``optim.lr``, else its value in
-    the sweep file ``optim.lr_sweep``), else ``fallback`` (``compare.distill_lr``: the sweep does
-    not cover the distillation methods)."""
-    lrs = {}
-    for method in methods:
-        lr = compare_config(config, overrides, train={"method": method}).optim.lr
-        lrs[method] = lr if lr is not None else fallback
-    return lrs
-
-
-def _untrained(name: str, seed: int, eval_k: int, out: Path, model: str | None = None) -> dict:
-    values = {"train": {"seed": seed, "out": str(out / "runs" / name / f"seed{seed}")}, "eval": {"k": eval_k}}
-    return values | ({"model": {"path": model}} if model else {})
-
-
 def run_distill_suite(
     config: str = "tiny",
     overrides: list[str] = (),
@@ -132,8 +100,8 @@ def run_distill_suite(
     steps = steps or shared.compare.steps
     eval_k, eval_every = shared.compare.eval_k, shared.compare.distill_eval_every
     methods = {CELLS[c][0] for c in cells if c in CELLS} | {EQUAL_COMPUTE[c][0] for c in cells if c in EQUAL_COMPUTE}
-    methods = {stage for m in methods for stage in METHODS[m].stages} | {m for m in methods if not METHODS[m].stages}
-    lrs = _learning_rates(config, overrides, sorted(methods), shared.compare.distill_lr)
+    # compare.distill_lr stands in where the sweep file has no rate for a distillation method
+    lrs = method_learning_rates(config, overrides, methods, shared.compare.distill_lr)
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -147,24 +115,15 @@ def run_distill_suite(
     records: dict[tuple[str, int], dict] = {}
 
     def run_all(plan: dict[tuple[str, int], dict]) -> None:
-        tasks = []
-        for (name, seed), values in plan.items():
-            cfg = compare_config(config, overrides, **values)
-            saved = cached_record(Path(cfg.train.out) / "eval.json", jsonable(cfg.to_dict()))
-            if saved is None:
-                tasks.append(((name, seed), (config, overrides, name, values, "test")))
-            else:
-                records[name, seed] = saved
-        for key, (record, _) in execute_all(tasks, execute_run, jobs=jobs, progress=progress, log=log):
-            records[key] = record
+        run_cached(plan, config, overrides, records, jobs=jobs, progress=progress, log=log)
 
     first = {}
     for seed in range(seeds):
-        first["base", seed] = _untrained("base", seed, eval_k, out)
-        first["teacher", seed] = _untrained("teacher", seed, eval_k, out, shared.teacher.path)
+        first["base", seed] = untrained_values("base", seed, eval_k, out)
+        first["teacher", seed] = untrained_values("teacher", seed, eval_k, out, shared.teacher.path)
         for cell in cells:
             if cell in CELLS:
-                first[cell, seed] = _values(cell, seed, steps, eval_k, out, lrs, eval_every)
+                first[cell, seed] = cell_values(cell, *CELLS[cell], seed, steps, eval_k, out, lrs, eval_every)
     run_all(first)
 
     compute = {}
@@ -179,7 +138,7 @@ def run_distill_suite(
         log(f"equal compute: {cell} = {method} for {given} steps ({against} took {ratio:.2f}x its seconds)")
     run_all(
         {
-            (cell, seed): _values(cell, seed, spec["steps"], eval_k, out, lrs, eval_every, method=spec["method"])
+            (cell, seed): cell_values(cell, spec["method"], {}, seed, spec["steps"], eval_k, out, lrs, eval_every)
             for cell, spec in compute.items()
             for seed in range(seeds)
         }
@@ -402,8 +361,6 @@ def format_distill_table(results: dict) -> str:
         f"| model | prefix | α | avg@{k} | pass@{k} | LEN | entropy | train s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    from redrl.methods import METHODS
-
     for name in ("base", "teacher", *results["methods"]):
         entry = results["methods"].get(name) or results[name]
         method = METHODS.get(
