@@ -159,3 +159,14 @@ def test_an_unknown_cell_is_one_line_and_exit_2(capsys):
     assert main(["compare", "--suite", "conditioned", "--methods", "sft,nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown cell 'nope'" in err[0]
+
+
+def test_every_cell_trains_on_the_embedded_default_at_a_swept_rate():
+    from redrl.compare import method_learning_rates
+    from redrl.conditioned_suite import CELLS
+
+    lrs = method_learning_rates("tiny", [], {method for method, _ in CELLS.values()})
+    assert set(lrs) == {"sft", "grpo", "red", "bard_sft", "bard_rl", "bard_rl_additive", "ravr"}
+    assert lrs["ravr"] == 1e-5  # chosen on validation by redrl sweep --methods ravr
+    with pytest.raises(ValueError, match="no learning rate for kd: run redrl sweep --methods kd"):
+        method_learning_rates("tiny", [], {"kd"})
