@@ -155,3 +155,41 @@ def test_the_varied_system_variant_changes_only_the_system_messages_of_plain_cha
         stated = r["system"].splitlines()[-1]
         assert stated.isdigit() or stated == f"So the answer is {r['answer']}."  # the right answer, when stated
         assert tokenizer.unk_token_id not in tokenizer(r["system"], add_special_tokens=False).input_ids
+
+
+def test_the_explained_variant_states_the_answer_before_some_step_solutions(tmp_path, tokenizer):
+    from dataclasses import replace
+
+    from redrl.tiny import TinySpec, _write_task
+
+    plain = TinySpec(**TINY_TEST_SPEC)
+    explained = replace(plain, explained_share=0.5)
+    assert explained.key() != plain.key() and replace(plain, explained_share=0.0).key() == plain.key()
+    _write_task(plain, tmp_path / "plain")
+    _write_task(explained, tmp_path / "explained")
+    rows = [[json.loads(line) for line in (tmp_path / name / "pretrain.jsonl").read_text().splitlines()]
+            for name in ("plain", "explained")]  # fmt: skip
+    key = ["problem", "response", "text"]  # every row as it was, only system messages change
+    assert sorted(str([r.get(k) for k in key]) for r in rows[0]) == sorted(
+        str([r.get(k) for k in key]) for r in rows[1]
+    )
+    prompted = [r for r in rows[0] if r.get("system") == plain.prompted_system]
+    stated = [r for r in rows[1] if "So the answer is" in r.get("system", "")]
+    assert 0.35 < len(stated) / len(prompted) < 0.65
+    solutions = {(r["problem"], r["response"]) for r in prompted}
+    for r in stated:
+        assert (r["problem"], r["response"]) in solutions  # a row that asked for steps, answered step by step
+        assert r["system"] in (
+            f"So the answer is {r['answer']}.",
+            f"Think step by step.\nSo the answer is {r['answer']}.",
+        )
+        assert tokenizer.unk_token_id not in tokenizer(r["system"], add_special_tokens=False).input_ids
+    assert {r["system"].startswith("Think") for r in stated} == {True, False}
+
+
+def test_a_share_outside_0_1_is_refused_in_one_line(capsys):
+    from redrl.cli import main
+
+    assert main(["build-base", "--explained-share", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--explained-share is a share of pretraining rows, between 0 and 1" in err[0]

@@ -58,7 +58,11 @@ def _cmd_build_base(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     summary = build_base(
-        seed=args.seed, system_share=args.system_share, install=args.install, progress=not args.no_progress
+        seed=args.seed,
+        system_share=args.system_share,
+        explained_share=args.explained_share,
+        install=args.install,
+        progress=not args.no_progress,
     )
     print(f"built {summary['key']} in {summary['build_seconds']:.0f} s: {summary['base']}")
     levels = list(next(iter(summary["validation"].values()))["by_level"])
@@ -574,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="a variant whose pretraining prompts carry a budget, a stated answer or both in the system message "
         "at this share (a pretrained LLM has read many system messages)",
+    )
+    build.add_argument(
+        "--explained-share",
+        type=float,
+        default=0.0,
+        help="a variant in which this share of the step-by-step pretraining rows also states the right answer "
+        "in the system message (worked solutions to given answers, which RAVR's premise rests on)",
     )
     build.add_argument(
         "--install", action="store_true", help="copy the rebuilt base into redrl/assets/tiny-base (maintainers)"

@@ -130,6 +130,10 @@ class TinySpec:
     # LLM has read many system messages, and this base otherwise knows only the one above
     system_share: float = 0.0
     system_budgets: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 160)
+    # the share of the rows asked to think step by step whose system message also states the right
+    # answer (alone or after the think-aloud line), the step solution unchanged: the worked solutions
+    # to given answers a pretrained LLM has read, which RAVR's premise rests on
+    explained_share: float = 0.0
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -142,6 +146,8 @@ class TinySpec:
         values = asdict(self)
         if not self.system_share:  # fields added later enter the key only when they change the task
             del values["system_share"], values["system_budgets"]
+        if not self.explained_share:
+            del values["explained_share"]
         digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
         return f"tiny-{digest}"
 
@@ -220,15 +226,20 @@ def _write_task(spec: TinySpec, root: Path) -> None:
         if spec.system_share and systems.random() < spec.system_share:
             row["system"] = varied_system(p["answer"], systems, spec.system_budgets)
         rows.append(row)
+    explained = random.Random(spec.seed + 11)  # its own stream too
     for level, count in zip(spec.levels, spec.prompted_per_level):
         for p in generate_problems(
             spec.seed * 100 + 70 + level, count, [level], exclude=held_out, distinct=False, max_value=spec.max_value
         ):
+            system = spec.prompted_system
+            if spec.explained_share and explained.random() < spec.explained_share:
+                stated = f"So the answer is {p['answer']}."
+                system = explained.choice((stated, f"{spec.prompted_system}\n{stated}"))
             rows.append(
                 {
                     "problem": p["problem"],
                     "answer": p["answer"],
-                    "system": spec.prompted_system,
+                    "system": system,
                     "response": step_solution(p["steps"], rng, spec.base_recheck_prob),
                     "level": p["level"],
                 }
@@ -428,14 +439,20 @@ def ensure_tiny(spec: TinySpec | None = None, *, progress: bool = True, rebuild:
 
 
 def build_base(
-    *, seed: int | None = None, system_share: float = 0.0, install: bool = False, progress: bool = True
+    *,
+    seed: int | None = None,
+    system_share: float = 0.0,
+    explained_share: float = 0.0,
+    install: bool = False,
+    progress: bool = True,
 ) -> dict:
     """``redrl build-base``: pretrain the embedded default's base from scratch and check it against
     the shipped one on the validation split (avg@4 at temperature 0.6, the demo's evaluation).
 
     ``seed`` builds a fresh task instead (new problems, new teacher traces, a new base): the same
     task family drawn again. ``system_share`` > 0 builds the variant whose pretraining prompts also
-    carry varied system messages (:attr:`TinySpec.system_share`). ``install`` copies the rebuilt base into ``redrl/assets/tiny-base``
+    carry varied system messages (:attr:`TinySpec.system_share`), ``explained_share`` > 0 the one whose
+    step-by-step rows also state the answer (:attr:`TinySpec.explained_share`). ``install`` copies the rebuilt base into ``redrl/assets/tiny-base``
     (what a maintainer commits after changing :class:`TinySpec`)."""
     from dataclasses import replace
 
@@ -443,7 +460,15 @@ def build_base(
     from redrl.data.offline import load_problems
     from redrl.evaluate import evaluate_model
 
-    spec = replace(TinySpec(), seed=TinySpec().seed if seed is None else seed, system_share=system_share)
+    for flag, share in (("--system-share", system_share), ("--explained-share", explained_share)):
+        if not 0 <= share <= 1:
+            raise ValueError(f"{flag} is a share of pretraining rows, between 0 and 1; got {share}")
+    spec = replace(
+        TinySpec(),
+        seed=TinySpec().seed if seed is None else seed,
+        system_share=system_share,
+        explained_share=explained_share,
+    )
     started = time.perf_counter()
     assets = ensure_tiny(spec, progress=progress, rebuild=True)
     built_seconds = time.perf_counter() - started
