@@ -111,17 +111,8 @@ def test_conditioned_suite_end_to_end(tiny_assets, tmp_path):
         "eval.max_new_tokens=16",
         "compare.eval_k=1",
     ]
-    results = run_conditioned_suite(
-        "tiny",
-        overrides,
-        cells=["sft", "grpo_equal", "bard", "ravr"],
-        seeds=1,
-        steps=2,
-        budgets=(8, 16),
-        out=out,
-        jobs=1,
-        progress=False,
-    )
+    suite = dict(cells=["sft", "grpo_equal", "bard", "ravr"], seeds=1, steps=2, budgets=(8, 16), out=out, jobs=1)
+    results = run_conditioned_suite("tiny", overrides, **suite, progress=False)
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["methods"]) == {"sft", "grpo_equal", "bard", "ravr"}
     # grpo_equal samples as many paths per prompt as ravr: G posterior + G' prior
@@ -141,18 +132,10 @@ def test_conditioned_suite_end_to_end(tiny_assets, tmp_path):
     assert (out / "plots" / "length_vs_budget.png").is_file()
     assert "## Claims" in (out / "report.md").read_text()
     # a second call reuses every run and every budget evaluation
-    again = run_conditioned_suite(
-        "tiny",
-        overrides,
-        cells=["sft", "grpo_equal", "bard", "ravr"],
-        seeds=1,
-        steps=2,
-        budgets=(8, 16),
-        out=out,
-        jobs=1,
-        progress=False,
-    )
+    written = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("eval*.json")}
+    again = run_conditioned_suite("tiny", overrides, **suite, progress=False)
     assert again["budgets"] == results["budgets"]
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing evaluated again
 
 
 def test_an_unknown_cell_is_one_line_and_exit_2(capsys):

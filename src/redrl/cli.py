@@ -253,30 +253,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from redrl.compare import parse_methods, run_compare
 
     _quiet_transformers()
-    if args.suite == "conditioned":
-        from redrl.conditioned_suite import run_conditioned_suite
+    if args.suite != "red":  # a suite of cells: each module's runner, its own default output directory
+        if args.suite == "conditioned":
+            from redrl.conditioned_suite import run_conditioned_suite as run_suite
+        else:
+            from redrl.distill_suite import run_distill_suite as run_suite
 
-        run_conditioned_suite(
+        run_suite(
             args.config,
             args.set,
             cells=None if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()],
             seeds=args.seeds,
             steps=args.steps,
-            out=args.out if args.out != "runs/compare" else "runs/compare-conditioned",
-            jobs=args.jobs,
-            progress=not args.no_progress,
-        )
-        return 0
-    if args.suite == "distill":
-        from redrl.distill_suite import run_distill_suite
-
-        run_distill_suite(
-            args.config,
-            args.set,
-            cells=None if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()],
-            seeds=args.seeds,
-            steps=args.steps,
-            out=args.out if args.out != "runs/compare" else "runs/compare-distill",
+            out=args.out if args.out != "runs/compare" else f"runs/compare-{args.suite}",
             jobs=args.jobs,
             progress=not args.no_progress,
         )

@@ -82,6 +82,11 @@ def _leak_share(record: dict) -> float | None:
     return statistics.fmean(leak) / statistics.fmean(right)
 
 
+def _with_budget(values: dict, budget: int) -> dict:
+    """A cell's config values, evaluated with ``budget`` in the prompt (``eval.budget``)."""
+    return {**values, "eval": {**values["eval"], "budget": budget}}
+
+
 def execute_budget_eval(
     config: str, overrides: list[str], name: str, values: dict, budget: int, progress: bool = False
 ) -> tuple[dict, str]:
@@ -91,7 +96,7 @@ def execute_budget_eval(
     from redrl.evaluate import evaluate_model
     from redrl.paths import resolve_split
 
-    cfg = compare_config(config, overrides, **{**values, "eval": {**values["eval"], "budget": budget}})
+    cfg = compare_config(config, overrides, **_with_budget(values, budget))
     run = Path(cfg.train.out)
     started = time.perf_counter()
     result = evaluate_model(
@@ -172,7 +177,7 @@ def run_conditioned_suite(
         for seed in range(seeds):
             for budget in budgets:
                 values = plan[cell, seed]
-                cfg = compare_config(config, overrides, **{**values, "eval": {**values["eval"], "budget": budget}})
+                cfg = compare_config(config, overrides, **_with_budget(values, budget))
                 saved = cached_record(Path(cfg.train.out) / f"eval_budget{budget}.json", jsonable(cfg.to_dict()))
                 if saved is None:
                     tasks.append(((cell, seed, budget), (config, overrides, cell, values, budget)))
@@ -367,8 +372,8 @@ def judge_conditioned(results: dict) -> list[Verdict]:
             )
             for b in budgets
         ]
-        level = sum(c.verdict() != HOLDS for c in comparisons)
-        verdict = HOLDS if level == 0 else (FAILS if level >= 2 else INCONCLUSIVE)
+        not_ahead = sum(c.verdict() != HOLDS for c in comparisons)  # falsified at two or more budgets
+        verdict = HOLDS if not_ahead == 0 else (FAILS if not_ahead >= 2 else INCONCLUSIVE)
         verdicts.append(
             Verdict("B3", "multiplicative over additive: bard is more accurate at every budget", verdict, comparisons)
         )
