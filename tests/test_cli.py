@@ -24,6 +24,6 @@ def test_bad_input_is_one_line(args, message):
 
 def test_unknown_method_is_refused():
     result = subprocess.run(
-        [sys.executable, "-m", "redrl", "train", "--method", "ppo"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "redrl", "train", "--method", "dpo"], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 2 and "invalid choice: 'ppo'" in result.stderr
+    assert result.returncode == 2 and "invalid choice: 'dpo'" in result.stderr

@@ -21,7 +21,7 @@ def test_tiny_preset_loads_and_overrides_apply():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.method=ppo", "unknown method 'ppo'"),
+        ("train.method=dpo", "unknown method 'dpo'"),
         ("train.steps=-3", "train.steps must be >= 1; got -3"),
         ("optim.lr=fast", "optim.lr must be float | None; got 'fast'"),
         ("loss.aggregation=sum", "loss.aggregation must be one of"),

@@ -13,6 +13,9 @@ never asks which it is:
    for the step's record;
 4. ``state_dict()`` / ``load_state_dict()``: everything it needs to resume exactly (its weights,
    optimizer and schedule), saved with every checkpoint (``auxiliary-NAME.pt``).
+
+An auxiliary may also say ``holds_policy`` (true while critics warm up): that step measures the
+batch and trains the auxiliary, and the policy does not move.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Protocol
 import torch
 
 from redrl.batch import Batch
+from redrl.critics import Critics
 from redrl.teacher import DistillationTeacher
 
 __all__ = ["AUXILIARIES", "Auxiliary", "AuxiliaryContext", "build_auxiliaries"]
@@ -57,9 +61,9 @@ class Auxiliary(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-#: Every auxiliary by name: a builder from the run's context. Adding one (a critic ensemble): a
-#: class with the five members above, an entry here, and its name in the method's ``auxiliaries``.
-AUXILIARIES: dict[str, Callable[[AuxiliaryContext], Auxiliary]] = {"teacher": DistillationTeacher}
+#: Every auxiliary by name: a builder from the run's context. Adding one: a class with the five
+#: members above, an entry here, and its name in the method's ``auxiliaries``.
+AUXILIARIES: dict[str, Callable[[AuxiliaryContext], Auxiliary]] = {"teacher": DistillationTeacher, "critics": Critics}
 
 
 def build_auxiliaries(names: tuple[str, ...], context: AuxiliaryContext) -> list[Auxiliary]:

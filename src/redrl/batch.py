@@ -59,8 +59,10 @@ class Batch:
     the rollout tokens (NaN elsewhere; ``None`` when it reported none), ``token_advantages`` where
     the method's estimator gives one advantage per token (``advantages`` then holds each row's
     mean over its response); ``row_weights`` ``[N]`` where rows carry a weight of their own (a
-    companion row's, see :func:`assemble_batch`; 1 elsewhere). A new per-token field declares its grid (:data:`TARGET`), and slicing,
-    moving and the scorer's inputs follow.
+    companion row's, see :func:`assemble_batch`; 1 elsewhere); from a method's critics
+    (:mod:`redrl.critics`), ``advantage_mask`` and ``entropy_mask`` (bool, true where the term is
+    kept) and ``returns`` (the critics' regression targets). A new per-token field declares its
+    grid (:data:`TARGET`), and slicing, moving and the scorer's inputs follow.
     """
 
     input_ids: torch.Tensor = field(metadata=SEQUENCE)
@@ -73,6 +75,9 @@ class Batch:
     sampler_logp: torch.Tensor | None = _per_token(TARGET)
     token_advantages: torch.Tensor | None = _per_token(TARGET)
     row_weights: torch.Tensor | None = None
+    advantage_mask: torch.Tensor | None = _per_token(TARGET)
+    entropy_mask: torch.Tensor | None = _per_token(TARGET)
+    returns: torch.Tensor | None = _per_token(TARGET)
     teacher_ids: torch.Tensor | None = _per_token(TARGET, scorer_input=True)  # [N, S-1, k]: cached top-k entries
     teacher_logp: torch.Tensor | None = _per_token(TARGET, scorer_input=True)  # [N, S-1, k+1]: log-probs, tail mass
 

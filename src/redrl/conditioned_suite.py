@@ -21,7 +21,6 @@ a BARD cell's run directory holds ``eval_budgetB.json`` beside its ``eval.json``
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from redrl.compare import (
     write_json,
 )
 from redrl.report import FAILS, HOLDS, INCONCLUSIVE, Comparison, Verdict, combine_seeds, format_verdicts
+from redrl.stats import spearman
 
 __all__ = ["BUDGETS", "CELLS", "judge_conditioned", "run_conditioned_suite"]
 
@@ -242,34 +242,6 @@ def run_conditioned_suite(
         f"\n{results['seconds']:.0f} s. Wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'plots'}/, {out / 'report.md'}"
     )
     return results
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation of ``x`` and ``y`` (ties take their mean rank); ``None`` for fewer
-    than two points or a constant series."""
-
-    def ranks(values: list[float]) -> list[float]:
-        order = sorted(range(len(values)), key=values.__getitem__)
-        out = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for position in order[i : j + 1]:
-                out[position] = (i + j) / 2
-            i = j + 1
-        return out
-
-    if len(x) < 2 or len(x) != len(y):
-        return None
-    rx, ry = ranks(x), ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    if sx == 0 or sy == 0:
-        return None
-    return sum((a - mx) * (b - my) for a, b in zip(rx, ry)) / (sx * sy)
 
 
 def _budget_column(results: dict, cell: str, budget, key: str) -> list[float]:

@@ -393,6 +393,16 @@ class TrainConfig:
     )
     prompts_per_step: int = _help("prompts per step; each brings G rollouts and one teacher row", 8)
     micro_batch_size: int = _help("rows per forward/backward pass (gradients are accumulated)", 64)
+    ppo_epochs: int = _help(
+        "passes over each rollout batch (PPO's epochs, data reuse): every update's ratio is taken against the "
+        "policy that sampled it; 1 = one update per batch",
+        1,
+    )
+    ppo_mini_batches: int = _help(
+        "optimizer updates per pass, each on a contiguous share of the batch's rows (train.ppo_epochs x this "
+        "many updates per step; the schedule steps once per batch)",
+        1,
+    )
     chunk_size: int = _help(
         "response positions per chunk of the vocabulary projection (memory: ~3 x chunk x vocabulary floats)", 512
     )
@@ -452,6 +462,8 @@ class TrainConfig:
         _require(self.epochs is None or self.epochs > 0, f"train.epochs must be > 0; got {self.epochs}")
         _require(self.prompts_per_step >= 1, f"train.prompts_per_step must be >= 1; got {self.prompts_per_step}")
         _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
+        _require(self.ppo_epochs >= 1, f"train.ppo_epochs must be >= 1; got {self.ppo_epochs}")
+        _require(self.ppo_mini_batches >= 1, f"train.ppo_mini_batches must be >= 1; got {self.ppo_mini_batches}")
         _require(self.chunk_size >= 1, f"train.chunk_size must be >= 1; got {self.chunk_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
         _require(self.eval_every >= 0, f"train.eval_every must be >= 0; got {self.eval_every}")
@@ -701,6 +713,67 @@ class RavrConfig:
         _require(self.prior_coef >= 0, f"ravr.prior_coef must be >= 0; got {self.prior_coef}")
 
 
+CRITIC_SHARDS = ("responses", "prompts", "shared")
+
+
+@dataclass
+class CriticConfig:
+    """Value models beside the policy (classic PPO's critic; AsyPPO's mini-critics, arXiv 2510.01656).
+    A null field takes the method's preset (``ppo``: one critic, no masks; ``asyppo``: two critics,
+    k = h = 0.2). Choices the paper's text does not give are marked inferred (docs/critics.md)."""
+
+    count: int | None = _help("M: critics (null: the method's; ppo 1, asyppo 2)", None)
+    path: str | None = _help(
+        "the critics' model: a local directory or Hub id (null: the policy's base model), cut to critic.layers", None
+    )
+    layers: int | None = _help(
+        "decoder layers kept of the critic's model (its first ones; null: all): the mini-critics' size", 2
+    )
+    lr: float | None = _help(
+        "the critics' AdamW learning rate (null: 4 x the policy's, the ratio of a public implementation; inferred)",
+        None,
+    )
+    warmup_steps: int = _help(
+        "first steps that train only the critics (the policy moves from the next one; inferred: 10 in a public implementation)",
+        0,
+    )
+    shards: str = _help(
+        "which rows train which critic: responses (each prompt's responses split evenly among the critics, "
+        "the paper's group-level partition), prompts (each prompt's whole group to one critic) or shared (all rows, all critics)",
+        "responses",
+    )
+    gamma: float = _help("GAE discount γ (the paper's setting: 1)", 1.0)
+    lam_actor: float = _help("GAE λ of the policy's advantages", 1.0)
+    lam_critic: float = _help("GAE λ of the critics' returns (their regression target)", 1.0)
+    advantage_mask: float | None = _help(
+        "k: share of the batch's response tokens whose advantage is masked where the critics agree most (null: the method's)",
+        None,
+    )
+    entropy_mask: float | None = _help(
+        "h: share of the batch's response tokens left out of the entropy bonus where the critics disagree most (null: the method's)",
+        None,
+    )
+    entropy_coef: float = _help(
+        "β: the policy's entropy bonus (the paper gives none; a public implementation 0.001)", 0.001
+    )
+
+    def __post_init__(self):
+        _require(self.count is None or self.count >= 1, f"critic.count must be >= 1; got {self.count}")
+        _require(self.layers is None or self.layers >= 1, f"critic.layers must be >= 1; got {self.layers}")
+        _require(self.lr is None or self.lr > 0, f"critic.lr must be > 0; got {self.lr}")
+        _require(self.warmup_steps >= 0, f"critic.warmup_steps must be >= 0; got {self.warmup_steps}")
+        _require(
+            self.shards in CRITIC_SHARDS,
+            f"critic.shards must be one of {', '.join(CRITIC_SHARDS)}; got {self.shards!r}",
+        )
+        for name in ("gamma", "lam_actor", "lam_critic"):
+            _require(0 <= getattr(self, name) <= 1, f"critic.{name} must be in [0, 1]; got {getattr(self, name)}")
+        for name in ("advantage_mask", "entropy_mask"):
+            value = getattr(self, name)
+            _require(value is None or 0 <= value < 1, f"critic.{name} must be in [0, 1); got {value}")
+        _require(self.entropy_coef >= 0, f"critic.entropy_coef must be >= 0; got {self.entropy_coef}")
+
+
 @dataclass
 class CompareConfig:
     """What ``redrl compare`` runs: every method x seed, each for ``steps`` optimizer steps."""
@@ -755,6 +828,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     bard: BardConfig = field(default_factory=BardConfig)
     ravr: RavrConfig = field(default_factory=RavrConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
@@ -774,6 +848,7 @@ _SECTIONS = {
     "distill": DistillConfig,
     "bard": BardConfig,
     "ravr": RavrConfig,
+    "critic": CriticConfig,
     "compare": CompareConfig,
 }
 

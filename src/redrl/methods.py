@@ -49,6 +49,9 @@ class Method:
             ``"as_given"``, or ``"budgets"`` (one per problem and thinking budget, BARD).
         reward: how a rollout's grade becomes its reward (:data:`redrl.reward_shapes.REWARD_SHAPES`):
             ``"correct"`` (the grade), ``"budget"`` / ``"budget_additive"`` (BARD: joined with budget fidelity).
+        critics: with the ``"critics"`` auxiliary, the preset of ``critic.count`` (value models).
+        value_masks: the preset ``(k, h)`` of ``critic.advantage_mask`` and ``critic.entropy_mask``
+            (AsyPPO's shares of tokens masked by the critics' disagreement; 0 masks nothing).
     """
 
     name: str
@@ -67,6 +70,8 @@ class Method:
     conditioning: str = "none"
     records: str = "as_given"
     reward: str = "correct"
+    critics: int = 0
+    value_masks: tuple[float, float] = (0.0, 0.0)
 
 
 METHODS: dict[str, Method] = {
@@ -268,6 +273,39 @@ METHODS["ravr"] = Method(
     source="RAVR, arXiv 2510.25206: answer-conditioned posterior rollouts, reward s(z) - b(x) with "
     "s(z) = π(y* | x, z), the paths taught to the question-only prompt weighted by utility (inferred parts: docs)",
 )
+
+# Critics (arXiv 2510.01656): token advantages from GAE on learned values, the clipped objective with an
+# entropy bonus; classic PPO has one critic, AsyPPO several small ones whose disagreement masks the terms.
+_CRITIC = {"objective": "ppo", "advantage": "group", "auxiliaries": ("critics",)}
+METHODS |= {
+    "ppo": Method(
+        "ppo",
+        rollouts=True,
+        offline=False,
+        critics=1,
+        source="PPO, arXiv 1707.06347: one critic (a value model beside the policy), GAE token advantages, "
+        "clipped surrogate with an entropy bonus (AsyPPO's baseline)",
+        **_CRITIC,
+    ),
+    "asyppo": Method(
+        "asyppo",
+        rollouts=True,
+        offline=False,
+        critics=2,
+        value_masks=(0.2, 0.2),
+        source="AsyPPO, arXiv 2510.01656: mini-critics on disjoint shares of each group, GAE on their mean value; "
+        "advantages masked where they agree most (k = 20 %), the entropy bonus where they disagree most (h = 20 %)",
+        **_CRITIC,
+    ),
+    "asyppo_no_masks": Method(
+        "asyppo_no_masks",
+        rollouts=True,
+        offline=False,
+        critics=2,
+        source="AsyPPO's ablation: the same mini-critics and GAE on their mean value, no masks (k = h = 0)",
+        **_CRITIC,
+    ),
+}
 
 #: The paper's Table 2 rows in its order: what ``redrl compare --methods all`` runs.
 COMPARED: tuple[str, ...] = (

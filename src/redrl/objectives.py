@@ -17,6 +17,10 @@ Paper references:
 * SRFT  -- Fu et al., "SRFT: A Single-Stage Method with Supervised and Reinforcement Fine-Tuning
   for Reasoning", arXiv 2506.19767 (entropy-aware weights).
 * k3    -- Schulman, "Approximating KL Divergence" (2020): ``exp(q - p) - (q - p) - 1``.
+* GAE   -- Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
+  Estimation", arXiv 1506.02438 (Eqs. 11-16).
+* AsyPPO -- Liu et al., "Asymmetric Proximal Policy Optimization: mini-critics boost LLM
+  reasoning", arXiv 2510.01656 (Eqs. 4.1-4.3: the critics' ensemble, its disagreement masks).
 
 Conventions (``N`` rows, ``T`` response positions, ``V`` vocabulary, ``D`` hidden size):
 
@@ -61,8 +65,11 @@ __all__ = [
     "budget_fidelity",
     "budget_reward",
     "clipped_surrogate",
+    "critic_ensemble",
     "entropy_aware_weight",
     "entropy_weight",
+    "explained_variance",
+    "gae",
     "group_accuracy",
     "group_advantages",
     "kl_k3",
@@ -70,6 +77,7 @@ __all__ = [
     "masked_mean",
     "offline_importance_ratio",
     "policy_shift",
+    "ppo_loss",
     "ravr_loss",
     "ravr_rewards",
     "raw_advantages",
@@ -85,6 +93,8 @@ __all__ = [
     "teacher_top_k",
     "top_k_kl_from_hidden",
     "utility_weights",
+    "value_disagreement_masks",
+    "value_loss",
     "weighted_prior_nll",
 ]
 
@@ -1239,6 +1249,190 @@ def sampled_kl_loss(
 
 
 # ------------------------------------------------------------------------------------------------
+# Critics: values per token, GAE, the ensemble's disagreement (PPO, AsyPPO)
+# ------------------------------------------------------------------------------------------------
+#
+# A critic's value ``V[n, t]`` lives on the target grid like ``logp``: it is the value of the state
+# *before* the response token at position ``t`` is emitted (the prefix ``input_ids[n, : t + 1]``),
+# read from the hidden state at input position ``t``, the same position whose logits score token
+# ``t + 1``. The reward is the row's final grade, received on its last response token.
+
+
+def gae(
+    values: torch.Tensor, rewards: torch.Tensor, response_mask: torch.Tensor, *, gamma: float = 1.0, lam: float = 1.0
+) -> torch.Tensor:
+    """Generalized advantage estimation over each row's response (arXiv 1506.02438 Eqs. 11-16).
+
+    ``δ_t = r_t + γ·V_{t+1} - V_t`` and ``Â_t = Σ_{l>=0} (γλ)^l δ_{t+l}``, over the response tokens
+    of a row (the positions where ``response_mask`` is true, one contiguous span): the reward
+    ``r_t`` is 0 except on the last response token, where it is the row's reward ``R_n``, and the
+    value after the last token is 0 (the episode ends). With ``γ = λ = 1``, ``Â_t = R_n - V_t``.
+    The critic's regression target (its return) is ``Â_t + V_t`` computed with the critic's own λ.
+
+    Args:
+        values: ``[N, T]`` values ``V_t`` on the target grid (no gradient is taken through them).
+        rewards: ``[N]`` final rewards; a NaN (ungradable) row gets advantage 0 everywhere.
+        response_mask: ``[N, T]`` bool response positions.
+        gamma, lam: the discount ``γ`` and GAE's ``λ``, each in ``[0, 1]``.
+
+    Returns:
+        ``[N, T]`` advantages, 0 outside the response.
+    """
+    mask = response_mask.to(torch.bool)
+    values = torch.where(mask, values.detach(), torch.zeros_like(values))
+    known = ~torch.isnan(rewards)
+    reward = torch.where(known, rewards, torch.zeros_like(rewards)).to(values.dtype)
+    # the last response position of each row: where the mask is true and the next one is not
+    after = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=-1)
+    last = mask & ~after
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in range(values.shape[-1] - 1, -1, -1):
+        inside = mask[:, t]
+        delta = torch.where(last[:, t], reward, torch.zeros_like(reward)) + gamma * next_value - values[:, t]
+        running = torch.where(inside, delta + gamma * lam * running, torch.zeros_like(running))
+        advantages[:, t] = running
+        next_value = torch.where(inside, values[:, t], torch.zeros_like(next_value))
+    return torch.where(known.unsqueeze(-1), advantages, torch.zeros_like(advantages))
+
+
+def critic_ensemble(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critics' mean value and their disagreement (AsyPPO Eq. 4.2 and its uncertainty).
+
+    ``V̄_t = (1/M) Σ_m V_m(s_t)`` and ``σ_t = sqrt((1/M) Σ_m (V_m(s_t) - V̄_t)²)`` (the population
+    standard deviation, as the public implementation computes it; 0 with one critic).
+
+    Args:
+        values: ``[M, N, T]``, one row of values per critic.
+
+    Returns:
+        ``(mean [N, T], std [N, T])``.
+    """
+    return values.mean(0), values.std(0, correction=0)
+
+
+def value_disagreement_masks(
+    std: torch.Tensor, response_mask: torch.Tensor, *, advantage_share: float, entropy_share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AsyPPO's two masks from the critics' disagreement ``σ_t`` (arXiv 2510.01656, Eq. 4.3).
+
+    Over all response tokens of the batch (``n`` of them): the advantage mask ``I^A_t`` is 0 on the
+    ``max(1, int(n·k))`` tokens with the *lowest* ``σ`` (the critics agree: the gradient adds little)
+    and 1 elsewhere; the entropy mask ``I^H_t`` is 0 on the ``max(1, int(n·h))`` tokens with the
+    *highest* ``σ`` (spurious exploration) and 1 elsewhere; a share of 0 masks nothing. Ties are
+    broken by the lower flat index (row-major), so the result is deterministic; the public
+    implementation's ``topk`` breaks ties arbitrarily, and its entropy threshold may mask more than
+    ``h`` on ties.
+
+    Args:
+        std: ``[N, T]`` disagreement ``σ_t`` (:func:`critic_ensemble`).
+        response_mask: ``[N, T]`` bool response positions; the others are 1 in both masks.
+        advantage_share, entropy_share: ``k`` and ``h`` in ``[0, 1]`` (the paper: 0.2 each).
+
+    Returns:
+        ``(advantage_mask, entropy_mask)``, each ``[N, T]`` bool, true where the term is kept.
+    """
+    for name, share in (("advantage_share", advantage_share), ("entropy_share", entropy_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1]; got {share}")
+    mask = response_mask.to(torch.bool)
+    selected = std.detach()[mask]
+    n = selected.numel()
+
+    def drop(order: torch.Tensor, share: float) -> torch.Tensor:
+        keep = torch.ones(n, dtype=torch.bool, device=std.device)
+        if share > 0 and n:
+            keep[order[: max(1, int(n * share))]] = False
+        full = torch.ones_like(mask)
+        full[mask] = keep
+        return full
+
+    lowest_first = torch.argsort(selected, stable=True)
+    highest_first = torch.argsort(-selected, stable=True)
+    return drop(lowest_first, advantage_share), drop(highest_first, entropy_share)
+
+
+def value_loss(values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """A critic's regression loss (AsyPPO Eq. 4.1, per critic on its own shard of the rows).
+
+    ``L(φ) = mean over response tokens of (V_φ(s_t) - R_t)²``, ``R_t`` the return (:func:`gae`'s
+    advantage plus the value it was computed from, with the critic's λ; with ``λ = γ = 1`` the
+    final reward). Shapes ``[N, T]``; a 0-d tensor (NaN when the mask is empty).
+    """
+    return masked_mean((values - returns.detach()) ** 2, response_mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """How much of the returns' variance the values explain: ``1 - Var(R - V) / Var(R)`` over the
+    response tokens (1: perfect; 0: no better than a constant; negative: worse). NaN when the
+    returns do not vary. Shapes ``[N, T]``; returns a 0-d tensor."""
+    mask = response_mask.to(torch.bool)
+    r, v = returns.detach()[mask].double(), values.detach()[mask].double()
+    spread = r.var(correction=0) if r.numel() else torch.tensor(math.nan, dtype=torch.float64)
+    if not spread > 0:
+        return torch.tensor(math.nan)
+    return (1.0 - (r - v).var(correction=0) / spread).float()
+
+
+def ppo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    entropy: torch.Tensor,
+    *,
+    advantage_mask: torch.Tensor | None = None,
+    entropy_mask: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    aggregation: str = "seq-mean-token-mean",
+    norm_constant: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's policy loss with per-token advantages and an entropy bonus, masked as AsyPPO's Eq. 4.3.
+
+    ``J = agg_n,t [ I^A_t · min(r_t Â_t, clip(r_t, 1 - ε_low, 1 + ε_high) Â_t) + β · I^H_t · H_t ]``,
+    ``L = -J``, with ``r_t = exp(logp_t - old_logp_t)``, ``Â_t`` from a critic (:func:`gae`),
+    ``H_t`` the policy's entropy at the token (differentiable) and ``agg`` as in
+    :func:`aggregate_loss` (the paper: ``1/|o|`` per response, the default). Without masks (all 1)
+    it is classic PPO's clipped objective with an entropy bonus (arXiv 1707.06347 Eq. 9, without
+    the value term, which the critics train separately).
+
+    Args:
+        logp, old_logp, entropy, response_mask: ``[N, T]``.
+        advantages: ``[N, T]`` (or ``[N]``, broadcast).
+        advantage_mask, entropy_mask: ``[N, T]`` bool ``I^A``, ``I^H``
+            (:func:`value_disagreement_masks`); ``None`` keeps every token.
+        entropy_coef: ``β``.
+
+    Returns:
+        ``(loss, metrics)``; metrics ``ppo_pg`` (the mean masked surrogate), ``ppo_entropy`` (the
+        mean entropy of the response tokens), ``clip_fraction``, ``ratio_mean``,
+        ``adv_masked_fraction`` and ``entropy_filtered_fraction`` (shares of response tokens whose
+        term the masks remove).
+    """
+    mask = response_mask.to(torch.bool)
+    ratio = torch.exp(logp - old_logp)
+    surrogate, clipped = clipped_surrogate(ratio, advantages, eps_low, eps_high)
+    keep_a = torch.ones_like(mask) if advantage_mask is None else advantage_mask.to(torch.bool)
+    keep_h = torch.ones_like(mask) if entropy_mask is None else entropy_mask.to(torch.bool)
+    zero = torch.zeros_like(surrogate)
+    policy = torch.where(keep_a, surrogate, zero)
+    bonus = torch.where(keep_h, entropy, zero) * entropy_coef
+    loss = -aggregate_loss(policy + bonus, mask, aggregation, norm_constant=norm_constant)
+    metrics = {
+        "ppo_pg": masked_mean(policy.detach(), mask),
+        "ppo_entropy": masked_mean(entropy.detach(), mask),
+        "clip_fraction": masked_mean(clipped.to(ratio.dtype), mask),
+        "ratio_mean": masked_mean(ratio.detach(), mask),
+        "adv_masked_fraction": masked_mean((~keep_a).to(ratio.dtype), mask),
+        "entropy_filtered_fraction": masked_mean((~keep_h).to(ratio.dtype), mask),
+    }
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------------
 # The loss registry: every objective by name, called the same way
 # ------------------------------------------------------------------------------------------------
 
@@ -1259,7 +1453,8 @@ class LossInputs:
     method's advantage estimator gives one per token (:data:`ADVANTAGE_ESTIMATORS`), else ``None``
     and each row's ``advantages`` holds for all its tokens (:meth:`per_token_advantages`);
     ``row_weights`` ``[N]`` a per-row weight where the batch carries one (RAVR's utility weights of
-    its transfer rows), else ``None``."""
+    its transfer rows), else ``None``; ``advantage_mask`` and ``entropy_mask`` ``[N, T]`` bool
+    where a method's critics mask the two terms (:func:`value_disagreement_masks`), else ``None``."""
 
     logp: torch.Tensor
     old_logp: torch.Tensor
@@ -1277,6 +1472,8 @@ class LossInputs:
     behaviour_logp: torch.Tensor | None = None
     token_advantages: torch.Tensor | None = None
     row_weights: torch.Tensor | None = None
+    advantage_mask: torch.Tensor | None = None
+    entropy_mask: torch.Tensor | None = None
 
     def per_token_advantages(self) -> torch.Tensor:
         """``[N, T]`` token advantages, or ``[N]`` row advantages (broadcast over ``T`` by the terms)."""
@@ -1291,7 +1488,7 @@ class LossSettings:
     ``offline_ratio``, ``gamma``, ``clip_offline``, ``kl_coef`` as in :func:`red_loss`;
     ``srft_sft_coef``, ``srft_rl_coef`` as in :func:`srft_loss`; ``sft_entropy_coef`` the
     ``β`` of :func:`sft_loss`; ``distill_alpha`` the ``α`` of :func:`kl_mixture_loss`; ``prior_coef`` the ``c_prior`` of
-    :func:`ravr_loss`; ``is_cap`` the truncation of :func:`red_loss`'s
+    :func:`ravr_loss`; ``entropy_coef`` the ``β`` of :func:`ppo_loss`; ``is_cap`` the truncation of :func:`red_loss`'s
     behaviour correction (``None`` where ``old_logp`` is the trainer's own)."""
 
     aggregation: str = "seq-mean-token-mean"
@@ -1308,6 +1505,7 @@ class LossSettings:
     distill_alpha: float = 1.0
     is_cap: float | None = None
     prior_coef: float = 1.0
+    entropy_coef: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -1414,6 +1612,26 @@ def _ravr_objective(x: LossInputs, s: LossSettings):
     )
 
 
+def _ppo_objective(x: LossInputs, s: LossSettings):
+    """:func:`ppo_loss` on the critics' token advantages, with their masks where the batch has them."""
+    if x.token_advantages is None:
+        raise ValueError("the ppo objective needs per-token advantages from a critic (Batch.token_advantages)")
+    return ppo_loss(
+        x.logp,
+        x.old_logp,
+        x.token_advantages,
+        x.response_mask,
+        x.entropy,
+        advantage_mask=x.advantage_mask,
+        entropy_mask=x.entropy_mask,
+        entropy_coef=s.entropy_coef,
+        eps_low=s.eps_low,
+        eps_high=s.eps_high,
+        aggregation=s.aggregation,
+        norm_constant=s.norm_constant,
+    )
+
+
 #: Every objective by name (``Method.objective``). Adding one: a function here with its
 #: hand-computed test, and an entry in this dict.
 LOSSES: dict[str, Objective] = {
@@ -1445,6 +1663,10 @@ LOSSES: dict[str, Objective] = {
         _ravr_objective,
         ("ravr_posterior", "ravr_prior_nll", "clip_fraction"),
         aggregation="seq-mean-token-mean",  # the mean over rows of each row's term
+    ),
+    "ppo": Objective(
+        _ppo_objective,
+        ("ppo_pg", "ppo_entropy", "clip_fraction", "ratio_mean", "adv_masked_fraction", "entropy_filtered_fraction"),
     ),
 }
 

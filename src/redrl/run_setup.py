@@ -23,6 +23,7 @@ from redrl import checkpoint
 from redrl.auxiliary import Auxiliary, AuxiliaryContext, build_auxiliaries
 from redrl.conditioning import Conditioning, build_conditioning
 from redrl.config import TRACKERS, BardConfig, Config, RavrConfig
+from redrl.critics import check_critics
 from redrl.curriculum import LengthCurriculum
 from redrl.data.offline import load_offline
 from redrl.data.training import PromptSampler, TrainingData, prepare_data, total_steps
@@ -133,6 +134,7 @@ def check_run(cfg: Config, method: Method, par: Parallel) -> None:
     if tracker != "none" and importlib.util.find_spec(TRACKERS[tracker]) is None:
         raise ImportError(f"train.report_to={tracker} needs {TRACKERS[tracker]}: pip install 'redrl[{tracker}]'")
     check_strategy(method, cfg.baselines, par)
+    check_critics(cfg, method, par.world)
     objective, d = LOSSES[method.objective], cfg.distill
     for key in ("curriculum", "cache_teacher", "teacher_samples"):
         if getattr(d, key) and not objective.scores_with_teacher:

@@ -1,5 +1,5 @@
 """One optimization step: entropies → the regulator's ``w`` → the method's loss over micro-batches →
-one AdamW step; and the step's data metrics, summed over processes.
+one AdamW step (or PPO's epochs of them); and the step's data metrics, summed over processes.
 
 With several processes each one holds its share of the step's groups: the entropies, the loss
 normaliser and every reported number are summed over processes, and each process's loss is scaled
@@ -96,7 +96,9 @@ def measure_entropies(scorer, batch: Batch, micro_batch_size: int, mixed_precisi
 class StepSettings:
     """What one optimization step needs besides the batch and the loss: micro-batch rows, autocast
     precision, whether rollout tokens take the sampler's log-probs as ``old_logp``, gradient clip,
-    and ``updates``: optimizer updates on the batch, each ratio taken against the rollout policy."""
+    ``updates``: passes over the batch (PPO's epochs; 0 measures the batch and moves nothing, as
+    while critics warm up), and ``mini_batches``: optimizer updates per pass, each on a contiguous
+    share of the rows. Every ratio is taken against the policy that sampled the batch."""
 
     micro_batch_size: int = 64
     mixed_precision: str = "no"
@@ -104,6 +106,7 @@ class StepSettings:
     max_grad_norm: float = 1.0
     decoupled: bool = False
     updates: int = 1
+    mini_batches: int = 1
 
     @classmethod
     def from_config(cls, cfg: Config) -> StepSettings:
@@ -113,6 +116,8 @@ class StepSettings:
             sampler_logp=behaviour_logp(cfg) and not cfg.loss.decoupled,
             max_grad_norm=cfg.optim.max_grad_norm,
             decoupled=cfg.loss.decoupled,
+            updates=cfg.train.ppo_epochs,
+            mini_batches=cfg.train.ppo_mini_batches,
         )
 
 
@@ -149,6 +154,7 @@ def loss_settings(cfg: Config, method: Method, sft_entropy_coef: float = 0.0) ->
         srft_sft_coef=cfg.baselines.srft_sft_coef,
         srft_rl_coef=cfg.baselines.srft_rl_coef,
         sft_entropy_coef=sft_entropy_coef,
+        entropy_coef=cfg.critic.entropy_coef,
     )
 
 
@@ -180,6 +186,8 @@ def _loss(
         behaviour_logp=rows.sampler_logp if decoupled else None,
         token_advantages=rows.token_advantages,
         row_weights=rows.row_weights,
+        advantage_mask=rows.advantage_mask,
+        entropy_mask=rows.entropy_mask,
     )
     return objective.fn(inputs, settings)
 
@@ -202,7 +210,9 @@ def optimization_step(
     par: Parallel | None = None,
     reference: torch.nn.Module | None = None,
 ) -> dict:
-    """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → one AdamW step.
+    """Entropies → regulator weight ``w`` → loss (accumulated over micro-batches) → an AdamW step;
+    ``step.updates`` passes of ``step.mini_batches`` steps each (PPO's epochs), every ratio against
+    the log-probabilities measured before the first, and the schedule stepped once per batch.
 
     ``scorer`` is a :class:`redrl.modeling.TokenScorer` (wrapped by ``par`` when several processes
     train). ``method`` names the objective (:data:`redrl.objectives.LOSSES`) and whether the
@@ -225,7 +235,15 @@ def optimization_step(
         with autocast(device, precision):
             return _forward(scorer, rows)
 
-    micro = micro_batches(batch, step.micro_batch_size)
+    # PPO's mini-batches: contiguous shares of the rows (the prompts come in a seeded random order),
+    # each split into micro-batches; one optimizer update per mini-batch and pass.
+    minis = [batch] if step.mini_batches == 1 else [batch.rows(i) for i in _shares(len(batch), step.mini_batches)]
+    parts = [micro_batches(rows, step.micro_batch_size) for rows in minis]
+    micro = [rows for part in parts for rows in part]
+    spans, start = [], 0
+    for part in parts:
+        spans.append(slice(start, start + len(part)))
+        start += len(part)
     objective, settings = LOSSES[method.objective], loss
     aggregation = settings.aggregation
 
@@ -246,24 +264,30 @@ def optimization_step(
             for rows, old in zip(micro, old_logps)
         ]
     units = [int(aggregation_units(rows.loss_mask(), aggregation)) for rows in micro]
-    rl_sum, rl_count, sft_sum, sft_count, total_units = par.sum([*_entropy_sums(passes), sum(units)])
+    rl_sum, rl_count, sft_sum, sft_count, *mini_units = par.sum(
+        [*_entropy_sums(passes), *(sum(units[span]) for span in spans)]
+    )
     h_rl = rl_sum / rl_count if rl_count else math.nan
     h_sft = sft_sum / sft_count if sft_count else math.nan
     regulator_before = regulator.state_dict()  # restored if this step turns out not to be finite
     w = regulator.update(h_rl, h_sft) if method.regulator else 1.0
 
-    outcome: dict = {}
-    for update in range(step.updates):
+    # No update (critics warming up): the step is measured, nothing moves.
+    outcome: dict = {"loss": math.nan, "metrics": dict.fromkeys(LOSS_METRICS, math.nan), "grad_norm": math.nan}
+    outcome |= {"finite": True, "scaler_skipped": 0}
+    applied = 0  # updates that moved the weights
+    for update in range(step.updates * len(spans)):
+        span = spans[update % len(spans)]
         reuse = passes[0] if len(micro) == 1 and update == 0 else None  # the first pass has its graph
         outcome = _update(
             scorer,
             optimizer,
-            micro,
-            units,
-            total_units,
+            micro[span],
+            units[span],
+            mini_units[update % len(spans)],
             objective,
             settings,
-            old_logps,
+            old_logps[span],
             w,
             h_rl,
             step,
@@ -275,9 +299,9 @@ def optimization_step(
         )
         if not outcome["finite"] or outcome["scaler_skipped"]:
             break
+        applied += 1
     loss_value, summed, grad_norm = outcome["loss"], outcome["metrics"], outcome["grad_norm"]
     lr = scheduler.get_last_lr()[0]
-    applied = update + int(outcome["finite"] and not outcome["scaler_skipped"])  # updates that moved the weights
     if applied:
         scheduler.step()  # once per rollout batch, however many updates it took
     else:
@@ -294,8 +318,16 @@ def optimization_step(
         "lr": lr,
         "skipped": 0 if applied else int(not outcome["finite"]),
         "scaler_skipped": 0 if applied else outcome["scaler_skipped"],
-        **({"updates": applied} if step.updates > 1 else {}),
+        **({"updates": applied} if step.updates * step.mini_batches != 1 else {}),
     }
+
+
+def _shares(n: int, parts: int) -> list[slice]:
+    """``parts`` contiguous slices of ``range(n)`` whose sizes differ by at most one."""
+    if parts > n:
+        raise ValueError(f"train.ppo_mini_batches={parts} is more than the step's {n} rows")
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _update(

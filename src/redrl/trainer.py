@@ -19,6 +19,7 @@ conditioning (:mod:`redrl.conditioning`); the run's files in :mod:`redrl.run_log
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -178,8 +179,10 @@ def _step(run: Run, step: int, log: RunLog) -> dict:
     extra["reward_failures"] = sum(rewards_module.FAILURES.values()) - failures_before
     extra["graded_answers"] = rewards_module.GRADED["answers"] - graded_before
 
-    # 4. Loss and the optimizer update (skipped, and counted, when the loss or gradient is not finite).
+    # 4. Loss and the optimizer update (skipped, and counted, when the loss or gradient is not finite;
+    # none while an auxiliary holds the policy, as critics warming up).
     train_started = time.perf_counter()
+    held = any(getattr(aux, "holds_policy", False) for aux in run.auxiliaries)
     stats = optimization_step(
         run.scorer,
         run.optimizer,
@@ -187,7 +190,7 @@ def _step(run: Run, step: int, log: RunLog) -> dict:
         run.regulator,
         batch,
         plan.method,
-        run.step_settings,
+        dataclasses.replace(run.step_settings, updates=0) if held else run.step_settings,
         run.loss_settings(plan),
         scaler=run.scaler,
         par=par,
