@@ -271,10 +271,11 @@ def cell_values(
     name: str, method: str, extra: dict, seed: int, steps: int, eval_k: int, out: Path, lrs: dict, eval_every: int = 0
 ) -> dict:
     """The config values of one suite cell ``name``: ``method`` with ``extra`` config values, at its
-    method's learning rate (``lrs``); a staged method trains its first stage at that stage's rate
+    method's learning rate (``lrs``) (``extra["train"]`` may set train fields other than those a cell
+    fixes: seed, out, method, steps); a staged method trains its first stage at that stage's rate
     and its second at the second's. Its run lives in ``OUT/runs/NAME/seedS``."""
     run = out / "runs" / name / f"seed{seed}"
-    train = {"seed": seed, "out": str(run), "method": method, "steps": steps}
+    train = {**extra.get("train", {}), "seed": seed, "out": str(run), "method": method, "steps": steps}
     if eval_every:
         train |= {"eval_every": eval_every, "eval_on": "val"}
     stages = METHODS[method].stages
