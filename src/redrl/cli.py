@@ -256,6 +256,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.suite != "red":  # a suite of cells: each module's runner, its own default output directory
         if args.suite == "conditioned":
             from redrl.conditioned_suite import run_conditioned_suite as run_suite
+        elif args.suite == "critics":
+            from redrl.critics_suite import run_critics_suite as run_suite
         else:
             from redrl.distill_suite import run_distill_suite as run_suite
 
@@ -493,16 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--suite",
-        choices=("red", "distill", "conditioned"),
+        choices=("red", "distill", "conditioned", "critics"),
         default="red",
         help="red: the RED paper's methods; distill: the distillation grid with its findings judged "
         "(output in runs/compare-distill); conditioned: BARD and RAVR beside SFT, GRPO and RED "
-        "(output in runs/compare-conditioned)",
+        "(output in runs/compare-conditioned); critics: GRPO, PPO and AsyPPO at 1 and 4 PPO epochs "
+        "(output in runs/compare-critics)",
     )
     compare.add_argument(
         "--methods",
         default="all",
-        help="'all' (the suite's: the RED paper's twelve, every distillation cell, or every conditioned cell) "
+        help="'all' (the suite's: the RED paper's twelve, every distillation, conditioned or critics cell) "
         "or a comma-separated list, "
         "e.g. sft,grpo,red",
     )

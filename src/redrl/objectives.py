@@ -1366,11 +1366,12 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor, response_mask: torch
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """How much of the returns' variance the values explain: ``1 - Var(R - V) / Var(R)`` over the
     response tokens (1: perfect; 0: no better than a constant; negative: worse). NaN when the
-    returns do not vary. Shapes ``[N, T]``; returns a 0-d tensor."""
+    returns do not vary (a variance below 1e-10: returns rebuilt as ``Â + V`` carry rounding
+    noise). Shapes ``[N, T]``; returns a 0-d tensor."""
     mask = response_mask.to(torch.bool)
     r, v = returns.detach()[mask].double(), values.detach()[mask].double()
     spread = r.var(correction=0) if r.numel() else torch.tensor(math.nan, dtype=torch.float64)
-    if not spread > 0:
+    if not spread > 1e-10:
         return torch.tensor(math.nan)
     return (1.0 - (r - v).var(correction=0) / spread).float()
 
