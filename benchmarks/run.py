@@ -4,7 +4,7 @@
 
 writes ``{"rollout_speedup_vs_hf", "rollout_fraction_of_flop_limit", "train_step_speedup_vs_trl",
 "async_step_speedup", "tail_batching_step_speedup", "objective_memory_ratio", "kl_memory_ratio",
-"demo_seconds"}`` (plus the details behind them). ``redrl demo`` runs first
+"critic_memory_ratio", "demo_seconds"}`` (plus the details behind them). ``redrl demo`` runs first
 from an empty cache (a cold start, the embedded default built included); the other benchmarks reuse
 what it built. Needs ``pip install trl`` for the train-step comparison (a benchmark-only dependency).
 """
@@ -51,6 +51,7 @@ def main() -> dict:
         )
         details["objective_memory"] = _run("objective_memory.py", env)
         details["kl_memory"] = _run("kl_memory.py", env)
+        details["critic_memory"] = _run("critic_memory.py", env)
     figures["rollout_speedup_vs_hf"] = details["rollout"]["rollout_speedup_vs_hf"]
     figures["rollout_fraction_of_flop_limit"] = details["rollout"]["rollout_fraction_of_flop_limit"]
     if "train_step_speedup_vs_trl" in details["train_step"]:
@@ -59,6 +60,7 @@ def main() -> dict:
         figures[key] = details["rollout_mechanisms"][key]
     figures["objective_memory_ratio"] = details["objective_memory"]["objective_memory_ratio"]
     figures["kl_memory_ratio"] = details["kl_memory"]["kl_memory_ratio"]
+    figures["critic_memory_ratio"] = details["critic_memory"]["critic_memory_ratio"]
     result = {
         **figures,
         "details": details,

@@ -336,3 +336,13 @@ def test_bad_critic_input_is_refused_in_one_line(tiny_assets, tmp_path, capsys, 
     args += ["--set", f"model.path={tiny_assets.base}", "--set", f"data.train={tiny_assets.train}"]
     assert main([*args, "--set", "train.steps=1", "--no-progress"]) == 2
     assert message in _one_error_line(capsys)
+
+
+def test_the_paper_presets_differ_only_in_their_critics():
+    asy, ppo = (load_config(f"configs/paper/qwen3-4b-{name}.yaml").to_dict() for name in ("asyppo", "ppo"))
+    differ = {(section, key) for section in asy for key in asy[section] if asy[section][key] != ppo[section][key]}
+    assert {key for section, key in differ if section != "critic"} == {"method", "out"}
+    assert asy["critic"]["count"] == 2 and asy["critic"]["path"] == "Qwen/Qwen3-0.6B-Base"
+    assert ppo["critic"]["count"] == 1 and ppo["critic"]["path"] == ppo["model"]["path"]  # symmetric
+    assert (asy["critic"]["advantage_mask"], asy["critic"]["entropy_mask"]) == (0.2, 0.2)
+    assert asy["train"]["ppo_epochs"] == 4

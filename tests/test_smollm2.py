@@ -131,3 +131,29 @@ def test_ravr_trains_on_the_real_model_with_a_think_aloud_hint(smollm2, tmp_path
     final = train(cfg, progress=False)
     rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) and 0 < r["ravr_utility_prior"] <= 1 for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore:.*teacher traces exceed")
+@pytest.mark.parametrize("method", ["ppo", "asyppo"])
+def test_critic_methods_train_on_the_real_model_with_mini_critics_cut_from_it(smollm2, tmp_path, method):
+    import torch
+
+    from redrl.config import load_config
+    from redrl.trainer import train
+
+    cfg = load_config(
+        "smollm2",
+        model={"path": smollm2},
+        rollout={"group_size": 2, "max_new_tokens": 16},
+        train={"method": method, "steps": 2, "prompts_per_step": 2, "ppo_epochs": 2, "save_every": 1},
+        critic={"layers": 2},
+    )
+    cfg.train.out = str(tmp_path / method)
+    final = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["critic_loss"]) for r in rows)
+    assert all(r["updates"] == 2 for r in rows)
+    state = torch.load(final.parent / "checkpoint-1" / "auxiliary-critics.pt")
+    assert len(state["models"]) == (1 if method == "ppo" else 2)
+    layers = {key.split(".")[2] for key in state["models"][0] if key.startswith("body.layers.")}
+    assert layers == {"0", "1"} and state["models"][0]["head.weight"].shape == (1, 576)  # 2 of SmolLM2's 30 layers

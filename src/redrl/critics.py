@@ -192,6 +192,12 @@ class Critics:
             )
             for _ in range(self.settings.count)
         ]
+        vocab, theirs = context.model.get_input_embeddings().num_embeddings, self.models[0].body.get_input_embeddings()
+        if theirs.num_embeddings != vocab:
+            raise ValueError(
+                f"critic.path {path} has {theirs.num_embeddings} token embeddings, the policy {vocab}: "
+                "a critic reads the policy's tokens, so it needs the same tokenizer"
+            )
         lr = cfg.critic.lr if cfg.critic.lr is not None else 4 * cfg.optim.lr
         self.optimizers = [
             torch.optim.AdamW(m.parameters(), lr=lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
