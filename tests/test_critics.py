@@ -326,6 +326,7 @@ def _one_error_line(capsys) -> str:
     [
         (["--method", "asyppo", "--set", "rollout.group_size=3"], "rollout.group_size=3 cannot be split evenly"),
         (["--method", "ppo", "--set", "train.ppo_epochs=0"], "train.ppo_epochs must be >= 1; got 0"),
+        (["--method", "grpo", "--set", "train.ppo_mini_batches=99"], "train.ppo_mini_batches=99 is more than"),
         (["--method", "grpo", "--set", "critic.count=2"], "critic.* settings apply to the methods with a value"),
         (["--method", "ppo", "--set", "critic.entropy_mask=0.2"], "need at least 2 critics to disagree"),
         (["--method", "asyppo", "--set", "critic.layers=9"], "critic.layers=9: "),

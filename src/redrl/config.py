@@ -464,6 +464,10 @@ class TrainConfig:
         _require(self.micro_batch_size >= 1, f"train.micro_batch_size must be >= 1; got {self.micro_batch_size}")
         _require(self.ppo_epochs >= 1, f"train.ppo_epochs must be >= 1; got {self.ppo_epochs}")
         _require(self.ppo_mini_batches >= 1, f"train.ppo_mini_batches must be >= 1; got {self.ppo_mini_batches}")
+        _require(
+            self.ppo_mini_batches <= self.prompts_per_step,
+            f"train.ppo_mini_batches={self.ppo_mini_batches} is more than the step's {self.prompts_per_step} prompts",
+        )
         _require(self.chunk_size >= 1, f"train.chunk_size must be >= 1; got {self.chunk_size}")
         _require(self.save_every >= 0, f"train.save_every must be >= 0; got {self.save_every}")
         _require(self.eval_every >= 0, f"train.eval_every must be >= 0; got {self.eval_every}")
