@@ -99,3 +99,12 @@ def test_an_unknown_cell_is_one_line_and_exit_2(capsys):
     assert main(["compare", "--suite", "critics", "--methods", "ppo,nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown cell 'nope'" in err[0]
+
+
+def test_every_cell_trains_on_the_embedded_default_at_a_swept_rate():
+    from redrl.compare import method_learning_rates
+    from redrl.critics_suite import CELLS
+
+    lrs = method_learning_rates("tiny", [], {method for method, _ in CELLS.values()})
+    assert set(lrs) == {"grpo", "ppo", "asyppo", "asyppo_no_masks"}
+    assert lrs["ppo"] == lrs["asyppo"] == lrs["asyppo_no_masks"] == 3e-5  # chosen on validation by redrl sweep
