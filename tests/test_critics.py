@@ -128,8 +128,10 @@ def test_the_registered_objective_reads_the_batchs_token_advantages_and_masks():
     )
     loss, _ = LOSSES["ppo"].fn(inputs, LossSettings(entropy_coef=0.01))
     assert float(loss) == pytest.approx(-0.343333, abs=1e-6)
-    with pytest.raises(ValueError, match="per-token advantages"):
-        LOSSES["ppo"].fn(LossInputs(**{**inputs.__dict__, "token_advantages": None}), LossSettings())
+    # without token advantages each row's scalar holds for all its tokens
+    row = LossInputs(**{**inputs.__dict__, "token_advantages": None, "advantages": torch.tensor([0.5])})
+    loss, _ = LOSSES["ppo"].fn(row, LossSettings(entropy_coef=0.01))
+    assert loss.item() == pytest.approx(-(0.5 + 0.01 + 0.0 + 0.02 + 0.5 + 0.0) / 3, abs=1e-6)
 
 
 def test_the_value_loss_and_the_explained_variance_by_hand():

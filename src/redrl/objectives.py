@@ -1614,13 +1614,12 @@ def _ravr_objective(x: LossInputs, s: LossSettings):
 
 
 def _ppo_objective(x: LossInputs, s: LossSettings):
-    """:func:`ppo_loss` on the critics' token advantages, with their masks where the batch has them."""
-    if x.token_advantages is None:
-        raise ValueError("the ppo objective needs per-token advantages from a critic (Batch.token_advantages)")
+    """:func:`ppo_loss` on the critics' token advantages (each row's scalar broadcast where the batch
+    has none), with their masks where the batch has them."""
     return ppo_loss(
         x.logp,
         x.old_logp,
-        x.token_advantages,
+        x.per_token_advantages(),
         x.response_mask,
         x.entropy,
         advantage_mask=x.advantage_mask,
