@@ -13,6 +13,20 @@ def write_figures(figures: dict, path: str | None) -> dict:
     return figures
 
 
+def status_mb(field: str) -> float:
+    """A field of ``/proc/self/status`` in MB (Linux): ``VmRSS`` now, ``VmHWM`` the peak."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
+
+
+def reset_peak() -> float:
+    """Reset the peak resident memory to the current one (Linux: write 5 to clear_refs); return it."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return status_mb("VmRSS")
+
+
 def random_tiny_model(hidden: int | None = None):
     """The embedded default's shape (``TinySpec``) with random weights, vocabulary 208, end of
     sequence 5 (so rows run to the whole budget); ``hidden`` widens it (the MLP 4x as wide)."""

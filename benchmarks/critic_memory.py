@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 
-from common import write_figures
+from common import reset_peak, status_mb, write_figures
 
 SMOLLM2 = {
     "vocab_size": 49152,
@@ -29,19 +29,6 @@ SMOLLM2 = {
     "max_position_embeddings": 2048,
     "tie_word_embeddings": True,
 }
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024  # kB
-
-
-def _reset_peak() -> float:
-    """Reset the peak resident memory to the current one (Linux: write 5 to clear_refs); return it."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    return _status_mb("VmRSS")
 
 
 def _child(count: int, layers: int, rows: int, tokens: int) -> None:
@@ -57,7 +44,7 @@ def _child(count: int, layers: int, rows: int, tokens: int) -> None:
     mask = torch.zeros(rows, tokens - 1, dtype=torch.bool)
     mask[:, tokens // 4 :] = True  # a quarter prompt, the rest response
     rewards = torch.randint(0, 2, (rows,)).float()
-    baseline = _reset_peak()  # the inputs are not counted; the critics' weights are
+    baseline = reset_peak()  # the inputs are not counted; the critics' weights are
     config = LlamaConfig(**{**SMOLLM2, "num_hidden_layers": layers})
     critics = [ValueModel(LlamaModel(config), config.hidden_size) for _ in range(count)]
     optimizers = [torch.optim.AdamW(c.parameters(), lr=1e-6) for c in critics]
@@ -72,7 +59,7 @@ def _child(count: int, layers: int, rows: int, tokens: int) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)  # gradients kept: a step's full footprint
     parameters = sum(p.numel() for c in critics for p in c.parameters())
-    print(json.dumps({"peak_mb": _status_mb("VmHWM") - baseline, "parameters": parameters}))
+    print(json.dumps({"peak_mb": status_mb("VmHWM") - baseline, "parameters": parameters}))
 
 
 def main() -> dict:

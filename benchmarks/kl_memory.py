@@ -21,23 +21,10 @@ import subprocess
 import sys
 import tempfile
 
-from common import write_figures
+from common import reset_peak, status_mb, write_figures
 
 VOCAB = 151_936
 STUDENT, TEACHER = 1024, 2560
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024  # kB
-
-
-def _reset_peak() -> float:
-    """Reset the peak resident memory to the current one (Linux: write 5 to clear_refs); return it."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    return _status_mb("VmRSS")
 
 
 def _child(variant: str, tokens: int, chunk_size: int, out: str) -> None:
@@ -52,13 +39,13 @@ def _child(variant: str, tokens: int, chunk_size: int, out: str) -> None:
     h_t = torch.randn(1, tokens, TEACHER).mul_(0.5)
     w_t = torch.randn(VOCAB, TEACHER).mul_(0.02)
     mask = torch.ones(1, tokens, dtype=torch.bool)
-    baseline = _reset_peak()  # the inputs are not counted
+    baseline = reset_peak()  # the inputs are not counted
     if variant == "naive":
         kl_fwd, kl_rev, _ = token_kl(h_s @ w_s.T, h_t @ w_t.T)
     else:
         kl_fwd, kl_rev, _ = token_kl_from_hidden(h_s, w_s, h_t, w_t, chunk_size=chunk_size)
     kl_mixture_loss(kl_fwd, kl_rev, mask, alpha=0.8).backward()
-    peak = _status_mb("VmHWM") - baseline
+    peak = status_mb("VmHWM") - baseline
     save_file({"grad": h_s.grad.contiguous()}, out)
     print(json.dumps({"peak_mb": peak}))
 

@@ -39,7 +39,7 @@ from redrl.compare import (
     untrained_values,
     write_json,
 )
-from redrl.report import FAILS, HOLDS, INCONCLUSIVE, Comparison, Verdict, combine_seeds, format_verdicts
+from redrl.report import FAILS, HOLDS, INCONCLUSIVE, Comparison, Verdict, combine_seeds, format_suite_report
 from redrl.stats import spearman
 
 __all__ = ["BUDGETS", "CELLS", "judge_conditioned", "run_conditioned_suite"]
@@ -474,24 +474,18 @@ def plot_budgets(results: dict, out: Path) -> list[Path]:
 
 def format_conditioned_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> str:
     s = results["settings"]
-    lines = [
-        "# Methods that condition on the budget or the answer: the claims judged",
-        "",
+    intro = (
         f"{s['seeds']} seeds, {s['steps']} optimizer steps per cell; learning rates (each method's, chosen on "
         f"validation, `{s['lr_sweep']}`): " + ", ".join(f"{m} {v:g}" for m, v in s["lr"].items()) + ". "
         f"`grpo_equal` samples G = {s['equal_group_size']} per prompt, RAVR's {s['group_size']} posterior + "
         f"{s['prior_size']} prior paths. Test split, avg@{s['eval_k']} at temperature {s['eval_temperature']}, "
-        "on the question alone unless a budget is named.",
-        "",
+        "on the question alone unless a budget is named."
+    )
+    return format_suite_report(
+        "Methods that condition on the budget or the answer: the claims judged",
+        intro,
         format_conditioned_tables(results),
-        "",
-        "## Claims (written in docs/conditioned.md before the runs)",
-        "",
-        "| claim | verdict |",
-        "|---|---|",
-        *format_verdicts(verdicts),
-        "",
-        *[f"![{p.stem}](plots/{p.name})" for p in plots],
-        "",
-    ]
-    return "\n".join(lines)
+        verdicts,
+        plots,
+        "docs/conditioned.md",
+    )

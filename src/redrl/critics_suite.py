@@ -36,7 +36,7 @@ from redrl.compare import (
     write_json,
 )
 from redrl.conditioned_suite import HARD_LEVELS, _fmt, _hard_accuracy, _num
-from redrl.report import FAILS, HOLDS, INCONCLUSIVE, Comparison, Verdict, combine_seeds, format_verdicts
+from redrl.report import FAILS, HOLDS, INCONCLUSIVE, Comparison, Verdict, combine_seeds, format_suite_report
 
 __all__ = ["CELLS", "TAIL", "judge_critics", "run_critics_suite"]
 
@@ -313,23 +313,17 @@ def plot_critics(results: dict, out: Path) -> list[Path]:
 
 def format_critics_report(results: dict, verdicts: list[Verdict], plots: list[Path]) -> str:
     s = results["settings"]
-    lines = [
-        "# Critics (PPO, AsyPPO): the claims judged",
-        "",
+    intro = (
         f"{s['seeds']} seeds, {s['steps']} optimizer steps per cell; learning rates (each method's, chosen on "
         f"validation at 1 epoch, `{s['lr_sweep']}`): " + ", ".join(f"{m} {v:g}" for m, v in s["lr"].items()) + ". "
         f"Test split, avg@{s['eval_k']} at temperature {s['eval_temperature']}; the critics' columns are means "
-        f"over each run's last {s['tail']} steps.",
-        "",
+        f"over each run's last {s['tail']} steps."
+    )
+    return format_suite_report(
+        "Critics (PPO, AsyPPO): the claims judged",
+        intro,
         format_critics_table(results),
-        "",
-        "## Claims (written in docs/critics.md before the runs)",
-        "",
-        "| claim | verdict |",
-        "|---|---|",
-        *format_verdicts(verdicts),
-        "",
-        *[f"![{p.stem}](plots/{p.name})" for p in plots],
-        "",
-    ]
-    return "\n".join(lines)
+        verdicts,
+        plots,
+        "docs/critics.md",
+    )

@@ -406,6 +406,30 @@ def _learning_rates(settings: dict) -> str:
     )
 
 
+def format_suite_report(
+    title: str, intro: str, tables: str, verdicts: list[Verdict], plots: list[Path], claims_doc: str
+) -> str:
+    """A cell suite's ``report.md``: its title, one paragraph on the settings, its tables, the claims
+    (written in ``claims_doc`` before the runs) with their verdicts, and its plots."""
+    lines = [
+        f"# {title}",
+        "",
+        intro,
+        "",
+        tables,
+        "",
+        f"## Claims (written in {claims_doc} before the runs)",
+        "",
+        "| claim | verdict |",
+        "|---|---|",
+        *format_verdicts(verdicts),
+        "",
+        *[f"![{p.stem}](plots/{p.name})" for p in plots],
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def format_verdicts(verdicts: list[Verdict]) -> list[str]:
     """Report lines: a table row per claim and its verdict, then each claim with its comparisons."""
     lines = [f"| {v.claim} {v.text} | **{v.verdict}** |" for v in verdicts] + [""]
